@@ -1,0 +1,116 @@
+"""The leaderboard: every trial of a study as rows, as a table for people and as JSON for programs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from .runs import RunLocation
+
+PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA"), ("lr", "lr"))
+EXTRA_COLUMNS = (("resolution", "res"), ("max_length", "max len"), ("epochs", "epochs"), ("batch_size", "batch"))
+
+
+def best_number(study: optuna.Study) -> int | None:
+    try:
+        return study.best_trial.number
+    except ValueError:
+        return None
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per trial: ``number``, ``state``, ``value``, ``params`` (every setting), ``duration_s``..."""
+    best = best_number(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        params = dict(t.user_attrs.get("config") or t.params)
+        value = t.value
+        if value is None and t.intermediate_values:  # pruned: the best epoch it reached
+            value = max(t.intermediate_values.values())
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "value": value,
+            "params": params,
+            "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
+            "epochs_run": len(t.intermediate_values),
+            "best": t.number == best,
+            "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
+            "trainable_params": t.user_attrs.get("trainable_params"),
+            "total_params": t.user_attrs.get("total_params"),
+        })
+    return rows
+
+
+def best_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """The best trial with its validation and (if scored) test accuracy."""
+    number = best_number(study)
+    if number is None:
+        return None
+    row = next(r for r in trial_rows(study) if r["number"] == number)
+    test = study.user_attrs.get("test_scores", {}).get(str(number))
+    return {
+        "number": number,
+        "params": row["params"],
+        "val_accuracy": row["value"],
+        "test_accuracy": test,
+        "duration_s": row["duration_s"],
+        "trainable_params": row["trainable_params"],
+        "total_params": row["total_params"],
+        "scratch": study.user_attrs.get("scratch"),
+    }
+
+
+def render(study: optuna.Study, location: RunLocation, console: Console | None = None) -> None:
+    console = console or Console()
+    rows = trial_rows(study)
+    extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
+    table = Table(title=f"autotl leaderboard: {study.user_attrs.get('task', '?')} - {location.describe()}",
+                  title_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("#", justify="right")
+    for _, header in PARAM_COLUMNS + tuple(extras):
+        table.add_column(header, justify="left" if header == "model" else "right")
+    table.add_column("val acc", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("state")
+    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
+    for r in order:
+        p = r["params"]
+        cells = ["★" if r["best"] else "", str(r["number"])]
+        cells += [_fmt(p.get(k)) for k, _ in PARAM_COLUMNS + tuple(extras)]
+        cells += [_fmt(r["value"], 4), f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
+        state = {"COMPLETE": "[green]complete[/]", "PRUNED": "[yellow]pruned[/]", "FAIL": "[red]failed[/]"}
+        note = f" ({r['note']})" if r["note"] else ""
+        cells.append(state.get(r["state"], r["state"].lower()) + note)
+        table.add_row(*cells, style="bold" if r["best"] else None)
+    console.print(table)
+    counts = {s.name.lower(): sum(r["state"] == s.name for r in rows) for s in TrialState}
+    console.print("Trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    summary = best_summary(study)
+    if summary is None:
+        console.print("No trial has completed yet.")
+        return
+    test = summary["test_accuracy"]
+    console.print(f"[bold]Best trial {summary['number']}[/]: val accuracy {summary['val_accuracy']:.4f}, "
+                  + (f"test accuracy {test:.4f} (the test split chose nothing)" if test is not None
+                     else "test accuracy not scored"), highlight=False)
+    scratch = summary.get("scratch")
+    if scratch:
+        test_s = f"{scratch['test_accuracy']:.4f}" if scratch.get("test_accuracy") is not None else "-"
+        console.print(f"From scratch (same network and settings, random initial weights, all layers trained): "
+                      f"val accuracy {scratch['val_accuracy']:.4f}, test accuracy {test_s}", highlight=False)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits < 4 else f"{value:.{digits}f}"
+    return str(value)

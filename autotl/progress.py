@@ -1,0 +1,126 @@
+"""Live progress of a search: a budget bar, the running trial's epochs, one line per finished trial."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+class Reporter:
+    """Receives the search's events. This base class prints nothing (for the Python API and tests)."""
+
+    def message(self, text: str) -> None: ...
+
+    def data_report(self, report: dict[str, Any]) -> None: ...
+
+    def search_started(self, location, models: list[str], budget_s: float | None, trials: int | None) -> None: ...
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
+
+    def epoch(self, number: int, epoch: int, epochs: int, loss: float, val_accuracy: float) -> None: ...
+
+    def trial_finished(self, number: int, state: str, value: float | None, duration_s: float, note: str) -> None: ...
+
+    def search_finished(self, reason: str) -> None: ...
+
+
+class ConsoleReporter(Reporter):
+    """Rich progress bars on a terminal; plain lines elsewhere (logs, CI)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.best: float | None = None
+        self._overall = None
+        self._trial = None
+        self._started = 0.0
+        self._budget_s: float | None = None
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def data_report(self, report: dict[str, Any]) -> None:
+        counts = report.get("counts", {})
+        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
+        classes = report.get("classes") or report.get("labels") or []
+        note = " (val carved from train, stratified)" if report.get("val_from_train") else ""
+        self.console.print(f"Data: {len(classes)} classes; {sizes}{note}", highlight=False)
+        skipped = report.get("skipped", [])
+        if skipped:
+            self.console.print(f"[yellow]Skipped {len(skipped)} unreadable file(s)[/] (all listed in data_report.json):")
+            for item in skipped[:5]:
+                self.console.print(f"  {item['file']}: {item['reason']}", highlight=False)
+            if len(skipped) > 5:
+                self.console.print(f"  ... and {len(skipped) - 5} more", highlight=False)
+
+    def search_started(self, location, models, budget_s, trials) -> None:
+        limits = []
+        if budget_s:
+            limits.append(f"time budget {budget_s:.0f}s")
+        if trials:
+            limits.append(f"{trials} trials")
+        self.console.print(f"Searching {location.describe()} over {len(models)} model(s): {', '.join(models)}; "
+                           f"{' and '.join(limits) or 'no limit (Ctrl-C stops)'}", highlight=False)
+        self._started = time.time()
+        self._budget_s = budget_s
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True)
+        self.progress.start()
+        if budget_s:
+            self._overall = self.progress.add_task("budget (s)", total=int(budget_s))
+        elif trials:
+            self._overall = self.progress.add_task("trials", total=trials)
+
+    def trial_started(self, number, params) -> None:
+        if self.progress is None:
+            return
+        self._tick()
+        if self._trial is not None:
+            self.progress.remove_task(self._trial)
+        desc = f"trial {number}: {_describe(params)}"
+        self._trial = self.progress.add_task(desc, total=int(params.get("epochs", 1)))
+
+    def epoch(self, number, epoch, epochs, loss, val_accuracy) -> None:
+        if self.progress is None or self._trial is None:
+            return
+        self._tick()
+        best = f" best {self.best:.3f}" if self.best is not None else ""
+        self.progress.update(self._trial, completed=epoch + 1,
+                             description=f"trial {number} epoch {epoch + 1}/{epochs}: loss {loss:.3f} "
+                                         f"val {val_accuracy:.3f}{best}")
+
+    def trial_finished(self, number, state, value, duration_s, note) -> None:
+        self._tick()
+        if state == "COMPLETE" and value is not None and (self.best is None or value > self.best):
+            self.best = value
+            mark = " [green]new best[/]"
+        else:
+            mark = ""
+        value_s = f"{value:.4f}" if value is not None else "-"
+        colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(state, "white")
+        self.console.print(f"trial {number:>3} [{colour}]{state:<8}[/] val {value_s}  {duration_s:6.1f}s"
+                           f"{mark}{'  ' + note if note else ''}", highlight=False)
+        if state == "COMPLETE" and self.progress is not None and self._overall is not None and not self._budget_s:
+            self.progress.advance(self._overall)
+
+    def search_finished(self, reason: str) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        self.console.print(f"Search stopped: {reason}", highlight=False)
+
+    def _tick(self) -> None:
+        if self.progress is not None and self._overall is not None and self._budget_s:
+            self.progress.update(self._overall, completed=min(self._budget_s, time.time() - self._started))
+
+
+def _describe(params: dict[str, Any]) -> str:
+    parts = [str(params.get("model")), f"freeze {params.get('freeze')}", f"lora {params.get('lora_rank')}",
+             f"lr {params.get('lr', 0):.2g}"]
+    for key in ("resolution", "max_length"):
+        if key in params:
+            parts.append(f"{key} {params[key]}")
+    return ", ".join(parts)

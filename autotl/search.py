@@ -1,0 +1,379 @@
+"""The search controller: Optuna study, budget, trials, and the final test-split score.
+
+A search is resumable: the study lives in an Optuna storage (SQLite in the run folder unless
+``--storage`` names another), so running the same command again continues it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .base import Backbone, LoadedData, Registry, Task
+from .errors import ModelUnavailableError, RunError, UsageError
+from .files import load_weights, save_weights, write_json
+from .progress import Reporter
+from .recipes import Recipe, builtin_recipes, load_recipe
+from .runs import RunLocation, default_storage, open_storage, write_run_file
+from .space import suggest
+from .training import accuracy, train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class SearchOptions:
+    task: str
+    data: Path
+    out: Path
+    recipe: str | None = None
+    models: list[str] | None = None
+    weights: dict[str, str] = field(default_factory=dict)
+    trials: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    storage: str | None = None
+    study: str | None = None
+    device: str = "auto"
+    scratch_baseline: bool = False
+    keep_top: int = 3
+
+
+@dataclass
+class SearchOutcome:
+    location: RunLocation
+    interrupted: bool
+    stop_reason: str
+    trials_run: int
+
+
+class Search:
+    """Prepares everything that can fail before any trial runs, then runs trials within the budget."""
+
+    def __init__(self, options: SearchOptions, registry: Registry, reporter: Reporter):
+        self.options = options
+        self.registry = registry
+        self.reporter = reporter
+        self.task = _find_task(registry, options.task)
+        self.recipe = _resolve_recipe(options.recipe, self.task)
+        self.device = _resolve_device(options.device)
+        self.zoo = self._resolve_models()
+        self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
+        self.data: LoadedData | None = None
+        self.study: optuna.Study | None = None
+        self.location: RunLocation | None = None
+        self.deadline: float | None = None
+
+    # -- preparation -------------------------------------------------------------------------
+    def _resolve_models(self) -> dict[str, Backbone]:
+        families = self.registry.families_for(self.task)
+        if not families:
+            raise ModelUnavailableError(
+                f"no installed backbone family serves {self.task.name!r} (modality {self.task.modality!r}); "
+                "install a backbone plugin for it"
+            )
+        names = self.options.models or self.recipe.models
+        if not names:
+            names = [name for family in families for name in family.default_zoo()]
+            if not names:
+                raise ModelUnavailableError(
+                    f"no model for {self.task.name!r} works offline: the packages with offline weights are "
+                    "missing; name models with --models (online), or give --weights NAME=FILE"
+                )
+        weights = dict(self.options.weights)
+        if "" in weights:  # a bare `--weights FILE`: only for a single model
+            if len(names) != 1:
+                raise UsageError("--weights FILE needs exactly one model in --models; otherwise use --weights NAME=FILE")
+            weights[names[0]] = weights.pop("")
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise UsageError(f"--weights names model(s) not searched: {', '.join(unknown)}; add them to --models")
+        zoo = {}
+        for name in dict.fromkeys(names):
+            family = next((f for f in families if f.owns(name)), None)
+            if family is None:
+                known = ", ".join(f.name for f in families)
+                raise ModelUnavailableError(
+                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: {known})"
+                )
+            zoo[name] = family.get(name, weights.get(name))
+        return zoo
+
+    def open(self) -> RunLocation:
+        """Load and check the data, open (or resume) the study, and record what the run is."""
+        opts = self.options
+        self.reporter.message(f"Loading {self.task.name} data from {opts.data} ...")
+        self.data = self.task.load(opts.data, seed=opts.seed, val_fraction=self.recipe.val_fraction,
+                                   options=self.recipe.data)
+        self.reporter.data_report(self.data.report)
+        try:
+            opts.out.mkdir(parents=True, exist_ok=True)
+            probe = opts.out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(f"cannot write to the output folder {opts.out}: {exc.strerror or exc}; choose another --out") from exc
+        default = opts.storage is None
+        url = opts.storage or default_storage(opts.out)
+        self.location = RunLocation(url, opts.study or "autotl", opts.out)
+        storage = open_storage(url)
+        sampler = _make_sampler(self.recipe.sampler, opts.seed)
+        pruner = _make_pruner(self.recipe.pruner)
+        self.study = optuna.create_study(study_name=self.location.study_name, storage=storage, sampler=sampler,
+                                         pruner=pruner, direction="maximize", load_if_exists=True)
+        self._check_or_record_study()
+        write_run_file(self.location, default)
+        write_json(opts.out / "data_report.json", self.data.report)
+        return self.location
+
+    def _check_or_record_study(self) -> None:
+        attrs = self.study.user_attrs
+        if attrs.get("task") and attrs["task"] != self.task.name:
+            raise RunError(f"{self.location.describe()} is a {attrs['task']} search, not {self.task.name}; "
+                           "use another --out or --study")
+        if attrs.get("fingerprint") and attrs["fingerprint"] != self.data.fingerprint:
+            raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
+                           f"(fingerprint {attrs['fingerprint']} -> {self.data.fingerprint}); start a new run with "
+                           "another --out or --study")
+        if attrs.get("task"):
+            done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
+            self.reporter.message(f"Resuming {self.location.describe()}: {done} finished trial(s) kept")
+            return
+        for key, value in {
+            "task": self.task.name,
+            "data": str(Path(self.options.data).resolve()),
+            "fingerprint": self.data.fingerprint,
+            "label_names": self.data.label_names,
+            "recipe": self.recipe.raw,
+            "recipe_source": self.recipe.source,
+            "seed": self.options.seed,
+            "models": {name: b.describe() for name, b in self.zoo.items()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }.items():
+            self.study.set_user_attr(key, value)
+        for point in self.recipe.start_with:
+            if point.get("model") in self.zoo:
+                self.study.enqueue_trial(point, skip_if_exists=True)
+
+    # -- the search loop -----------------------------------------------------------------------
+    def run(self) -> SearchOutcome:
+        opts = self.options
+        started = time.time()
+        self.deadline = started + opts.time_budget if opts.time_budget else None
+        self.reporter.search_started(self.location, list(self.zoo), opts.time_budget, opts.trials)
+        interrupted, reason, ran = False, "", 0
+        try:
+            while True:
+                reason = self._reason_to_stop(started)
+                if reason:
+                    break
+                self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                ran += 1
+        except KeyboardInterrupt:
+            interrupted, reason = True, "interrupted (Ctrl-C); every finished trial is kept"
+        self.reporter.search_finished(reason)
+        return SearchOutcome(self.location, interrupted, reason, ran)
+
+    def _reason_to_stop(self, started: float) -> str:
+        finished = self.study.get_trials(deepcopy=False, states=FINISHED)
+        if self.options.trials is not None and len(finished) >= self.options.trials:
+            return f"{len(finished)} trials finished (--trials {self.options.trials})"
+        if self.deadline is None:
+            return ""
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            return f"time budget of {_fmt_s(self.options.time_budget)} used"
+        durations = [t.duration.total_seconds() for t in finished if t.state == TrialState.COMPLETE and t.duration]
+        typical = statistics.median(durations) if durations else None
+        if typical and remaining < 0.5 * typical:
+            return (f"time budget nearly used: {_fmt_s(remaining)} left, a typical trial takes {_fmt_s(typical)}")
+        return ""
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.recipe, self.group_counts)
+        trial.set_user_attr("config", params)
+        backbone = self.zoo[params["model"]]
+        self.reporter.trial_started(trial.number, params)
+        started = time.time()
+        curve: list[float] = []
+        try:
+            trial_data = self.task.prepare(self.data, backbone, params)
+            epochs = int(params["epochs"])
+
+            def on_epoch(epoch: int, loss: float, val_accuracy: float) -> None:
+                curve.append(val_accuracy)
+                trial.report(val_accuracy, epoch)
+                self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
+                if epoch + 1 < epochs and trial.should_prune():
+                    trial.set_user_attr("stopped", f"pruned after epoch {epoch + 1}")
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+                if epoch + 1 < epochs and self.deadline is not None and time.time() > self.deadline:
+                    trial.set_user_attr("stopped", f"time budget reached after epoch {epoch + 1}")
+                    raise optuna.TrialPruned("time budget reached")
+
+            result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
+                           device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch)
+        except optuna.TrialPruned as exc:
+            self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
+                                         str(exc))
+            raise
+        except Exception as exc:
+            message = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            trial.set_user_attr("error", message)
+            self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
+            raise
+        trial.set_user_attr("best_epoch", result.best_epoch + 1)
+        trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
+        trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
+        trial.set_user_attr("trainable_params", result.adapted.trainable_params)
+        trial.set_user_attr("total_params", result.adapted.total_params)
+        if self._in_top(result.best_accuracy):
+            path = weights_path(self.options.out, trial.number)
+            state = result.merged_state(backbone, len(self.data.label_names))
+            save_weights(path, state, {"model": params["model"], "trial": str(trial.number)})
+            trial.set_user_attr("weights", str(path.relative_to(self.options.out)))
+            self._drop_weights_outside_top(result.best_accuracy, trial.number)
+        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started, "")
+        return result.best_accuracy
+
+    def _in_top(self, value: float) -> bool:
+        values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        return sum(v >= value for v in values) < self.options.keep_top
+
+    def _drop_weights_outside_top(self, value: float, number: int) -> None:
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = sorted([(t.value, t.number) for t in done] + [(value, number)], key=lambda vn: -vn[0])
+        for _, n in ranked[self.options.keep_top:]:
+            weights_path(self.options.out, n).unlink(missing_ok=True)
+
+    # -- after the search ----------------------------------------------------------------------
+    def score_best_on_test(self) -> dict[str, Any] | None:
+        """Score the best trial on the test split, which chose nothing; stored on the study."""
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return None
+        if not self.data.has_test:
+            self.reporter.message("No test/ split: the best trial is reported with its validation score only.")
+            return None
+        path = weights_path(self.options.out, best.number)
+        if not path.is_file():
+            self.reporter.message(f"Weights of trial {best.number} are not in {self.options.out}; no test score.")
+            return None
+        params = best.user_attrs["config"]
+        backbone = self.zoo.get(params["model"])
+        if backbone is None:
+            self.reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
+            return None
+        model = backbone.build(len(self.data.label_names), pretrained=False)
+        model.load_state_dict(load_weights(path))
+        model.to(self.device)
+        if backbone.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        split = self.task.prepare(self.data, backbone, params).test
+        score = {"trial": best.number, "test_accuracy": accuracy(model, split, self.device), "test_size": len(split)}
+        scores = dict(self.study.user_attrs.get("test_scores", {}))
+        scores[str(best.number)] = score["test_accuracy"]
+        self.study.set_user_attr("test_scores", scores)
+        return score
+
+    def scratch_baseline(self) -> dict[str, Any] | None:
+        """Train the best trial's network from random weights (everything trains) and score it."""
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return None
+        params = dict(best.user_attrs["config"], freeze=0, lora_rank=0)
+        backbone = self.zoo[params["model"]]
+        self.reporter.message(f"From-scratch comparison: {params['model']} with random weights, "
+                              f"{params['epochs']} epochs, lr {params['lr']:.2g} ...")
+        data = self.task.prepare(self.data, backbone, params)
+        started = time.time()
+        result = train(backbone, params, data.train, data.val, len(self.data.label_names), device=self.device,
+                       seed=self.options.seed, pretrained=False)
+        model = result.adapted.model
+        model.load_state_dict(result.best_state)
+        scratch = {"model": params["model"], "params": params, "val_accuracy": result.best_accuracy,
+                   "test_accuracy": accuracy(model, data.test, self.device) if data.test is not None else None,
+                   "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
+        self.study.set_user_attr("scratch", scratch)
+        return scratch
+
+
+def weights_path(out: Path, number: int) -> Path:
+    return Path(out) / "trials" / f"{number:04d}" / "model.safetensors"
+
+
+def _find_task(registry: Registry, name: str) -> Task:
+    if name not in registry.tasks:
+        known = ", ".join(sorted(registry.tasks)) or "none (no task plugin is installed)"
+        raise UsageError(f"unknown task {name!r}; installed tasks: {known}")
+    return registry.tasks[name]
+
+
+def _resolve_recipe(recipe: str | None, task: Task) -> Recipe:
+    if recipe is None:
+        if task.name not in builtin_recipes():
+            raise UsageError(f"no built-in recipe for task {task.name!r}; give one with --recipe FILE")
+        recipe = task.name
+    loaded = load_recipe(recipe)
+    if loaded.task != task.name:
+        raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}")
+    return loaded
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device: {exc}") from exc
+
+
+def _make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:
+    spec = dict(spec)
+    name = spec.pop("name", "tpe")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            if spec.get("multivariate"):
+                spec.setdefault("group", True)
+            return optuna.samplers.TPESampler(seed=seed, **spec)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise UsageError(f"recipe sampler.name {name!r} is unknown; use tpe or random")
+
+
+def _make_pruner(spec: dict) -> optuna.pruners.BasePruner:
+    spec = dict(spec)
+    name = spec.pop("name", "median")
+    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
+    if name not in pruners:
+        raise UsageError(f"recipe pruner.name {name!r} is unknown; use one of {', '.join(pruners)}")
+    try:
+        return pruners[name](**spec)
+    except TypeError as exc:
+        raise UsageError(f"recipe pruner: {exc}") from exc
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    seconds = float(seconds)
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
+
+
+__all__ = ["Search", "SearchOptions", "SearchOutcome", "weights_path"]

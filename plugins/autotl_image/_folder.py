@@ -1,0 +1,171 @@
+"""Reading an ImageFolder once: decode, check, fingerprint, split, and resize per resolution."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autotl.errors import DataError
+
+SPLITS = ("train", "val", "test")
+_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+@dataclass
+class ImageData:
+    """Decoded images of every split, as PIL images in RGB, with integer labels."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, tuple[list[Image.Image], list[int], list[str]]]  # images, labels, relative paths
+    fingerprint: str
+    skipped: list[dict[str, str]]
+    val_from_train: bool
+    _resized: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def labels(self, split: str) -> torch.Tensor:
+        return torch.tensor(self.splits[split][1], dtype=torch.long)
+
+    def report(self) -> dict:
+        counts = {
+            split: {c: labels.count(i) for i, c in enumerate(self.classes)}
+            for split, (_, labels, _) in self.splits.items()
+        }
+        return {
+            "root": str(self.root),
+            "classes": self.classes,
+            "counts": counts,
+            "val_from_train": self.val_from_train,
+            "skipped": self.skipped,
+        }
+
+
+def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: int = 512) -> ImageData:
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}; give a folder with train/<class>/ image folders")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"{root} has no train/ folder; lay the images out as {root}/train/<class>/<image>")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class folders"
+        raise DataError(f"{train_dir} has {found}; classification needs at least two class folders")
+
+    digest = hashlib.sha256()
+    skipped: list[dict[str, str]] = []
+    splits: dict[str, tuple[list, list, list]] = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        if split != "train":
+            extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes
+                           and not p.name.startswith("."))
+            if extra:
+                raise DataError(f"{split_dir} has class folders that train/ lacks: {', '.join(extra)}; "
+                                "add them to train/ or remove them")
+        images, labels, paths = [], [], []
+        for label, cls in enumerate(classes):
+            cls_dir = split_dir / cls
+            if not cls_dir.is_dir():
+                continue
+            decoded = 0
+            for file in sorted(p for p in cls_dir.rglob("*") if not p.name.startswith(".")):
+                if file.is_dir():
+                    continue
+                rel = str(file.relative_to(root))
+                image, problem = _decode(file, max_side)
+                if image is None:
+                    skipped.append({"file": rel, "reason": problem})
+                    continue
+                digest.update(f"{split}\0{cls}\0{rel}\0".encode())
+                digest.update(image.tobytes())
+                images.append(image)
+                labels.append(label)
+                paths.append(rel)
+                decoded += 1
+            if split == "train" and decoded == 0:
+                raise DataError(f"class folder {cls_dir} holds no readable image; add images or remove the folder")
+        splits[split] = (images, labels, paths)
+
+    val_from_train = "val" not in splits or not splits["val"][0]
+    if val_from_train:
+        splits["train"], splits["val"] = _stratified_split(splits["train"], classes, val_fraction, seed, train_dir)
+    return ImageData(root, classes, splits, digest.hexdigest()[:16], skipped, val_from_train)
+
+
+def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
+    """Decode one image to RGB (grey, RGBA and palette images included); ``(None, why)`` if it cannot be."""
+    try:
+        if file.stat().st_size == 0:
+            return None, "empty file"
+        data = file.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.draft("RGB", (max_side, max_side))
+            image.load()
+    except Image.DecompressionBombWarning as exc:
+        return None, f"too many pixels (decompression bomb?): {exc}"
+    except Exception as exc:  # PIL raises many types for broken files: report, never crash
+        return None, f"not a readable image ({exc.__class__.__name__}: {str(exc)[:120]})"
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.BICUBIC)
+    return image, ""
+
+
+def _stratified_split(train, classes, val_fraction, seed, train_dir):
+    from sklearn.model_selection import train_test_split
+
+    images, labels, paths = train
+    counts = np.bincount(labels, minlength=len(classes))
+    if counts.min() < 2:
+        small = classes[int(counts.argmin())]
+        raise DataError(f"class {small!r} in {train_dir} has {counts.min()} image(s); a validation split needs "
+                        "at least 2 per class: add images or give a val/ folder")
+    n_val = max(len(classes), int(round(val_fraction * len(labels))))
+    idx_train, idx_val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
+
+    def take(idx):
+        idx = sorted(idx.tolist())
+        return [images[i] for i in idx], [labels[i] for i in idx], [paths[i] for i in idx]
+
+    return take(idx_train), take(idx_val)
+
+
+def resize_all(data: ImageData, split: str, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """All images of ``split`` as one uint8 tensor ``(N, 3, size, size)``, computed once per size.
+
+    Each image is resized so its shorter side is ``size`` and centre-cropped to a square.
+    """
+    key = (split, size, interpolation)
+    if key not in data._resized:
+        method = _INTERPOLATION.get(interpolation, Image.BILINEAR)
+        images = data.splits[split][0]
+        out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+        for i, image in enumerate(images):
+            out[i] = torch.from_numpy(np.array(_resize_crop(image, size, method))).permute(2, 0, 1)
+        data._resized[key] = out
+    return data._resized[key]
+
+
+def _resize_crop(image: Image.Image, size: int, method) -> Image.Image:
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), method)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
