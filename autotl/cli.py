@@ -129,8 +129,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, seed, 
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
     )
     _quiet_libraries()
-    console = Console(stderr=True)
-    reporter = ConsoleReporter(console)
+    reporter = ConsoleReporter(_console(stderr=True))
     runner = Search(options, get_registry(), reporter)
     location = runner.open()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -144,7 +143,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, seed, 
             runner.scratch_baseline()
     except KeyboardInterrupt:
         outcome.interrupted = True
-    render(runner.study, location, Console())
+    render(runner.study, location, _console())
     click.echo(f"Run folder: {out}   (see it again: autotl trials {out})", err=True)
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
@@ -165,7 +164,7 @@ def trials(run, storage, study, as_json):
     if as_json:
         click.echo(json.dumps(trial_rows(loaded), indent=2, default=str))
     else:
-        render(loaded, location, Console())
+        render(loaded, location, _console())
 
 
 @cli.command()
@@ -220,6 +219,12 @@ def plugins(as_json):
         click.echo(f"task {task.name}: served by {families}")
 
 
+def _console(stderr: bool = False) -> Console:
+    """A console that is wide enough for the leaderboard when it writes to a file or a pipe."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
 def _parse_weights(values) -> dict[str, str]:
     parsed = {}
     for value in values:
@@ -246,6 +251,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def main() -> None:
+    """Entry point of the `autotl` command."""
     cli(prog_name="autotl")
 
 

@@ -25,13 +25,17 @@ def make_manager(extra_plugins: Iterable[object] = (), *, entry_points: bool = T
     pm.add_hookspecs(hookspecs)
     if entry_points:
         _load_entry_points(pm)
-    for plugin in extra_plugins:
-        pm.register(plugin)
     try:
+        for plugin in extra_plugins:
+            pm.register(plugin)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} broke the plugin contract: {exc}") from exc
+        raise PluginError(f"plugin {_plugin_name(pm, exc.plugin)!r} broke the plugin contract: {exc}") from exc
     return pm
+
+
+def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    return pm.get_name(plugin) or getattr(plugin, "__name__", None) or repr(plugin)
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
@@ -47,7 +51,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r} broke the plugin contract: {exc}") from exc
+        raise PluginError(f"plugin {_plugin_name(pm, exc.plugin)!r} broke the plugin contract: {exc}") from exc
     except Exception as exc:  # an import error inside somebody's plugin
         raise PluginError(
             f"a plugin in the {ENTRY_POINT_GROUP!r} entry-point group failed to load: {exc!r}; "
@@ -90,8 +94,9 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for kind, hook_name, store, expected in hooks:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             impl.function(register=add(kind, store, expected, impl.plugin_name))
-    for name in pm.list_name_plugin():
-        registry.provided_by.setdefault(name[0], [])
+    for name, plugin in pm.list_name_plugin():
+        if plugin is not None:  # blocked plugins are listed with None
+            registry.provided_by.setdefault(name, [])
     return registry
 
 

@@ -18,7 +18,7 @@ from .errors import UsageError
 
 #: parameters the core itself interprets; every other parameter is handed to the task.
 CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "weight_decay",
-               "label_smoothing", "warmup_epochs")
+               "label_smoothing", "warmup_epochs", "head_init")
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
 _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner"}
 
@@ -147,15 +147,29 @@ def _param_spec(name: str, spec: Any, fail) -> ParamSpec:
         if not isinstance(choices, list) or not choices:
             fail(where, "choices must be a non-empty list")
         return ParamSpec(name, choices=tuple(choices))
-    low, high = spec.get("low"), spec.get("high")
-    for field_name, value in (("low", low), ("high", high)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)):
-            fail(f"{where}.{field_name}", f"must be a number, not {value!r}")
+    low = _number(spec.get("low"), f"{where}.low", fail)
+    high = _number(spec.get("high"), f"{where}.high", fail)
     if name != "freeze" and (low is None or high is None):
         fail(where, "needs both low and high (or choices)")
     if low is not None and high is not None and low > high:
         fail(where, f"low ({low}) is above high ({high})")
-    log = bool(spec.get("log", False))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        fail(f"{where}.log", f"must be true or false, not {log!r}")
     if log and low is not None and low <= 0:
         fail(where, "a log scale needs low > 0")
     return ParamSpec(name, low=low, high=high, log=log)
+
+
+def _number(value: Any, where: str, fail) -> float | int | None:
+    """A recipe number; YAML reads ``1e-3`` (no decimal point) as a string, so accept that too."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            fail(where, f"must be a number, not {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        fail(where, f"must be a number, not {value!r}")
+    return value

@@ -53,9 +53,13 @@ def locate(run: str | None, storage: str | None, study: str | None) -> RunLocati
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
         raise RunError(f"{meta_file} is unreadable ({exc}); restore it or use --storage URL --study NAME") from exc
-    url = meta.get("storage") or default_storage(folder)
-    if url.startswith("sqlite:///") and meta.get("storage_is_default", True):
-        url = default_storage(folder)  # the folder may have moved since
+    if meta.get("storage_is_default", True):
+        url = default_storage(folder)  # resolved anew: the folder may have moved since
+    else:
+        url = meta["storage"]
+        if "***@" in url:
+            raise UsageError(f"the run in {folder} uses {url}, whose password is not stored: "
+                             "give --storage URL (or set AUTOTL_STORAGE)")
     return RunLocation(url, study or meta.get("study", DEFAULT_STUDY), folder)
 
 

@@ -217,8 +217,8 @@ class Search:
                     trial.set_user_attr("stopped", f"pruned after epoch {epoch + 1}")
                     raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
                 if epoch + 1 < epochs and self.deadline is not None and time.time() > self.deadline:
-                    trial.set_user_attr("stopped", f"time budget reached after epoch {epoch + 1}")
-                    raise optuna.TrialPruned("time budget reached")
+                    return f"time budget reached after epoch {epoch + 1} of {epochs}"
+                return None
 
             result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
                            device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch)
@@ -226,11 +226,16 @@ class Search:
             self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
                                          str(exc))
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise
         except Exception as exc:
             message = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             trial.set_user_attr("error", message)
             self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
             raise
+        if result.stopped:
+            trial.set_user_attr("stopped", result.stopped)
         trial.set_user_attr("best_epoch", result.best_epoch + 1)
         trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
         trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
@@ -242,7 +247,8 @@ class Search:
             save_weights(path, state, {"model": params["model"], "trial": str(trial.number)})
             trial.set_user_attr("weights", str(path.relative_to(self.options.out)))
             self._drop_weights_outside_top(result.best_accuracy, trial.number)
-        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started, "")
+        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
+                                     result.stopped)
         return result.best_accuracy
 
     def _in_top(self, value: float) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .adapt import Adapted, adapt, merged
 from .base import Backbone, Inputs, TensorSplit
+from .errors import UsageError
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainResult:
     epoch_seconds: list[float]
     adapted: Adapted
     best_state: dict[str, torch.Tensor] = field(repr=False)
+    stopped: str = ""  # why training ended before its last epoch, if it did
 
     def merged_state(self, backbone: Backbone, num_classes: int) -> dict[str, torch.Tensor]:
         """The best epoch's weights as a plain network's state dict (LoRA merged)."""
@@ -81,16 +83,20 @@ def train(
     device: torch.device,
     seed: int,
     pretrained: bool = True,
-    on_epoch: Callable[[int, float, float], None] | None = None,
+    on_epoch: Callable[[int, float, float], str | None] | None = None,
 ) -> TrainResult:
     """Train one configuration and return the epoch with the best validation accuracy.
 
-    ``on_epoch(epoch, train_loss, val_accuracy)`` runs after every epoch; an exception it raises
-    (Optuna's ``TrialPruned``, say) ends training.
+    ``on_epoch(epoch, train_loss, val_accuracy)`` runs after every epoch. If it returns a reason
+    (a non-empty string), training stops there and the result keeps the best epoch so far; an
+    exception it raises (Optuna's ``TrialPruned``, say) abandons the training.
     """
     seed_everything(seed)
+    if params.get("head_init", "zeros") not in ("zeros", "default"):
+        raise UsageError(f"head_init must be zeros or default, not {params['head_init']!r}")
     model = backbone.build(num_classes, pretrained=pretrained)
-    adapted = adapt(model, backbone, int(params.get("freeze", 0)), int(params.get("lora_rank", 0)))
+    adapted = adapt(model, backbone, int(params.get("freeze", 0)), int(params.get("lora_rank", 0)),
+                    zero_head=pretrained and params.get("head_init", "zeros") == "zeros")
     model = adapted.model.to(device)
     if backbone.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -107,7 +113,7 @@ def train(
 
     curve: list[float] = []
     epoch_seconds: list[float] = []
-    best_accuracy, best_epoch, best_state = -1.0, -1, None
+    best_accuracy, best_epoch, best_state, stopped = -1.0, -1, None, ""
     for epoch in range(epochs):
         started = time.perf_counter()
         adapted.train_mode()
@@ -130,8 +136,10 @@ def train(
             best_accuracy, best_epoch = val_accuracy, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         if on_epoch is not None:
-            on_epoch(epoch, total_loss / max(seen, 1), val_accuracy)
-    return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state)
+            stopped = on_epoch(epoch, total_loss / max(seen, 1), val_accuracy) or ""
+            if stopped:
+                break
+    return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state, stopped)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: float) -> Callable[[int], float]:

@@ -36,8 +36,8 @@ class ImageData:
 
     def report(self) -> dict:
         counts = {
-            split: {c: labels.count(i) for i, c in enumerate(self.classes)}
-            for split, (_, labels, _) in self.splits.items()
+            split: {c: self.splits[split][1].count(i) for i, c in enumerate(self.classes)}
+            for split in SPLITS if split in self.splits
         }
         return {
             "root": str(self.root),
@@ -117,6 +117,10 @@ def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
         return None, f"too many pixels (decompression bomb?): {exc}"
     except Exception as exc:  # PIL raises many types for broken files: report, never crash
         return None, f"not a readable image ({exc.__class__.__name__}: {str(exc)[:120]})"
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale, don't clip, to 8 bits
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
+        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).round().astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -128,22 +132,26 @@ def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
 
 
 def _stratified_split(train, classes, val_fraction, seed, train_dir):
-    from sklearn.model_selection import train_test_split
-
+    """Hold out ``val_fraction`` of each class (at least one image, never the last one), seeded."""
     images, labels, paths = train
-    counts = np.bincount(labels, minlength=len(classes))
-    if counts.min() < 2:
-        small = classes[int(counts.argmin())]
-        raise DataError(f"class {small!r} in {train_dir} has {counts.min()} image(s); a validation split needs "
-                        "at least 2 per class: add images or give a val/ folder")
-    n_val = max(len(classes), int(round(val_fraction * len(labels))))
-    idx_train, idx_val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
+    labels_arr = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val_idx: list[int] = []
+    for label, cls in enumerate(classes):
+        members = np.flatnonzero(labels_arr == label)
+        if len(members) < 2:
+            raise DataError(f"class {cls!r} in {train_dir} has {len(members)} readable image(s); a validation "
+                            "split needs at least 2 per class: add images or give a val/ folder")
+        n_val = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
+        val_idx.extend(rng.permutation(members)[:n_val].tolist())
+    val_set = set(val_idx)
+    train_idx = [i for i in range(len(labels)) if i not in val_set]
 
     def take(idx):
-        idx = sorted(idx.tolist())
+        idx = sorted(idx)
         return [images[i] for i in idx], [labels[i] for i in idx], [paths[i] for i in idx]
 
-    return take(idx_train), take(idx_val)
+    return take(train_idx), take(val_idx)
 
 
 def resize_all(data: ImageData, split: str, size: int, interpolation: str = "bilinear") -> torch.Tensor:

@@ -47,11 +47,13 @@ def hub_source_ready(name: str, timeout: float = 3.0) -> str | None:
         for filename in ("model.safetensors", "pytorch_model.bin", cfg.hf_hub_filename):
             if filename and isinstance(try_to_load_from_cache(repo, filename), str):
                 return None
-        host = urlparse(constants.ENDPOINT).hostname
+        endpoint = urlparse(constants.ENDPOINT)
     else:
-        host = urlparse(cfg.url).hostname
+        endpoint = urlparse(cfg.url)
+    host = endpoint.hostname
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         return f"{host} cannot be reached ({exc.strerror or exc}) and the weights are not in the local cache"
     return None

@@ -1,0 +1,391 @@
+"""Reading labelled texts once: CSV, TSV or JSON Lines files; check, fingerprint, split, tokenise per length.
+
+Every problem names the file, the line and the column, and says what to do. Lines are counted as a
+text editor counts them: the header is line 1, and a quoted CSV text that spans several lines
+starts on the line where its record starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from autotl.errors import DataError, UsageError
+
+SPLITS = ("train", "val", "test")
+FORMATS = (".csv", ".tsv", ".jsonl")
+MAX_LISTED_SKIPS = 1000  # the report lists this many skipped lines; the counts cover them all
+csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))  # long e-mails are fine
+
+
+@dataclass
+class Options:
+    text_column: str = "text"
+    label_column: str = "label"
+    on_bad_lines: str = "error"  # or "skip"
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> "Options":
+        opts = cls(**{k: str(options[k]) for k in ("text_column", "label_column", "on_bad_lines") if k in options})
+        if opts.on_bad_lines not in ("error", "skip"):
+            raise UsageError(f"recipe data.on_bad_lines must be error or skip, not {opts.on_bad_lines!r}")
+        if opts.text_column == opts.label_column:
+            raise UsageError(f"recipe data: text_column and label_column are both {opts.text_column!r}")
+        return opts
+
+
+@dataclass
+class Row:
+    line: int
+    text: str
+    label: str
+
+
+@dataclass
+class TextData:
+    """Texts and integer labels of every split, and the tokenised tensors already computed."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, tuple[list[str], list[int]]]
+    files: dict[str, str]
+    fingerprint: str
+    skipped: list[dict[str, str]]
+    skipped_counts: dict[str, int]
+    val_from_train: bool
+    options: Options
+    test_in_train: int = 0
+    _tokens: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def labels(self, split: str) -> torch.Tensor:
+        return torch.tensor(self.splits[split][1], dtype=torch.long)
+
+    def report(self) -> dict[str, Any]:
+        counts = {split: {c: self.splits[split][1].count(i) for i, c in enumerate(self.classes)}
+                  for split in SPLITS if split in self.splits}
+        report = {
+            "root": str(self.root),
+            "files": self.files,
+            "text_column": self.options.text_column,
+            "label_column": self.options.label_column,
+            "classes": self.classes,
+            "counts": counts,
+            "val_from_train": self.val_from_train,
+            "skipped": self.skipped[:MAX_LISTED_SKIPS],
+            "skipped_counts": self.skipped_counts,
+        }
+        if "test" in self.splits:
+            report["test_texts_also_in_train"] = self.test_in_train
+        return report
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Options) -> TextData:
+    root = Path(root)
+    if root.is_file() and root.suffix in FORMATS:
+        raise DataError(f"{root} is a file; give the folder that holds it (named train{root.suffix}), "
+                        f"e.g. {root.parent}")
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}; give a folder holding train.csv (and optional val.csv, "
+                        "test.csv)")
+    files = {split: path for split in SPLITS if (path := _find_file(root, split)) is not None}
+    if "train" not in files:
+        raise DataError(f"{root} has no train.csv, train.tsv or train.jsonl; put the labelled texts there "
+                        f"(columns {options.text_column},{options.label_column})")
+
+    skipped: list[dict[str, str]] = []
+    skipped_counts: dict[str, int] = {}
+    rows: dict[str, list[Row]] = {}
+    digest = hashlib.sha256(f"{options.text_column}\0{options.label_column}\0".encode())
+    for split, path in files.items():
+        split_rows, split_skips = read_rows(path, options)
+        skipped.extend(split_skips)
+        skipped_counts[split] = len(split_skips)
+        if not split_rows:
+            why = f"all its {len(split_skips)} rows were skipped (listed in the report)" if split_skips else "no rows"
+            raise DataError(f"{path.name} has {why}; it needs one row per text under a header line "
+                            f"`{options.text_column},{options.label_column}`")
+        rows[split] = split_rows
+        for row in split_rows:
+            digest.update(f"{split}\0{row.label}\0{row.text}\0".encode())
+
+    train_name = files["train"].name
+    counts = Counter(row.label for row in rows["train"])
+    if len(counts) < 2:
+        label = next(iter(counts))
+        raise DataError(f"{train_name}, column {options.label_column!r}: every row has the label {label!r}; "
+                        "classification needs at least two labels")
+    classes = _sorted_labels(counts)
+    index = {label: i for i, label in enumerate(classes)}
+    for split in ("val", "test"):
+        for row in rows.get(split, []):
+            if row.label not in index:
+                shown = ", ".join(repr(c) for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
+                raise DataError(f"{files[split].name} line {row.line}, column {options.label_column!r}: label "
+                                f"{row.label!r} never occurs in {train_name} (its labels: {shown}); fix the label "
+                                f"or add rows with it to {train_name}")
+
+    splits = {split: ([r.text for r in split_rows], [index[r.label] for r in split_rows])
+              for split, split_rows in rows.items()}
+    val_from_train = "val" not in splits
+    if val_from_train:
+        splits["train"], splits["val"] = stratified_split(rows["train"], classes, index, val_fraction, seed,
+                                                          train_name)
+    test_in_train = 0
+    if "test" in splits:
+        seen = set(splits["train"][0]) | set(splits["val"][0])
+        test_in_train = sum(text in seen for text in splits["test"][0])
+    return TextData(root, classes, splits, {s: p.name for s, p in files.items()}, digest.hexdigest()[:16],
+                    skipped, skipped_counts, val_from_train, options, test_in_train)
+
+
+def _find_file(root: Path, split: str) -> Path | None:
+    found = [root / f"{split}{ext}" for ext in FORMATS if (root / f"{split}{ext}").is_file()]
+    if len(found) > 1:
+        raise DataError(f"{root} holds {' and '.join(p.name for p in found)}; keep one file per split")
+    return found[0] if found else None
+
+
+def _sorted_labels(counts: Counter) -> list[str]:
+    labels = list(counts)
+    try:
+        return sorted(labels, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(labels)
+
+
+def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, str]]]:
+    """The usable rows of one file, and the lines skipped (empty texts; bad lines with ``on_bad_lines: skip``)."""
+    data = path.read_bytes()
+    name = path.name
+    if not data.strip():
+        raise DataError(f"{name} is empty; it needs a header line `{options.text_column},{options.label_column}` "
+                        "and one row per text" if path.suffix != ".jsonl" else
+                        f"{name} is empty; it needs one JSON object per line, such as "
+                        f'{{"{options.text_column}": "...", "{options.label_column}": "..."}}')
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _raise_not_utf8(path, data, exc, options)
+    rows: list[Row] = []
+    skipped: list[dict[str, str]] = []
+
+    def bad(line: int, problem: str, fix: str) -> None:
+        if options.on_bad_lines == "skip":
+            skipped.append({"file": f"{name}:{line}", "reason": problem.lstrip(", ")})
+            return
+        raise DataError(f"{name} line {line}{problem if problem.startswith(',') else ': ' + problem}; {fix} "
+                        "(or skip such lines with `data: {on_bad_lines: skip}` in the recipe)")
+
+    for line, record, problem, fix in _records(path, text, options):
+        if problem:
+            bad(line, problem, fix)
+            continue
+        raw_text, raw_label = record
+        label = _label_str(raw_label)
+        if label is None:
+            bad(line, f", column {options.label_column!r}: the label is not a string or number ({raw_label!r})",
+                "give each row one label")
+            continue
+        if not label:
+            bad(line, f", column {options.label_column!r}: the label is empty", "give each row a label")
+            continue
+        text_value = "" if raw_text is None else raw_text if isinstance(raw_text, str) else str(raw_text)
+        if not text_value.strip():
+            skipped.append({"file": f"{name}:{line}", "reason": "empty text"})
+            continue
+        rows.append(Row(line, text_value, label))
+    return rows, skipped
+
+
+def _label_str(value: Any) -> str | None:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value).strip()
+    return None
+
+
+def _records(path: Path, text: str, options: Options) -> Iterator[tuple[int, tuple | None, str, str]]:
+    """``(line, (text, label) or None, problem, fix)`` for every record of the file, header excluded."""
+    if path.suffix == ".jsonl":
+        yield from _jsonl_records(path, text, options)
+    else:
+        yield from _delimited_records(path, text, options)
+
+
+def _columns(path: Path, header: list[str], options: Options) -> tuple[int, int]:
+    names = [h.strip() for h in header]
+    positions = []
+    for key, wanted in (("text_column", options.text_column), ("label_column", options.label_column)):
+        if wanted in names:
+            positions.append(names.index(wanted))
+            continue
+        folded = [n.lower() for n in names]
+        if wanted.lower() in folded:
+            positions.append(folded.index(wanted.lower()))
+            continue
+        shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+        raise DataError(f"{path.name} line 1: no column {wanted!r} (its columns: {shown}); rename the column, or "
+                        f"name yours in the recipe with `data: {{{key}: ...}}`")
+    return positions[0], positions[1]
+
+
+def _delimited_records(path: Path, text: str, options: Options):
+    tsv = path.suffix == ".tsv"
+    # TSV: a tab ends a field, quotes are plain characters (texts cannot hold tabs or line breaks).
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    header: list[str] | None = None
+    text_at = label_at = 0
+    previous = 0
+    while True:
+        start = previous + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            previous = reader.line_num
+            if header is None:
+                raise DataError(f"{path.name} line {start}: the header line cannot be read ({exc})") from exc
+            if "unexpected end of data" in str(exc):
+                problem = "a double quote opens a text that is never closed"
+                fix = "close the quote, and double every quote inside a quoted text (\"\")"
+            else:
+                problem = f"not valid CSV ({exc})"
+                fix = "put texts that hold commas or quotes in double quotes, doubling the quotes inside (\"\")"
+            yield start, None, problem, fix
+            continue
+        previous = reader.line_num
+        if header is None:
+            if not record or not any(cell.strip() for cell in record):
+                raise DataError(f"{path.name} line {start}: the first line must be the header, e.g. "
+                                f"`{options.text_column},{options.label_column}`; it is empty")
+            header = record
+            text_at, label_at = _columns(path, header, options)
+            continue
+        if not any(cell.strip() for cell in record):
+            continue  # a blank line (or one of empty fields only)
+        if len(record) != len(header):
+            sep = "tab" if tsv else "comma"
+            fix = ("remove tabs inside texts" if tsv else
+                   "put texts that hold commas in double quotes")
+            yield start, None, f"{len(record)} fields where the header has {len(header)} (a {sep} too many or " \
+                               "too few?)", fix
+            continue
+        yield start, (record[text_at], record[label_at]), "", ""
+
+
+def _jsonl_records(path: Path, text: str, options: Options):
+    first = True
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"not valid JSON ({exc.msg} at character {exc.colno})", \
+                "write one JSON object per line"
+            continue
+        if not isinstance(obj, dict):
+            yield number, None, f"a JSON {type(obj).__name__}, not an object", \
+                f'write one object per line, such as {{"{options.text_column}": "...", ' \
+                f'"{options.label_column}": "..."}}'
+            continue
+        keys = [options.text_column, options.label_column]
+        for i, wanted in enumerate(keys):
+            if wanted not in obj:
+                folded = {str(k).lower(): k for k in obj}
+                if wanted.lower() in folded:
+                    keys[i] = folded[wanted.lower()]
+                    continue
+                key = ("text_column", "label_column")[i]
+                if first:
+                    shown = ", ".join(repr(k) for k in list(obj)[:10])
+                    raise DataError(f"{path.name} line {number}: no key {wanted!r} (its keys: {shown}); rename "
+                                    f"the key, or name yours in the recipe with `data: {{{key}: ...}}`")
+                yield number, None, f", column {wanted!r}: the key is missing", "give every object the key"
+                break
+        else:
+            first = False
+            yield number, (obj[keys[0]], obj[keys[1]]), "", ""
+
+
+def _raise_not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, options: Options):
+    line = data.count(b"\n", 0, exc.start) + 1
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    column = ""
+    try:  # which column: read the file with the bad bytes replaced, and look in the record holding that line
+        holding = None
+        for at, record, _, _ in _records(path, data.decode("utf-8", errors="replace"), options):
+            if at > line:
+                break
+            holding = record
+        for name, value in zip((options.text_column, options.label_column), holding or ()):
+            if isinstance(value, str) and "\ufffd" in value:
+                column = f", column {name!r}"
+                break
+    except DataError:
+        pass
+    raise DataError(f"{path.name} line {line}{column}: bytes that are not UTF-8 "
+                    f"({data[exc.start:exc.end + 3][:8]!r} at byte {exc.start - line_start + 1} of the line); save "
+                    "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)") from exc
+
+
+# -- validation split --------------------------------------------------------------------------------
+
+def stratified_split(rows: list[Row], classes: list[str], index: dict[str, int], val_fraction: float, seed: int,
+                     train_name: str):
+    """Hold out ``val_fraction`` of each label (at least one row, never the last one), seeded."""
+    labels = np.asarray([index[r.label] for r in rows])
+    rng = np.random.default_rng(seed)
+    val_idx: list[int] = []
+    for label, name in enumerate(classes):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            line = rows[int(members[0])].line
+            raise DataError(f"{train_name} line {line}: label {name!r} has only this one row; a validation split "
+                            "needs at least 2 rows per label: add rows, or give a val file of your own")
+        n_val = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
+        val_idx.extend(rng.permutation(members)[:n_val].tolist())
+    val_set = set(val_idx)
+
+    def take(idx):
+        idx = sorted(idx)
+        return [rows[i].text for i in idx], [int(labels[i]) for i in idx]
+
+    return take([i for i in range(len(rows)) if i not in val_set]), take(val_idx)
+
+
+# -- tokenisation --------------------------------------------------------------------------------------
+
+def tokenised(data: TextData, split: str, tokenizer, key: Any, max_length: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` (int32) and ``attention_mask`` (int8) of ``split``, computed once per tokenizer and length.
+
+    Padded to the longest text of the split (at most ``max_length`` tokens); batches trim further.
+    """
+    cache_key = (key, int(max_length), split)
+    if cache_key not in data._tokens:
+        texts = data.splits[split][0]
+        encoded = tokenizer(texts, truncation=True, max_length=int(max_length), padding="longest",
+                            return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
+        data._tokens[cache_key] = {
+            "input_ids": encoded["input_ids"].to(torch.int32),
+            "attention_mask": encoded["attention_mask"].to(torch.int8),
+        }
+    return data._tokens[cache_key]

@@ -1,0 +1,141 @@
+"""The network a transformers backbone builds: an encoder, a pooling of its tokens, and a linear head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: ``transformer`` is the encoder (a transformers ``AutoModel``), ``classifier`` the new head.
+ENCODER, HEAD = "transformer", "classifier"
+POOLINGS = ("mean", "cls", "pooler")
+
+#: LoRA target leaf names per ``config.model_type``, where peft's own table lacks the architecture.
+LORA_LEAVES = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "camembert": ["query", "value"], "albert": ["query", "value"],
+    "ernie": ["query", "value"], "distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"],
+    "deberta": ["in_proj"], "deberta-v2": ["query_proj", "value_proj"], "modernbert": ["Wqkv"],
+    "gpt2": ["c_attn"],
+}
+
+
+class TextClassifier(nn.Module):
+    """``forward(input_ids, attention_mask)`` -> logits ``(batch, num_classes)``.
+
+    ``pooling``: ``mean`` averages the token states under the attention mask (what
+    sentence-transformers models are trained for), ``cls`` takes the first token's state, ``pooler``
+    the encoder's own pooler output (BERT's tanh layer over [CLS]).
+    """
+
+    def __init__(self, transformer: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if pooling != "pooler" and getattr(transformer, "pooler", None) is not None:
+            transformer.pooler = None  # unused: drop it, so that every parameter trains or is frozen on purpose
+        self.transformer = transformer
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(transformer.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = out[0][:, 0]
+        else:
+            states = out[0]
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+
+def layer_stack(encoder: nn.Module) -> tuple[str, int]:
+    """The name (relative to ``encoder``) and length of its stack of transformer layers.
+
+    The ``nn.ModuleList`` holding the most parameters; one whose length is the config's layer count
+    wins a tie. BERT-like: ``encoder.layer``; DistilBERT: ``transformer.layer``; GPT-2: ``h``.
+    """
+    wanted = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    best, best_key = None, None
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            key = (size, len(module) == wanted)
+            if best_key is None or key > best_key:
+                best, best_key = (name, len(module)), key
+    if best is None:
+        raise ValueError(f"found no stack of layers (nn.ModuleList) in {type(encoder).__name__}")
+    return best
+
+
+def layer_groups(model: TextClassifier) -> list[list[str]]:
+    """Before the layer stack (embeddings), each layer, after the stack (final norm, pooler), the head."""
+    stack, n = layer_stack(model.transformer)
+    before: list[str] = []
+    after: list[str] = []
+    seen_stack = False
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        nonlocal seen_stack
+        for name, child in module.named_children():
+            rel = f"{prefix}.{name}" if prefix else name
+            if next(child.parameters(), None) is None:
+                continue
+            if rel == stack:
+                seen_stack = True
+            elif stack.startswith(rel + "."):
+                walk(child, rel)
+            else:
+                (after if seen_stack else before).append(f"{ENCODER}.{rel}")
+
+    walk(model.transformer, "")
+    groups = [before] if before else []
+    groups += [[f"{ENCODER}.{stack}.{i}"] for i in range(n)]
+    if after:
+        groups.append(after)
+    groups.append([HEAD])
+    return groups
+
+
+def lora_targets(model: TextClassifier, leaves: list[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` (or GPT-2 ``Conv1D``) modules in the layer stack whose name ends in a leaf.
+
+    A leaf may hold dots (``attention.output.dense``) to pick one of several modules of the same name.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    stack, _ = layer_stack(model.transformer)
+    prefix = f"{ENCODER}.{stack}."
+    found = []
+    for name, module in model.named_modules():
+        if not name.startswith(prefix) or not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        if any(name.endswith("." + leaf) for leaf in leaves):
+            found.append(name)
+    return found
+
+
+def default_lora_leaves(model_type: str) -> list[str]:
+    if model_type in LORA_LEAVES:
+        return list(LORA_LEAVES[model_type])
+    try:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+    except ImportError:  # pragma: no cover - peft moved it
+        mapping = {}
+    leaves = mapping.get(model_type)
+    return list(leaves) if leaves else []
+
+
+def linear_leaves_fallback(model: TextClassifier) -> list[str]:
+    """For an architecture nobody listed: every ``nn.Linear`` of the attention blocks."""
+    stack, _ = layer_stack(model.transformer)
+    prefix = f"{ENCODER}.{stack}."
+    return [name for name, module in model.named_modules()
+            if name.startswith(prefix) and isinstance(module, nn.Linear) and "attn" in name.lower()
+            or name.startswith(prefix) and isinstance(module, nn.Linear) and "attention" in name.lower()]

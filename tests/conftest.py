@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny timm network, its weights, and tiny synthetic image folders.
+
+Nothing here downloads anything: the tiny network is registered with timm by ``tiny.py`` and its
+"pretrained" weights are written to a temporary file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+import tiny  # noqa: E402  (registers autotl_tiny_effnet with timm)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A safetensors checkpoint of the tiny network with a 1000-class head, as a user would give."""
+    return tiny.save_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_weights):
+    """The tiny network as a timm-family backbone whose weights come from ``tiny_weights``."""
+    from autotl_timm import TimmFamily
+
+    return TimmFamily().get(tiny.TINY, weights=str(tiny_weights))
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """Three classes (dark, light, striped), 12 images each in train/ and test/, grey and RGBA."""
+    return tiny.make_image_folder(tmp_path / "data")

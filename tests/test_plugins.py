@@ -1,0 +1,257 @@
+"""The plugin contract: entry-point loading, what plugins may register, and the core's independence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autotl import BackboneFamily, Task, hookimpl
+from autotl.cli import cli
+from autotl.errors import PluginError
+from autotl.plugins import collect, get_registry, make_manager
+
+OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+
+
+# -- toy plugin objects ------------------------------------------------------------------------
+
+class ToyFamily(BackboneFamily):
+    modality = "toy"
+
+    def __init__(self, name: str = "toy"):
+        self.name = name
+
+    def default_zoo(self):
+        return []
+
+    def owns(self, name):
+        return False
+
+    def get(self, name, weights=None):
+        raise NotImplementedError
+
+
+class ToyTask(Task):
+    name = "toy-task"
+    modality = "toy"
+
+    def load(self, path, *, seed, val_fraction, options):
+        raise NotImplementedError
+
+    def prepare(self, data, backbone, params):
+        raise NotImplementedError
+
+
+class ToyPlugin:
+    """Registers one family and one task, as a third-party plugin would."""
+
+    def __init__(self, family=None):
+        self.family = family if family is not None else ToyFamily()
+
+    @hookimpl
+    def register_backbone_families(self, register):
+        register(self.family)
+
+    @hookimpl
+    def register_tasks(self, register):
+        register(ToyTask())
+
+
+class MisnamedHookPlugin:
+    @hookimpl
+    def register_backbones(self, register):  # no such hook: the spec is register_backbone_families
+        pass
+
+
+class ExtraArgumentPlugin:
+    @hookimpl
+    def register_tasks(self, register, config):  # the spec passes only `register`
+        pass
+
+
+@pytest.fixture
+def no_plugin_env(monkeypatch):
+    monkeypatch.delenv("AUTOTL_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("AUTOTL_BLOCK_PLUGINS", raising=False)
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch, no_plugin_env):
+    """Install a plugin distribution into a folder on sys.path: ``installed_plugin(ep_name, source)``."""
+    added = []
+
+    def install(ep_name: str, source: str) -> str:
+        module = f"autotl_test_plugin_{ep_name}"
+        dist = tmp_path / f"{module}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[autotl]\n{ep_name} = {module}\n")
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        added.append(module)
+        return module
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield install
+    for module in added:
+        sys.modules.pop(module, None)
+
+
+# -- the built-in plugins ------------------------------------------------------------------------
+
+def test_builtin_plugins_register_the_timm_family_and_the_image_task():
+    registry = get_registry()
+    assert "timm" in registry.families
+    assert "image-classification" in registry.tasks
+
+
+def test_builtin_plugins_are_named_after_their_entry_points():
+    provided = get_registry().provided_by
+    assert provided["timm"] == ["backbone family timm"]
+    assert provided["image_classification"] == ["task image-classification"]
+
+
+def test_the_timm_family_serves_the_image_task():
+    registry = get_registry()
+    families = registry.families_for(registry.tasks["image-classification"])
+    assert [f.name for f in families] == ["timm"]
+
+
+# -- what a plugin may register ------------------------------------------------------------------
+
+def test_a_hookimpl_that_matches_no_spec_is_a_plugin_error_at_load_time(no_plugin_env):
+    with pytest.raises(PluginError, match="register_backbones"):
+        make_manager(extra_plugins=[MisnamedHookPlugin()])
+
+
+def test_a_hookimpl_with_arguments_the_spec_lacks_is_a_plugin_error(no_plugin_env):
+    with pytest.raises(PluginError, match="config"):
+        make_manager(extra_plugins=[ExtraArgumentPlugin()])
+
+
+def test_an_extra_plugin_adds_its_family_and_task(no_plugin_env):
+    plugin = ToyPlugin()
+    registry = collect(make_manager(extra_plugins=[plugin]))
+    assert registry.families["toy"] is plugin.family
+    assert isinstance(registry.tasks["toy-task"], ToyTask)
+    assert "timm" in registry.families and "image-classification" in registry.tasks
+
+
+def test_an_extra_plugin_is_listed_with_what_it_registered(no_plugin_env):
+    registry = collect(make_manager(extra_plugins=[ToyPlugin()]))
+    listed = [items for items in registry.provided_by.values() if "backbone family toy" in items]
+    assert listed == [["backbone family toy", "task toy-task"]]
+
+
+def test_registering_something_that_is_not_a_backbone_family_is_a_plugin_error(no_plugin_env):
+    pm = make_manager(extra_plugins=[ToyPlugin(family=object())], entry_points=False)
+    with pytest.raises(PluginError, match="not an autotl.BackboneFamily"):
+        collect(pm)
+
+
+def test_a_duplicate_family_name_is_a_plugin_error(no_plugin_env):
+    pm = make_manager(extra_plugins=[ToyPlugin(family=ToyFamily("timm"))])
+    with pytest.raises(PluginError, match="'timm'.*registered already"):
+        collect(pm)
+
+
+# -- choosing and blocking installed plugins -------------------------------------------------------
+
+def test_autotl_load_plugins_loads_only_the_named_plugins(monkeypatch, no_plugin_env):
+    monkeypatch.setenv("AUTOTL_LOAD_PLUGINS", "timm")
+    registry = collect(make_manager())
+    assert list(registry.families) == ["timm"]
+    assert registry.tasks == {}
+
+
+def test_autotl_block_plugins_blocks_the_named_plugins(monkeypatch, no_plugin_env):
+    monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
+    registry = collect(make_manager())
+    assert registry.families == {}
+    assert list(registry.tasks) == ["image-classification"]
+
+
+def test_a_blocked_plugin_is_not_listed_as_loaded(monkeypatch, no_plugin_env):
+    monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
+    registry = collect(make_manager())
+    assert set(registry.provided_by) == {"image_classification"}
+
+
+def test_an_installed_plugin_is_found_through_the_entry_point_group(installed_plugin):
+    installed_plugin("third_party", """
+        from autotl import hookimpl
+
+        @hookimpl
+        def register_tasks(register):
+            pass
+    """)
+    registry = collect(make_manager())
+    assert registry.provided_by["third_party"] == []
+    assert {"timm", "image_classification"} <= set(registry.provided_by)
+
+
+def test_an_installed_plugin_that_fails_to_import_is_a_plugin_error_naming_the_way_out(installed_plugin):
+    installed_plugin("broken", "raise ImportError('needs a missing library')\n")
+    with pytest.raises(PluginError, match="needs a missing library.*AUTOTL_BLOCK_PLUGINS"):
+        make_manager()
+
+
+def test_blocking_an_installed_plugin_that_fails_to_import_lets_the_rest_load(installed_plugin, monkeypatch):
+    installed_plugin("broken", "raise ImportError('needs a missing library')\n")
+    monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "broken")
+    registry = collect(make_manager())
+    assert "timm" in registry.families
+
+
+def test_an_installed_plugin_with_a_bad_hook_signature_is_a_plugin_error(installed_plugin):
+    installed_plugin("badsig", """
+        from autotl import hookimpl
+
+        @hookimpl
+        def register_tasks(register, config):
+            pass
+    """)
+    with pytest.raises(PluginError, match="badsig"):
+        make_manager()
+
+
+# -- the core stays independent of the plugins -----------------------------------------------------
+
+def test_the_core_imports_no_plugin_and_no_model_library():
+    code = textwrap.dedent("""
+        import sys
+        import autotl, autotl.cli, autotl.search, autotl.plugins, autotl.leaderboard, autotl.adapt, autotl.training
+        loaded = [m for m in ("timm", "transformers", "peft", "autotl_timm", "autotl_image") if m in sys.modules]
+        assert not loaded, loaded
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+# -- `autotl plugins` --------------------------------------------------------------------------------
+
+def test_autotl_plugins_lists_both_plugins_and_the_offline_zoo():
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "timm: backbone family timm" in result.output
+    assert "image_classification: task image-classification" in result.output
+    assert f"timm offline zoo: {', '.join(OFFLINE_ZOO)}" in result.output
+    assert "task image-classification: served by timm" in result.output
+
+
+def test_autotl_plugins_json_parses_and_holds_the_zoo():
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listing = {entry["plugin"]: entry for entry in json.loads(result.stdout)}
+    assert listing["timm"]["registers"] == ["backbone family timm"]
+    assert listing["timm"]["default_zoo"] == {"timm": OFFLINE_ZOO}
+    assert listing["image_classification"]["registers"] == ["task image-classification"]
+    assert "default_zoo" not in listing["image_classification"]
