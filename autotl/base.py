@@ -10,12 +10,26 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, Union
 
 import torch
 from torch import nn
 
+from .errors import PluginError
+
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+
+
+class ExportUnsupportedError(PluginError):
+    """A plugin does not implement the export part of the contract (bundles, ``autotl predict``)."""
+
+
+def _unsupported(obj: object, kind: str, method: str) -> ExportUnsupportedError:
+    plugin = type(obj).__module__.split(".")[0]
+    return ExportUnsupportedError(
+        f"plugin {plugin!r} ({kind} {getattr(obj, 'name', type(obj).__name__)!r}) does not support export: "
+        f"it does not implement {method}; upgrade the plugin or ask its authors for it"
+    )
 
 
 class Backbone(ABC):
@@ -62,6 +76,21 @@ class Backbone(ABC):
         """A short human description for listings."""
         return self.name
 
+    # -- export (bundles); see docs/plugins.md -------------------------------------------------
+    def bundle_files(self, directory: Path) -> dict[str, Any]:
+        """Save what, besides the weights, rebuilding this network offline needs; return its settings.
+
+        Called by ``autotl export`` with the bundle folder being written. Write there any file that
+        :meth:`BackboneFamily.from_bundle` will need (a tokenizer's files, a model config), and
+        return JSON-serialisable settings (the architecture's name, its configuration); the bundle's
+        ``config.json`` keeps them under ``backbone.config`` and hands them back to ``from_bundle``.
+        Never write the weights: the core saves them (LoRA merged) as ``model.safetensors``, and
+        ``model.safetensors``, ``config.json`` and ``README.md`` are the core's names.
+
+        :raises ExportUnsupportedError: by default.
+        """
+        raise _unsupported(self, "backbone", "Backbone.bundle_files(directory)")
+
 
 class BackboneFamily(ABC):
     """A family of backbones (timm, Hugging Face transformers, ...) registered by a plugin."""
@@ -85,6 +114,23 @@ class BackboneFamily(ABC):
         :raises autotl.errors.ModelUnavailableError: with a one-line message naming the model and
             how to supply its weights.
         """
+
+    def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
+        """Rebuild the backbone ``name`` from a bundle, with no network and no original weights.
+
+        :param config: what :meth:`Backbone.bundle_files` returned when the bundle was written.
+        :param directory: the bundle folder, holding the files ``bundle_files`` wrote.
+
+        Only ``build(num_classes, pretrained=False)`` and ``preprocessing()`` of the returned
+        backbone are used: it must build exactly the architecture whose state dict the bundle's
+        weights are (the core loads them with ``strict=True``), and the task's
+        :meth:`Task.preprocess_for_predict` gets it as its ``backbone``. Never unpickle anything.
+
+        :raises autotl.errors.ModelUnavailableError: when the installed library cannot build it
+            (e.g. an architecture the installed version does not know).
+        :raises ExportUnsupportedError: by default.
+        """
+        raise _unsupported(self, "backbone family", "BackboneFamily.from_bundle(name, config, directory)")
 
 
 @dataclass
@@ -142,6 +188,30 @@ class TensorSplit:
             yield batch, self.labels[idx]
 
 
+def concat_splits(first: TensorSplit, second: TensorSplit) -> TensorSplit:
+    """One split holding ``first``'s samples, then ``second``'s, with ``first``'s transform.
+
+    Every tensor field (and every tensor of a mapping field) is concatenated along its first
+    dimension; 2-D tensors of different widths are right-padded with zeros first. Extra dataclass
+    fields of a :class:`TensorSplit` subclass are concatenated the same way when they are tensors.
+    """
+    import dataclasses
+
+    def cat(a: Any, b: Any) -> Any:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.dim() == 2 and b.dim() == 2 and a.shape[1] != b.shape[1]:
+                width = max(a.shape[1], b.shape[1])
+                a, b = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (a, b))
+            return torch.cat([a, b])
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            return {key: cat(a[key], b[key]) for key in a}
+        return a
+
+    changes = {f.name: cat(getattr(first, f.name), getattr(second, f.name))
+               for f in dataclasses.fields(first) if f.name != "transform"}
+    return dataclasses.replace(first, **changes)
+
+
 def _index(inputs: Inputs, idx: torch.Tensor) -> Inputs:
     if isinstance(inputs, torch.Tensor):
         return inputs[idx]
@@ -186,6 +256,62 @@ class Task(ABC):
         Expensive work (decoding, resizing, tokenising) should be cached on ``data`` so that later
         trials with the same preprocessing reuse it.
         """
+
+    # -- export and prediction (bundles); see docs/plugins.md ------------------------------------
+    def prepare_refit(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
+        """The splits for ``autotl export --refit``: ``train`` is the train and validation splits together.
+
+        ``val`` is the validation split (now part of training: only progress is shown from it) and
+        ``test`` the test split. The default concatenates :meth:`prepare`'s train and val splits with
+        :func:`concat_splits` (right-padding 2-D tensors of different widths with zeros); override it
+        where that is wrong (left-padded tokens, say).
+        """
+        prepared = self.prepare(data, backbone, params)
+        return TrialData(train=concat_splits(prepared.train, prepared.val), val=prepared.val, test=prepared.test)
+
+    def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
+                        params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every preprocessing setting a trial's inputs went through, JSON-serialisable.
+
+        Stored as ``preprocessing`` in the bundle's ``config.json`` and handed back to
+        :meth:`preprocess_for_predict` as ``settings``: together with the backbone rebuilt by
+        :meth:`BackboneFamily.from_bundle` it must determine the preprocessing completely (image
+        size, resizing, mean and std; max length, truncation, padding side...).
+
+        :param data_options: the recipe's ``data`` section the search loaded the data with.
+        :param params: every parameter of the trial.
+        :raises ExportUnsupportedError: by default.
+        """
+        raise _unsupported(self, "task", "Task.export_settings(data_options, backbone, params)")
+
+    def read_inputs(self, sources: Sequence[str], *, stdin: TextIO | None = None) -> list[tuple[str, Any]]:
+        """What ``autotl predict BUNDLE SOURCE...`` names, as ``(name, item)`` pairs in order.
+
+        ``sources`` are the command's arguments as given (files, folders, a CSV...; ``-`` means
+        ``stdin``, which is also what an empty ``sources`` means). ``name`` identifies the item in the
+        output (a path, ``line 3``); ``item`` is what :meth:`preprocess_for_predict` takes. Raise
+        :class:`autotl.errors.DataError` with a one-line message for a missing or unreadable source
+        or when nothing is found.
+
+        :raises ExportUnsupportedError: by default.
+        """
+        raise _unsupported(self, "task", "Task.read_inputs(sources, stdin=...)")
+
+    def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone,
+                               settings: Mapping[str, Any]) -> TensorSplit:
+        """Turn raw items into a split the model predicts on, through the same code as :meth:`prepare`.
+
+        ``raw`` are items as :meth:`read_inputs` yields them, or as a user hands them to
+        ``autotl.load(BUNDLE).predict(...)`` (image: file paths or PIL images; text: strings).
+        Return a :class:`TensorSplit` (labels: any integers, e.g. zeros) whose batches, with its
+        ``transform`` applied (``train=False``), equal what the search validated on for the same
+        inputs: the bundle's promise is that predicting the validation split reproduces the
+        trial's validation accuracy exactly. Raise :class:`autotl.errors.DataError` for an item
+        that cannot be read, naming it.
+
+        :raises ExportUnsupportedError: by default.
+        """
+        raise _unsupported(self, "task", "Task.preprocess_for_predict(raw, backbone, settings)")
 
 
 @dataclass

@@ -2,13 +2,15 @@
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 a usage error (bad option or recipe);
 3 unusable data; 4 a model or its weights cannot be had; 5 a plugin failed; 6 a run or study
-is missing or does not match; 130 interrupted (Ctrl-C), after every finished trial was saved.
+is missing or does not match; 7 a bundle is missing, corrupted or tampered with; 130 interrupted
+(Ctrl-C), after every finished trial was saved.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import signal
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import AutotlError
+from .errors import AutotlError, UsageError
 
 EXIT_INTERRUPTED = 130
 
@@ -61,6 +63,9 @@ def handle_errors(func):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `autotl trials RUN | head`: the reader has gone, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as exc:
             if debug:
                 raise
@@ -107,9 +112,11 @@ def cli():
               help="After the search, train the best trial's network from random weights and show both scores.")
 @click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many top trials keep their weights on disk.")
+@click.option("--data-option", "-d", "data_options", multiple=True, metavar="KEY=VALUE",
+              help="Set a data option of the recipe, e.g. -d text_column=review -d val_fraction=0.2; repeatable.")
 @handle_errors
 def search(data, task, out, recipe, models, weights, trials, time_budget, seed, storage, study, device,
-           scratch_baseline, keep_top):
+           scratch_baseline, keep_top, data_options):
     """Search for the best way to adapt a pretrained model to DATA.
 
     Runs Optuna trials over source model, freeze depth, LoRA rank, learning rate and the recipe's
@@ -127,6 +134,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, seed, 
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         weights=_parse_weights(weights), trials=trials, time_budget=time_budget, seed=seed, storage=storage,
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
+        data_options=_parse_data_options(data_options),
     )
     _quiet_libraries()
     reporter = ConsoleReporter(_console(stderr=True))
@@ -167,28 +175,144 @@ def trials(run, storage, study, as_json):
         render(loaded, location, _console())
 
 
+def within_option(func):
+    return click.option("--within", type=click.FloatRange(min=0), metavar="MARGIN",
+                        help="Pick the fastest trial (batch-1 latency) whose val accuracy is within MARGIN "
+                             "(e.g. 0.01) of the best.")(func)
+
+
 @cli.command()
 @click.argument("run", required=False)
 @storage_options
+@within_option
 @click.option("--json", "as_json", is_flag=True, help="Print the best trial as JSON.")
 @handle_errors
-def best(run, storage, study, as_json):
-    """Show the best trial of RUN with its validation and test accuracy."""
-    from .errors import RunError
-    from .leaderboard import best_summary
+def best(run, storage, study, within, as_json):
+    """Show the best trial of RUN with its validation and test accuracy.
+
+    With --within 0.01: the fastest trial whose validation accuracy is within 0.01 of the best,
+    the production pick that `autotl export --within 0.01` exports.
+    """
+    from .export import find_trial_weights
+    from .leaderboard import best_summary, choose_trial
     from .runs import load_study, locate
 
-    summary = best_summary(load_study(locate(run, storage, study)))
-    if summary is None:
-        raise RunError(f"no trial of {run or study} has completed yet")
+    location = locate(run, storage, study)
+    loaded = load_study(location)
+    choice = choose_trial(loaded, within=within)
+    summary = best_summary(loaded, choice.trial.number)
+    summary["chosen_by"] = choice.reason
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     test = summary["test_accuracy"]
-    click.echo(f"Best trial {summary['number']}: val accuracy {summary['val_accuracy']:.4f}, test accuracy "
+    title = "Best trial" if within is None else "Production pick: trial"
+    click.echo(f"{title} {summary['number']}: val accuracy {summary['val_accuracy']:.4f}, test accuracy "
                f"{'not scored' if test is None else f'{test:.4f}'}")
+    click.echo(f"  chosen by: {choice.reason}")
+    latency = summary.get("latency") or {}
+    if summary.get("inference_params") or latency:
+        count = summary.get("inference_params")
+        click.echo(f"  parameters: {f'{count:,}' if count else '-'}; latency per item: "
+                   + (f"{latency['batch1_ms']:.2f} ms at batch 1, {latency['batched_ms']:.2f} ms at batch "
+                      f"{latency['batch_size']} ({latency['device']})" if latency else "not measured"))
+    if find_trial_weights(location, loaded.user_attrs, choice.trial) is None:
+        click.echo("  its weights were not kept (only the top --keep-top trials keep theirs): "
+                   "`autotl export --refit` trains it again")
     for key, value in summary["params"].items():
         click.echo(f"  {key}: {value}")
+
+
+@cli.command()
+@click.argument("run", required=False)
+@storage_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Folder for the bundle.")
+@click.option("--trial", type=click.IntRange(min=0), metavar="N", help="Export trial N instead of the best.")
+@within_option
+@click.option("--refit", is_flag=True,
+              help="Train the chosen configuration again on train+val (for the trial's best number of epochs) "
+                   "instead of using its saved weights.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "torchscript"]),
+              help="Also write model.onnx / model.torchscript.pt, checked against the PyTorch network; repeatable.")
+@click.option("--data", type=click.Path(path_type=Path), metavar="PATH",
+              help="The run's data folder, if it moved since the search.")
+@click.option("--weights", "-w", multiple=True, metavar="[NAME=]FILE",
+              help="Local pretrained checkpoint for --refit, if the search's one moved.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Replace the bundle already in --out.")
+@handle_errors
+def export(run, storage, study, out, trial, within, refit, formats, data, weights, device, force):
+    """Write a trial of RUN as a self-describing bundle in --out.
+
+    \b
+    The bundle: model.safetensors (LoRA merged), config.json (task, model, labels, preprocessing,
+    the trial's parameters and scores, data fingerprint, versions, checksums), README.md (the
+    model card), and with --format the ONNX / TorchScript files. The best trial by default.
+    """
+    from .export import ExportOptions, export_bundle
+    from .runs import locate
+
+    _quiet_libraries()
+    parsed = _parse_weights(weights)
+    if "" in parsed:
+        raise UsageError("--weights for export needs NAME=FILE")
+    options = ExportOptions(out=out, trial=trial, within=within, refit=refit, formats=tuple(dict.fromkeys(formats)),
+                            data=data, weights=parsed, device=device, force=force)
+    result = export_bundle(locate(run, storage, study), options, say=lambda m: click.echo(m, err=True))
+    scores = result.config["scores"]
+    test = scores.get("test_accuracy")
+    click.echo(f"{result.out}: trial {result.config['trial']['number']} ({result.config['backbone']['name']}), "
+               f"val accuracy {scores['val_accuracy']:.4f}"
+               + (f", test accuracy {test:.4f}" if test is not None else "")
+               + (" (refit on train+val)" if result.config.get("refit") else ""))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1)
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Show the K most likely labels.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: input,label,probability[,label_2,probability_2...].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run the PyTorch network or the bundle's model.onnx (onnxruntime).")
+@handle_errors
+def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
+    """Predict with the BUNDLE written by `autotl export`.
+
+    \b
+    INPUT: image files or folders for an image bundle; a CSV file, or `-` / nothing for lines on
+    standard input, for a text bundle. Prints input, label and probability, one line each.
+    """
+    import csv
+
+    from .bundle import load
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv are exclusive: give one")
+    _quiet_libraries()
+    loaded = load(bundle, device=device, engine=engine)
+    stdin = sys.stdin
+    if not inputs and stdin.isatty():
+        raise UsageError("give inputs to predict (files, folders, a CSV), or pipe them on standard input")
+    named = loaded.task.read_inputs(list(inputs), stdin=stdin)
+    predictions = loaded.iter_predict(named, top_k=top_k, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        header = ["input", "label", "probability"]
+        for i in range(2, min(top_k, len(loaded.label_names)) + 1):
+            header += [f"label_{i}", f"probability_{i}"]
+        writer.writerow(header)
+        for p in predictions:
+            writer.writerow([p.input] + [x for label, prob in p.top for x in (label, f"{prob:.6f}")])
+        return
+    for p in predictions:
+        click.echo("\t".join([p.input] + [f"{label}\t{prob:.4f}" for label, prob in p.top]))
 
 
 @cli.command()
@@ -223,6 +347,20 @@ def _console(stderr: bool = False) -> Console:
     """A console that is wide enough for the leaderboard when it writes to a file or a pipe."""
     console = Console(stderr=stderr)
     return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
+def _parse_data_options(values) -> dict:
+    import yaml
+
+    from .errors import UsageError
+
+    parsed = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--data-option {value!r} is not KEY=VALUE, e.g. -d text_column=review")
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return parsed
 
 
 def _parse_weights(values) -> dict[str, str]:

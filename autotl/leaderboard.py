@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from .errors import RunError, UsageError
 from .runs import RunLocation
 
 PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA"), ("lr", "lr"))
@@ -42,13 +44,16 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
             "trainable_params": t.user_attrs.get("trainable_params"),
             "total_params": t.user_attrs.get("total_params"),
+            "inference_params": t.user_attrs.get("inference_params"),
+            "latency": t.user_attrs.get("latency"),
+            "weights": t.user_attrs.get("weights"),
         })
     return rows
 
 
-def best_summary(study: optuna.Study) -> dict[str, Any] | None:
-    """The best trial with its validation and (if scored) test accuracy."""
-    number = best_number(study)
+def best_summary(study: optuna.Study, number: int | None = None) -> dict[str, Any] | None:
+    """The best trial (or trial ``number``) with its validation and (if scored) test accuracy."""
+    number = best_number(study) if number is None else number
     if number is None:
         return None
     row = next(r for r in trial_rows(study) if r["number"] == number)
@@ -61,8 +66,58 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         "duration_s": row["duration_s"],
         "trainable_params": row["trainable_params"],
         "total_params": row["total_params"],
+        "inference_params": row["inference_params"],
+        "latency": row["latency"],
+        "weights": row["weights"],
         "scratch": study.user_attrs.get("scratch"),
     }
+
+
+@dataclass
+class Choice:
+    """A trial picked for production, and in words why."""
+
+    trial: FrozenTrial
+    reason: str
+
+
+def choose_trial(study: optuna.Study, *, number: int | None = None, within: float | None = None) -> Choice:
+    """The trial ``number``; else the fastest one within ``within`` of the best validation accuracy; else the best.
+
+    "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
+    user attribute); ties go to the higher accuracy, then the earlier trial. Trials without a
+    measured latency are never picked for speed.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if number is not None:
+        found = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+        if found is None:
+            raise RunError(f"the study has no trial {number}; `autotl trials` lists them")
+        if found.state != TrialState.COMPLETE:
+            raise RunError(f"trial {number} is {found.state.name.lower()}, not complete; choose a completed trial")
+        return Choice(found, f"named with --trial {number}")
+    if not complete:
+        raise RunError("no trial of the study has completed yet")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    if within is None:
+        return Choice(best, f"the best validation accuracy ({best.value:.4f}) of {len(complete)} completed trials")
+    if within < 0:
+        raise UsageError(f"--within {within}: give a non-negative accuracy margin such as 0.01")
+    close = [t for t in complete if t.value >= best.value - within - 1e-12]
+    timed = [t for t in close if _batch1(t) is not None]
+    if not timed:
+        return Choice(best, f"the best validation accuracy ({best.value:.4f}); no trial within {within:g} of it has "
+                            "a measured latency")
+    fastest = min(timed, key=lambda t: (_batch1(t), -t.value, t.number))
+    return Choice(fastest, f"the lowest batch-1 latency ({_batch1(fastest):.2f} ms/item) among the "
+                           f"{len(close)} trial(s) within {within:g} of the best validation accuracy "
+                           f"({best.value:.4f}, trial {best.number})")
+
+
+def _batch1(trial: FrozenTrial) -> float | None:
+    latency = trial.user_attrs.get("latency") or {}
+    value = latency.get("batch1_ms")
+    return float(value) if value is not None else None
 
 
 def render(study: optuna.Study, location: RunLocation, console: Console | None = None) -> None:
@@ -76,6 +131,9 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     for _, header in PARAM_COLUMNS + tuple(extras):
         table.add_column(header, justify="left" if header == "model" else "right")
     table.add_column("val acc", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("ms/item b1", justify="right")
+    table.add_column(f"ms/item b{_batched_size(rows)}", justify="right")
     table.add_column("time", justify="right")
     table.add_column("state")
     order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
@@ -83,7 +141,10 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         p = r["params"]
         cells = ["★" if r["best"] else "", str(r["number"])]
         cells += [_fmt(p.get(k)) for k, _ in PARAM_COLUMNS + tuple(extras)]
-        cells += [_fmt(r["value"], 4), f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
+        latency = r["latency"] or {}
+        cells += [_fmt(r["value"], 4), _fmt_count(r["inference_params"]), _fmt_ms(latency.get("batch1_ms")),
+                  _fmt_ms(latency.get("batched_ms"))]
+        cells += [f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
         state = {"COMPLETE": "[green]complete[/]", "PRUNED": "[yellow]pruned[/]", "FAIL": "[red]failed[/]"}
         note = f" ({r['note']})" if r["note"] else ""
         cells.append(state.get(r["state"], r["state"].lower()) + note)
@@ -91,6 +152,13 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     console.print(table)
     counts = {s.name.lower(): sum(r["state"] == s.name for r in rows) for s in TrialState}
     console.print("Trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    timed = next((r["latency"] for r in rows if r["latency"]), None)
+    if timed:
+        console.print(f"params: parameters of the deployed network (LoRA merged); ms/item: inference latency per "
+                      f"item at batch 1 and batch {timed['batch_size']}, {timed['engine']} on {timed['device']}"
+                      + (f", {timed['threads']} thread(s)" if timed.get("threads") else "")
+                      + " (`autotl best --within 0.01` picks the fastest close to the best)",
+                      highlight=False)
     summary = best_summary(study)
     if summary is None:
         console.print("No trial has completed yet.")
@@ -104,6 +172,26 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         test_s = f"{scratch['test_accuracy']:.4f}" if scratch.get("test_accuracy") is not None else "-"
         console.print(f"From scratch (same network and settings, random initial weights, all layers trained): "
                       f"val accuracy {scratch['val_accuracy']:.4f}, test accuracy {test_s}", highlight=False)
+
+
+def _batched_size(rows: list[dict[str, Any]]) -> str:
+    sizes = {(r["latency"] or {}).get("batch_size") for r in rows} - {None}
+    return str(sizes.pop()) if len(sizes) == 1 else "N"
+
+
+def _fmt_count(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return str(value)
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -18,7 +18,7 @@ from .errors import UsageError
 
 #: parameters the core itself interprets; every other parameter is handed to the task.
 CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "weight_decay",
-               "label_smoothing", "warmup_epochs", "head_init")
+               "label_smoothing", "warmup_epochs", "head_init", "ema_decay")
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
 _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner"}
 

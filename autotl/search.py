@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 from .base import Backbone, LoadedData, Registry, Task
 from .errors import ModelUnavailableError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
+from .latency import measure_trial
 from .progress import Reporter
-from .recipes import Recipe, builtin_recipes, load_recipe
+from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
 from .runs import RunLocation, default_storage, open_storage, write_run_file
 from .space import suggest
 from .training import accuracy, train
@@ -46,6 +47,7 @@ class SearchOptions:
     device: str = "auto"
     scratch_baseline: bool = False
     keep_top: int = 3
+    data_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Search:
         self.registry = registry
         self.reporter = reporter
         self.task = _find_task(registry, options.task)
-        self.recipe = _resolve_recipe(options.recipe, self.task)
+        self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options)
         self.device = _resolve_device(options.device)
         self.zoo = self._resolve_models()
         self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
@@ -106,6 +108,7 @@ class Search:
                     f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: {known})"
                 )
             zoo[name] = family.get(name, weights.get(name))
+        self.weight_files = {name: str(Path(path).resolve()) for name, path in weights.items()}
         return zoo
 
     def open(self) -> RunLocation:
@@ -157,6 +160,8 @@ class Search:
             "recipe_source": self.recipe.source,
             "seed": self.options.seed,
             "models": {name: b.describe() for name, b in self.zoo.items()},
+            "weights_files": self.weight_files,  # for `autotl export --refit`
+            "out": str(Path(self.options.out).resolve()),  # where trials/NNNN/ lie, for --storage
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             self.study.set_user_attr(key, value)
@@ -209,7 +214,7 @@ class Search:
             trial_data = self.task.prepare(self.data, backbone, params)
             epochs = int(params["epochs"])
 
-            def on_epoch(epoch: int, loss: float, val_accuracy: float) -> None:
+            def on_epoch(epoch: int, loss: float, val_accuracy: float) -> str | None:
                 curve.append(val_accuracy)
                 trial.report(val_accuracy, epoch)
                 self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
@@ -221,7 +226,8 @@ class Search:
                 return None
 
             result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
-                           device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch)
+                           device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch,
+                           deadline=self.deadline)
         except optuna.TrialPruned as exc:
             self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
                                          str(exc))
@@ -241,15 +247,26 @@ class Search:
         trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
         trial.set_user_attr("trainable_params", result.adapted.trainable_params)
         trial.set_user_attr("total_params", result.adapted.total_params)
+        state = result.merged_state(backbone, len(self.data.label_names))
+        self._record_cost(trial, backbone, state, trial_data.val)
         if self._in_top(result.best_accuracy):
             path = weights_path(self.options.out, trial.number)
-            state = result.merged_state(backbone, len(self.data.label_names))
             save_weights(path, state, {"model": params["model"], "trial": str(trial.number)})
             trial.set_user_attr("weights", str(path.relative_to(self.options.out)))
             self._drop_weights_outside_top(result.best_accuracy, trial.number)
         self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
                                      result.stopped)
         return result.best_accuracy
+
+    def _record_cost(self, trial: optuna.Trial, backbone: Backbone, state: dict, val) -> None:
+        """Parameter count and inference latency of the merged network (see autotl/latency.py)."""
+        try:
+            cost = measure_trial(backbone, state, len(self.data.label_names), val, self.device)
+        except Exception as exc:  # a cost we cannot measure must not cost the trial
+            trial.set_user_attr("latency_error", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            return
+        for key, value in cost.items():
+            trial.set_user_attr(key, value)
 
     def _in_top(self, value: float) -> bool:
         values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -326,7 +343,7 @@ def _find_task(registry: Registry, name: str) -> Task:
     return registry.tasks[name]
 
 
-def _resolve_recipe(recipe: str | None, task: Task) -> Recipe:
+def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any]) -> Recipe:
     if recipe is None:
         if task.name not in builtin_recipes():
             raise UsageError(f"no built-in recipe for task {task.name!r}; give one with --recipe FILE")
@@ -334,6 +351,9 @@ def _resolve_recipe(recipe: str | None, task: Task) -> Recipe:
     loaded = load_recipe(recipe)
     if loaded.task != task.name:
         raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}")
+    if data_options:
+        raw = dict(loaded.raw, data={**(loaded.raw.get("data") or {}), **data_options})
+        loaded = parse_recipe(raw, f"{loaded.source} with --data-option {data_options}")
     return loaded
 
 

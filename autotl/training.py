@@ -84,12 +84,14 @@ def train(
     seed: int,
     pretrained: bool = True,
     on_epoch: Callable[[int, float, float], str | None] | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train one configuration and return the epoch with the best validation accuracy.
 
     ``on_epoch(epoch, train_loss, val_accuracy)`` runs after every epoch. If it returns a reason
     (a non-empty string), training stops there and the result keeps the best epoch so far; an
-    exception it raises (Optuna's ``TrialPruned``, say) abandons the training.
+    exception it raises (Optuna's ``TrialPruned``, say) abandons the training. Past ``deadline``
+    (a ``time.time()`` value) the epoch under way is cut short, validated, and training stops.
     """
     seed_everything(seed)
     if params.get("head_init", "zeros") not in ("zeros", "default"):
@@ -111,14 +113,19 @@ def train(
     smoothing = float(params.get("label_smoothing", 0.0))
     generator = torch.Generator().manual_seed(seed)
 
+    ema = _ema(model, float(params.get("ema_decay", 0.0)))
+    evaluated = ema.module if ema is not None else model
     curve: list[float] = []
     epoch_seconds: list[float] = []
     best_accuracy, best_epoch, best_state, stopped = -1.0, -1, None, ""
     for epoch in range(epochs):
         started = time.perf_counter()
         adapted.train_mode()
-        total_loss, seen = 0.0, 0
+        total_loss, seen, cut = 0.0, 0, False
         for inputs, labels in train_split.batches(batch_size, train=True, generator=generator):
+            if deadline is not None and seen and time.time() > deadline:
+                cut = True
+                break
             inputs, labels = to_device(inputs, device), labels.to(device)
             loss = F.cross_entropy(forward(model, inputs), labels, label_smoothing=smoothing)
             if not torch.isfinite(loss):
@@ -127,19 +134,41 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total_loss += loss.item() * len(labels)
             seen += len(labels)
-        val_accuracy = accuracy(model, val_split, device)
+        val_accuracy = accuracy(evaluated, val_split, device)
         epoch_seconds.append(time.perf_counter() - started)
         curve.append(val_accuracy)
         if val_accuracy > best_accuracy:
             best_accuracy, best_epoch = val_accuracy, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in evaluated.state_dict().items()})
         if on_epoch is not None:
             stopped = on_epoch(epoch, total_loss / max(seen, 1), val_accuracy) or ""
-            if stopped:
-                break
+        if cut and not stopped:
+            stopped = f"time budget reached during epoch {epoch + 1} of {epochs}"
+        if stopped:
+            break
     return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state, stopped)
+
+
+def _ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (and batch-norm statistics), or ``None``.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that the average
+    follows the first steps instead of lingering on the pretrained weights.
+    """
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise UsageError(f"ema_decay must be 0 (off) or between 0 and 1, not {decay}")
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged * d + current * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: float) -> Callable[[int], float]:

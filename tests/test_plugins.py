@@ -17,6 +17,10 @@ from autotl.errors import PluginError
 from autotl.plugins import collect, get_registry, make_manager
 
 OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+#: the built-in plugins (entry-point name: what it registers), installed with autotl.
+BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family transformers"],
+           "image_classification": ["task image-classification"],
+           "text_classification": ["task text-classification"]}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------
@@ -104,22 +108,24 @@ def installed_plugin(tmp_path, monkeypatch, no_plugin_env):
 
 # -- the built-in plugins ------------------------------------------------------------------------
 
-def test_builtin_plugins_register_the_timm_family_and_the_image_task():
+def test_builtin_plugins_register_the_image_and_text_families_and_tasks():
     registry = get_registry()
-    assert "timm" in registry.families
-    assert "image-classification" in registry.tasks
+    assert {"timm", "transformers"} <= set(registry.families)
+    assert {"image-classification", "text-classification"} <= set(registry.tasks)
 
 
 def test_builtin_plugins_are_named_after_their_entry_points():
     provided = get_registry().provided_by
-    assert provided["timm"] == ["backbone family timm"]
-    assert provided["image_classification"] == ["task image-classification"]
+    for plugin, registers in BUILTIN.items():
+        assert provided[plugin] == registers, plugin
 
 
 def test_the_timm_family_serves_the_image_task():
     registry = get_registry()
     families = registry.families_for(registry.tasks["image-classification"])
     assert [f.name for f in families] == ["timm"]
+    families = registry.families_for(registry.tasks["text-classification"])
+    assert [f.name for f in families] == ["transformers"]
 
 
 # -- what a plugin may register ------------------------------------------------------------------
@@ -172,14 +178,14 @@ def test_autotl_load_plugins_loads_only_the_named_plugins(monkeypatch, no_plugin
 def test_autotl_block_plugins_blocks_the_named_plugins(monkeypatch, no_plugin_env):
     monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
     registry = collect(make_manager())
-    assert registry.families == {}
-    assert list(registry.tasks) == ["image-classification"]
+    assert "timm" not in registry.families and set(registry.families) == {"transformers"}
+    assert set(registry.tasks) == {"image-classification", "text-classification"}
 
 
 def test_a_blocked_plugin_is_not_listed_as_loaded(monkeypatch, no_plugin_env):
     monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
     registry = collect(make_manager())
-    assert set(registry.provided_by) == {"image_classification"}
+    assert set(registry.provided_by) == set(BUILTIN) - {"timm"}
 
 
 def test_an_installed_plugin_is_found_through_the_entry_point_group(installed_plugin):
@@ -192,7 +198,7 @@ def test_an_installed_plugin_is_found_through_the_entry_point_group(installed_pl
     """)
     registry = collect(make_manager())
     assert registry.provided_by["third_party"] == []
-    assert {"timm", "image_classification"} <= set(registry.provided_by)
+    assert set(BUILTIN) <= set(registry.provided_by)
 
 
 def test_an_installed_plugin_that_fails_to_import_is_a_plugin_error_naming_the_way_out(installed_plugin):
@@ -226,7 +232,8 @@ def test_the_core_imports_no_plugin_and_no_model_library():
     code = textwrap.dedent("""
         import sys
         import autotl, autotl.cli, autotl.search, autotl.plugins, autotl.leaderboard, autotl.adapt, autotl.training
-        loaded = [m for m in ("timm", "transformers", "peft", "autotl_timm", "autotl_image") if m in sys.modules]
+        loaded = [m for m in ("timm", "transformers", "peft", "autotl_timm", "autotl_image", "autotl_transformers",
+                              "autotl_text") if m in sys.modules]
         assert not loaded, loaded
         print("ok")
     """)
@@ -238,13 +245,15 @@ def test_the_core_imports_no_plugin_and_no_model_library():
 
 # -- `autotl plugins` --------------------------------------------------------------------------------
 
-def test_autotl_plugins_lists_both_plugins_and_the_offline_zoo():
+def test_autotl_plugins_lists_the_builtin_plugins_and_the_offline_zoo():
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0, result.output
-    assert "timm: backbone family timm" in result.output
-    assert "image_classification: task image-classification" in result.output
+    for plugin, registers in BUILTIN.items():
+        assert f"{plugin}: {', '.join(registers)}" in result.output
     assert f"timm offline zoo: {', '.join(OFFLINE_ZOO)}" in result.output
+    assert "  transformers offline zoo: " in result.output
     assert "task image-classification: served by timm" in result.output
+    assert "task text-classification: served by transformers" in result.output
 
 
 def test_autotl_plugins_json_parses_and_holds_the_zoo():

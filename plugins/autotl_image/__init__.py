@@ -3,18 +3,27 @@
 Layout: ``DATA/train/<class>/<image>``, optional ``DATA/val/<class>/...`` and ``DATA/test/<class>/...``.
 Every image is decoded once when the data is loaded, and resized once per resolution; epochs
 and later trials reuse the resized tensors.
+
+For bundles (``autotl export``/``predict``) the same functions decode (:func:`_folder._decode`),
+resize and crop (:func:`_folder.pixels`) and normalise (:func:`_transform`) the images to predict,
+driven by the settings :meth:`ImageClassification.export_settings` records.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, TextIO
 
 import torch
+from PIL import Image
 
 from autotl import Backbone, LoadedData, Task, TensorSplit, TrialData, hookimpl
+from autotl.errors import DataError
 
-from ._folder import ImageData, load_image_folder, resize_all
+from ._folder import ImageData, _decode, load_image_folder, pixels, resize_all, to_rgb
+
+DEFAULT_MAX_SIDE = 512
 
 
 @hookimpl
@@ -29,7 +38,7 @@ class ImageClassification(Task):
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
         images = load_image_folder(Path(path), seed=seed, val_fraction=val_fraction,
-                                   max_side=int(options.get("max_side", 512)))
+                                   max_side=_max_side(options))
         return LoadedData(
             label_names=images.classes,
             fingerprint=images.fingerprint,
@@ -40,27 +49,110 @@ class ImageClassification(Task):
 
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         images: ImageData = data.payload
-        pre = backbone.preprocessing()
-        size = int(params.get("resolution") or pre.get("input_size", 224))
-        mean = torch.tensor(pre.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(pre.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
-        augment = str(params.get("augment", "flip"))
-
-        def transform(batch: torch.Tensor, train: bool) -> torch.Tensor:
-            x = batch.float().div_(255.0)
-            if train:
-                x = _augment(x, augment)
-            return (x - mean) / std
+        settings = _settings(images.max_side, backbone, params)
+        transform = _transform(settings, str(params.get("augment", "flip")))
 
         def split(name: str) -> TensorSplit:
-            pixels = resize_all(images, name, size, pre.get("interpolation", "bilinear"))
-            return TensorSplit(pixels, images.labels(name), transform)
+            resized = resize_all(images, name, settings["resolution"], settings["interpolation"])
+            return TensorSplit(resized, images.labels(name), transform)
 
         return TrialData(
             train=split("train"),
             val=split("val"),
             test=split("test") if "test" in images.splits else None,
         )
+
+    # -- export and prediction --------------------------------------------------------------------
+    def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
+                        params: Mapping[str, Any]) -> dict[str, Any]:
+        return _settings(_max_side(data_options), backbone, params)
+
+    def read_inputs(self, sources: Sequence[str], *, stdin: TextIO | None = None) -> list[tuple[str, Any]]:
+        """Image files, and folders (every image file under them, sorted); ``-`` reads paths from stdin."""
+        items: list[tuple[str, Any]] = []
+        for source in sources or ["-"]:
+            if source == "-":
+                stream = stdin if stdin is not None else sys.stdin
+                paths = [line.strip() for line in stream if line.strip()]
+                if not paths:
+                    raise DataError("no image paths on standard input; give image files or folders")
+                items.extend(self.read_inputs(paths))
+                continue
+            path = Path(source)
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p)
+                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                if not found:
+                    raise DataError(f"{path} holds no image file ({', '.join(_SHOWN_EXTENSIONS)}...)")
+                items.extend((str(p), p) for p in found)
+            elif path.is_file():
+                items.append((str(path), path))
+            else:
+                raise DataError(f"no such image file or folder: {path}")
+        return items
+
+    def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone,
+                               settings: Mapping[str, Any]) -> TensorSplit:
+        """Items are image file paths (decoded exactly as the search decodes) or PIL images."""
+        max_side = int(settings.get("max_side", DEFAULT_MAX_SIDE))
+        images = []
+        for item in raw:
+            if isinstance(item, Image.Image):
+                images.append(to_rgb(item, max_side))
+                continue
+            if not isinstance(item, (str, Path)):
+                raise DataError(f"cannot predict on a {type(item).__name__}: give image file paths or PIL images")
+            path = Path(item)
+            if path.is_dir():
+                raise DataError(f"{path} is a folder: give image files (`autotl predict` and "
+                                "Bundle.predict_files expand folders)")
+            if not path.exists():
+                raise DataError(f"no such image file: {path}")
+            image, problem = _decode(path, max_side)
+            if image is None:
+                raise DataError(f"cannot predict on {path}: {problem}")
+            images.append(image)
+        resized = pixels(images, int(settings["resolution"]), str(settings["interpolation"]))
+        return TensorSplit(resized, torch.zeros(len(images), dtype=torch.long), _transform(settings, "none"))
+
+
+def _max_side(options: Mapping[str, Any]) -> int:
+    return int((options or {}).get("max_side", DEFAULT_MAX_SIDE))
+
+
+def _settings(max_side: int, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that turns an image file into the model's input, as JSON values."""
+    pre = backbone.preprocessing()
+    return {
+        "max_side": int(max_side),
+        "colour": "RGB: grey and palette converted, alpha composited on white, 16-bit grey scaled to 8 bits",
+        "resize": "longer side at most max_side when decoded; then shorter side to resolution, centre crop",
+        "resolution": int(params.get("resolution") or pre.get("input_size", 224)),
+        "interpolation": str(pre.get("interpolation", "bilinear")),
+        "scale": "pixels / 255, then (x - mean) / std per channel",
+        "mean": [float(v) for v in pre.get("mean", (0.485, 0.456, 0.406))],
+        "std": [float(v) for v in pre.get("std", (0.229, 0.224, 0.225))],
+    }
+
+
+def _transform(settings: Mapping[str, Any], augment: str):
+    mean = torch.tensor(settings["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(settings["std"], dtype=torch.float32).view(1, 3, 1, 1)
+
+    def transform(batch: torch.Tensor, train: bool) -> torch.Tensor:
+        x = batch.float().div_(255.0)
+        if train:
+            x = _augment(x, augment)
+        return (x - mean) / std
+
+    return transform
+
+
+_SHOWN_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".gif")
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in Image.registered_extensions()
 
 
 def _augment(x: torch.Tensor, how: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ class ImageData:
     fingerprint: str
     skipped: list[dict[str, str]]
     val_from_train: bool
+    max_side: int = 512
     _resized: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def labels(self, split: str) -> torch.Tensor:
@@ -99,7 +100,7 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
     val_from_train = "val" not in splits or not splits["val"][0]
     if val_from_train:
         splits["train"], splits["val"] = _stratified_split(splits["train"], classes, val_fraction, seed, train_dir)
-    return ImageData(root, classes, splits, digest.hexdigest()[:16], skipped, val_from_train)
+    return ImageData(root, classes, splits, digest.hexdigest()[:16], skipped, val_from_train, max_side)
 
 
 def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
@@ -115,12 +116,19 @@ def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
             image.load()
     except Image.DecompressionBombWarning as exc:
         return None, f"too many pixels (decompression bomb?): {exc}"
+    except Image.UnidentifiedImageError:
+        return None, "not a readable image (not in an image format Pillow knows)"
     except Exception as exc:  # PIL raises many types for broken files: report, never crash
         return None, f"not a readable image ({exc.__class__.__name__}: {str(exc)[:120]})"
+    return to_rgb(image, max_side), ""
+
+
+def to_rgb(image: Image.Image, max_side: int) -> Image.Image:
+    """A decoded image as 8-bit RGB, at most ``max_side`` pixels on its longer side."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale, don't clip, to 8 bits
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
-        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).round().astype(np.uint8), "L")
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -128,7 +136,7 @@ def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
     image = image.convert("RGB")
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.BICUBIC)
-    return image, ""
+    return image
 
 
 def _stratified_split(train, classes, val_fraction, seed, train_dir):
@@ -161,13 +169,20 @@ def resize_all(data: ImageData, split: str, size: int, interpolation: str = "bil
     """
     key = (split, size, interpolation)
     if key not in data._resized:
-        method = _INTERPOLATION.get(interpolation, Image.BILINEAR)
-        images = data.splits[split][0]
-        out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
-        for i, image in enumerate(images):
-            out[i] = torch.from_numpy(np.array(_resize_crop(image, size, method))).permute(2, 0, 1)
-        data._resized[key] = out
+        data._resized[key] = pixels(data.splits[split][0], size, interpolation)
     return data._resized[key]
+
+
+def pixels(images: list[Image.Image], size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """RGB images as one uint8 tensor ``(N, 3, size, size)``: shorter side to ``size``, centre crop.
+
+    The one path from a decoded image to the model's pixels, for the search and for ``autotl predict``.
+    """
+    method = _INTERPOLATION.get(interpolation, Image.BILINEAR)
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    for i, image in enumerate(images):
+        out[i] = torch.from_numpy(np.array(_resize_crop(image, size, method))).permute(2, 0, 1)
+    return out
 
 
 def _resize_crop(image: Image.Image, size: int, method) -> Image.Image:

@@ -4,22 +4,32 @@ Layout: ``DATA/train.csv`` and optional ``DATA/val.csv``, ``DATA/test.csv`` (or 
 columns ``text,label`` (other names through the recipe's ``data: {text_column, label_column}``).
 The files are read and checked once; texts are tokenised once per tokenizer and max length, and
 every epoch and later trial reuses the tensors. Batches are trimmed to their longest text.
+
+Bundles (``autotl export``/``autotl predict``): the settings are the trial's max length, the
+tokenizer's padding and truncation sides and the text column; predictions tokenise through the same
+:func:`~autotl_text._table.encode` and trim batches with the same transform as the search.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence, TextIO
 
 import torch
 
 from autotl import Backbone, LoadedData, Task, TensorSplit, TrialData, hookimpl
-from autotl.errors import UsageError
+from autotl.base import Inputs
+from autotl.errors import DataError, UsageError
 
-from ._table import Options, TextData, load_text_folder, tokenised
+from ._table import (Options, TableRow, TextData, decode_utf8, encode, load_text_folder, read_predict_file,
+                     text_lines, tokenised)
 
 #: the shortest max length a trial may ask for: [CLS] and [SEP] plus a few tokens.
 MIN_MAX_LENGTH = 8
+#: training batches are formed among this many batches' worth of shuffled texts, by length.
+BUCKET_BATCHES = 20
 
 
 @hookimpl
@@ -46,31 +56,205 @@ class TextClassification(Task):
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         texts: TextData = data.payload
         pre = backbone.preprocessing()
-        tokenizer = pre.get("tokenizer")
-        if tokenizer is None:
-            raise UsageError(f"backbone {backbone.name!r} gives no tokenizer in preprocessing(); it cannot serve "
-                             "text-classification")
-        if tokenizer.pad_token is None:  # GPT-style tokenizers: pad with end-of-text (masked out anyway)
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer = tokenizer_of(backbone, pre)
         key = pre.get("tokenizer_key") or getattr(tokenizer, "name_or_path", None) or id(tokenizer)
         max_length = max_length_for(params, pre)
-        left = getattr(tokenizer, "padding_side", "right") == "left"
-
-        def transform(batch: Mapping[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
-            mask = batch["attention_mask"]
-            longest = max(1, int(mask.sum(1).max())) if mask.numel() else 1
-            cut = slice(-longest, None) if left else slice(0, longest)
-            return {"input_ids": batch["input_ids"][:, cut].long(), "attention_mask": mask[:, cut].long()}
+        transform = trim_transform(left=getattr(tokenizer, "padding_side", "right") == "left")
 
         def split(name: str) -> TensorSplit:
-            inputs = tokenised(texts, name, tokenizer, key, max_length)
-            return TensorSplit(dict(inputs), texts.labels(name), transform)
+            cached = tokenised(texts, name, tokenizer, key, max_length)
+            inputs = {"input_ids": cached["input_ids"], "attention_mask": cached["attention_mask"]}
+            return TextSplit(inputs, cached["labels"], transform, lengths=cached["lengths"])
 
         return TrialData(
             train=split("train"),
             val=split("val"),
             test=split("test") if "test" in texts.splits else None,
         )
+
+    # -- export and prediction ------------------------------------------------------------------
+    def prepare_refit(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
+        """Train and val together, padded on the tokenizer's side with its pad token (left-padded tokens too)."""
+        prepared = self.prepare(data, backbone, params)
+        tokenizer = tokenizer_of(backbone)
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        train, val = prepared.train, prepared.val
+        width = max(train.inputs["input_ids"].shape[1], val.inputs["input_ids"].shape[1])
+
+        def joined(key: str, fill: int) -> torch.Tensor:
+            parts = []
+            for tensor in (train.inputs[key], val.inputs[key]):
+                extra = width - tensor.shape[1]
+                pad = (extra, 0) if left else (0, extra)
+                parts.append(torch.nn.functional.pad(tensor, pad, value=fill) if extra else tensor)
+            return torch.cat(parts)
+
+        inputs = {"input_ids": joined("input_ids", pad_id), "attention_mask": joined("attention_mask", 0)}
+        both = TextSplit(inputs, torch.cat([train.labels, val.labels]), train.transform,
+                         lengths=torch.cat([train.lengths, val.lengths]))
+        return TrialData(train=both, val=val, test=prepared.test)
+
+    def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
+                        params: Mapping[str, Any]) -> dict[str, Any]:
+        options = Options.from_mapping(data_options or {})
+        pre = backbone.preprocessing()
+        tokenizer = tokenizer_of(backbone, pre)
+        return {
+            "text_column": options.text_column,
+            "label_column": options.label_column,
+            "max_length": max_length_for(params, pre),
+            "truncation": "texts longer than max_length tokens (special tokens included) are cut",
+            "truncation_side": str(getattr(tokenizer, "truncation_side", "right")),
+            "padding": "each batch padded to its longest text, the attention mask marking the padding",
+            "padding_side": str(getattr(tokenizer, "padding_side", "right")),
+            "pad_token": str(tokenizer.pad_token),
+            "token_type_ids": "not passed (the model's default)",
+            "tokenizer": f"{type(tokenizer).__name__}, saved with the bundle",
+        }
+
+    def read_inputs(self, sources: Sequence[str], *, stdin: TextIO | None = None,
+                    settings: Mapping[str, Any] | None = None) -> list[tuple[str, Any]]:
+        """Files of texts (CSV, TSV, JSONL: the bundle's text column, ``FILE:LINE``; ``.txt``: one per line)
+        and ``-`` (or nothing): one text per line of standard input (``line N``). Blank lines are skipped.
+
+        The text column of a table is picked by :meth:`preprocess_for_predict` from the bundle's
+        settings; with ``settings`` given here it is checked at once.
+        """
+        items: list[tuple[str, Any]] = []
+        for source in list(sources) or ["-"]:
+            if source == "-":
+                items.extend(_stdin_lines(stdin if stdin is not None else sys.stdin))
+            else:
+                found = read_predict_file(str(source))
+                if settings is not None and isinstance(found[0][1], TableRow):
+                    found[0][1].text(str(settings.get("text_column", "text")))
+                items.extend(found)
+        return items
+
+    def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone,
+                               settings: Mapping[str, Any]) -> TensorSplit:
+        """Texts (``str``, rows of a table, or mappings holding the text column) tokenised as the search did."""
+        column = str(settings.get("text_column", "text"))
+        texts = [_text_of(item, column, i) for i, item in enumerate(raw)]
+        tokenizer = tokenizer_of(backbone, pad_token=settings.get("pad_token"))
+        for side in ("padding_side", "truncation_side"):
+            if settings.get(side) in ("left", "right"):
+                setattr(tokenizer, side, settings[side])
+        try:
+            max_length = int(settings["max_length"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError("the bundle's preprocessing settings hold no max_length; export the bundle again") from None
+        encoded = encode(tokenizer, texts, max_length)
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return TextSplit(inputs, torch.zeros(len(texts), dtype=torch.long),
+                         trim_transform(left=tokenizer.padding_side == "left"), lengths=encoded["lengths"])
+
+
+@dataclass
+class TextSplit(TensorSplit):
+    """A split of tokenised texts whose training batches group texts of similar length.
+
+    Each epoch shuffles the texts, sorts every run of ``BUCKET_BATCHES`` batches' worth by length,
+    cuts it into batches and shuffles the batches: the batches differ every epoch, and trimming a
+    batch to its longest text leaves little padding to compute on.
+    """
+
+    lengths: torch.Tensor | None = None
+
+    def batches(self, batch_size: int, *, train: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        if not train or self.lengths is None:
+            yield from super().batches(batch_size, train=train, generator=generator)
+            return
+        n = len(self)
+        order = torch.randperm(n, generator=generator)
+        groups: list[torch.Tensor] = []
+        run = batch_size * BUCKET_BATCHES
+        for start in range(0, n, run):
+            part = order[start : start + run]
+            part = part[torch.argsort(self.lengths[part], descending=True, stable=True)]
+            groups.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+        for g in torch.randperm(len(groups), generator=generator).tolist():
+            idx = groups[g]
+            if len(idx) < 2 and n >= 2:
+                continue  # a batch of one adds only noise
+            batch = {key: value[idx] for key, value in self.inputs.items()}
+            if self.transform is not None:
+                batch = self.transform(batch, train)
+            yield batch, self.labels[idx]
+
+    def search_order(self) -> torch.Tensor | None:
+        """The order the search keeps its validation and test splits in: longest text first, ties as given.
+
+        Predicting ``take(search_order())`` and scattering the logits back (``out[order] = logits``)
+        gives, for the texts of a split, the very batches the search scored: its logits bit for bit.
+        """
+        return None if self.lengths is None else torch.argsort(self.lengths, descending=True, stable=True)
+
+    def take(self, idx: torch.Tensor) -> "TextSplit":
+        """The texts at ``idx``, in that order."""
+        return TextSplit({key: value[idx] for key, value in self.inputs.items()}, self.labels[idx], self.transform,
+                         lengths=None if self.lengths is None else self.lengths[idx])
+
+
+def trim_transform(left: bool):
+    """Cut a batch to its longest text (on the padding side) and give the model ``long`` tensors."""
+
+    def transform(batch: Mapping[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        mask = batch["attention_mask"]
+        longest = max(1, int(mask.sum(1).max())) if mask.numel() else 1
+        cut = slice(-longest, None) if left else slice(0, longest)
+        return {"input_ids": batch["input_ids"][:, cut].long(), "attention_mask": mask[:, cut].long()}
+
+    return transform
+
+
+def tokenizer_of(backbone: Backbone, pre: Mapping[str, Any] | None = None, pad_token: str | None = None):
+    """The backbone's tokenizer, with a pad token (GPT-style ones pad with end-of-text: masked out anyway)."""
+    pre = backbone.preprocessing() if pre is None else pre
+    tokenizer = pre.get("tokenizer")
+    if tokenizer is None:
+        raise UsageError(f"backbone {backbone.name!r} gives no tokenizer in preprocessing(); it cannot serve "
+                         "text-classification")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = pad_token if pad_token and pad_token != "None" else \
+            (tokenizer.eos_token or tokenizer.unk_token)
+    return tokenizer
+
+
+def _text_of(item: Any, column: str, index: int) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, TableRow):
+        return item.text(column)
+    if isinstance(item, Mapping):
+        if column in item:
+            value = item[column]
+            return value if isinstance(value, str) else "" if value is None else str(value)
+        raise DataError(f"input {index} is a mapping without the key {column!r} the bundle reads its texts from")
+    if isinstance(item, Path):
+        raise DataError(f"input {index} is a path ({item}): give texts, or predict a file of texts with "
+                        "`autotl predict` / Bundle.predict_files")
+    raise DataError(f"cannot predict on a {type(item).__name__} (input {index}): give texts as str")
+
+
+def _stdin_lines(stream: TextIO) -> list[tuple[str, str]]:
+    raw = getattr(stream, "buffer", None)
+    if raw is not None:
+        text = decode_utf8(raw.read(), "standard input")
+    else:
+        try:
+            text = stream.read()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"standard input: bytes that are not UTF-8 ({exc.object[exc.start:exc.end]!r}); "
+                            "send UTF-8 text") from exc
+        text = text.removeprefix("\ufeff")
+    lines = text_lines(text, lambda n: f"line {n}")
+    if not lines:
+        raise DataError("no texts on standard input; pipe one text per line, or give a file of texts (.csv, .tsv, "
+                        ".jsonl with a text column, or .txt)")
+    return lines
 
 
 def max_length_for(params: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
@@ -86,4 +270,4 @@ def max_length_for(params: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
     return min(value, limit)
 
 
-__all__ = ["TextClassification", "register_tasks", "max_length_for"]
+__all__ = ["TextClassification", "TextSplit", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]

@@ -112,8 +112,9 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
         skipped.extend(split_skips)
         skipped_counts[split] = len(split_skips)
         if not split_rows:
-            why = f"all its {len(split_skips)} rows were skipped (listed in the report)" if split_skips else "no rows"
-            raise DataError(f"{path.name} has {why}; it needs one row per text under a header line "
+            why = (f": every one of its {len(split_skips)} rows was skipped ({split_skips[0]['reason']} on line "
+                   f"{split_skips[0]['file'].rsplit(':', 1)[1]}, ...)" if split_skips else " has no rows")
+            raise DataError(f"{path.name}{why}; it needs one row per text under a header line "
                             f"`{options.text_column},{options.label_column}`")
         rows[split] = split_rows
         for row in split_rows:
@@ -343,7 +344,7 @@ def _raise_not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, options: O
     except DataError:
         pass
     raise DataError(f"{path.name} line {line}{column}: bytes that are not UTF-8 "
-                    f"({data[exc.start:exc.end + 3][:8]!r} at byte {exc.start - line_start + 1} of the line); save "
+                    f"({data[exc.start:exc.end]!r} at byte {exc.start - line_start + 1} of the line); save "
                     "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)") from exc
 
 
@@ -375,17 +376,220 @@ def stratified_split(rows: list[Row], classes: list[str], index: dict[str, int],
 # -- tokenisation --------------------------------------------------------------------------------------
 
 def tokenised(data: TextData, split: str, tokenizer, key: Any, max_length: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` (int32) and ``attention_mask`` (int8) of ``split``, computed once per tokenizer and length.
+    """``split`` tokenised, computed once per tokenizer and length, sorted from the longest text down.
 
-    Padded to the longest text of the split (at most ``max_length`` tokens); batches trim further.
+    ``input_ids`` (int32) and ``attention_mask`` (int8) are padded to the longest text of the split
+    (at most ``max_length`` tokens); ``labels`` and ``lengths`` (tokens per text) follow the same
+    order. Sorting makes evaluation batches hold texts of about one length, so trimming each batch
+    to its longest text removes most of the padding.
     """
     cache_key = (key, int(max_length), split)
     if cache_key not in data._tokens:
-        texts = data.splits[split][0]
-        encoded = tokenizer(texts, truncation=True, max_length=int(max_length), padding="longest",
-                            return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
+        encoded = encode(tokenizer, data.splits[split][0], max_length)
+        order = torch.argsort(encoded["lengths"], descending=True, stable=True)
         data._tokens[cache_key] = {
-            "input_ids": encoded["input_ids"].to(torch.int32),
-            "attention_mask": encoded["attention_mask"].to(torch.int8),
+            "input_ids": encoded["input_ids"][order].contiguous(),
+            "attention_mask": encoded["attention_mask"][order].contiguous(),
+            "labels": data.labels(split)[order].contiguous(),
+            "lengths": encoded["lengths"][order].contiguous(),
         }
     return data._tokens[cache_key]
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """The one tokenisation of the search and of ``autotl predict``: texts to padded tensors, in their order.
+
+    Truncated to ``max_length`` tokens (special tokens included), padded to the longest of ``texts``
+    on the tokenizer's padding side, no token type ids. ``input_ids`` int32, ``attention_mask`` int8,
+    ``lengths`` (tokens per text) int32. Padding beyond a text's own tokens never reaches the model
+    unmasked, and batches are trimmed to their longest text before the model sees them.
+    """
+    if not texts:
+        empty = torch.zeros(0, 1, dtype=torch.int32)
+        return {"input_ids": empty, "attention_mask": empty.to(torch.int8),
+                "lengths": torch.zeros(0, dtype=torch.int32)}
+    encoded = tokenizer(list(texts), truncation=True, max_length=int(max_length), padding="longest",
+                        return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
+    mask = encoded["attention_mask"]
+    return {
+        "input_ids": encoded["input_ids"].to(torch.int32).contiguous(),
+        "attention_mask": mask.to(torch.int8).contiguous(),
+        "lengths": mask.sum(1).to(torch.int32).contiguous(),
+    }
+
+
+# -- what `autotl predict` reads ----------------------------------------------------------------------
+
+#: files `autotl predict` reads texts from: tables (a text column) and plain text (one text per line).
+PREDICT_FORMATS = FORMATS + (".txt",)
+
+
+@dataclass
+class Table:
+    """A file of texts given to ``autotl predict``; which column holds the texts is the bundle's setting."""
+
+    path: str  # as the user gave it
+    columns: list[str]
+    _at: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def position(self, column: str, line: int) -> int:
+        """Where ``column`` is (exactly, else ignoring case); a :class:`DataError` naming the file if nowhere."""
+        if column not in self._at:
+            names = [c.strip() for c in self.columns]
+            folded = [n.lower() for n in names]
+            if column in names:
+                self._at[column] = names.index(column)
+            elif column.lower() in folded:
+                self._at[column] = folded.index(column.lower())
+            else:
+                shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+                what = "key" if self.path.endswith(".jsonl") else "column"
+                raise DataError(f"{self.path} line {line}: no {what} {column!r} (its {what}s: {shown or 'none'}); "
+                                f"the bundle reads its texts from {what} {column!r} (the run's data.text_column): "
+                                "rename yours to that")
+        return self._at[column]
+
+
+@dataclass
+class TableRow:
+    """One record of a file given to ``autotl predict``: the text is picked from it by column name."""
+
+    table: Table
+    line: int
+    cells: Any  # a list of cells (CSV, TSV; in the order of ``table.columns``) or a JSON object (JSONL)
+
+    @property
+    def name(self) -> str:
+        return f"{self.table.path}:{self.line}"
+
+    def text(self, column: str) -> str:
+        if isinstance(self.cells, dict):
+            keys = {str(k): k for k in self.cells}
+            if column not in keys:
+                folded = {k.lower(): k for k in keys}
+                if column.lower() not in folded:
+                    Table(self.table.path, list(keys)).position(column, self.line)
+                column = folded[column.lower()]
+            value = self.cells[keys[column]]
+            if value is None:
+                return ""
+            if not isinstance(value, (str, int, float, bool)):
+                raise DataError(f"{self.name}: the text {column!r} is a JSON {type(value).__name__}, not a string")
+            return value if isinstance(value, str) else str(value)
+        return self.cells[self.table.position(column, self.line)]
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` as UTF-8 text (a byte-order mark dropped); a one-line :class:`DataError` naming ``where`` if not."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        raise DataError(f"{where} line {line}: bytes that are not UTF-8 ({data[exc.start:exc.end]!r} at byte "
+                        f"{exc.start - line_start + 1} of the line); save it as UTF-8 (e.g. `iconv -f latin1 -t "
+                        "utf-8 in.csv > out.csv`)") from exc
+
+
+def text_lines(text: str, name: Any) -> list[tuple[str, str]]:
+    """One text per line, blank lines skipped; named ``name(line_number)``."""
+    return [(name(number), line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1)
+            if line.strip()]
+
+
+def read_predict_file(source: str) -> list[tuple[str, Any]]:
+    """``(name, item)`` for every text of a file given to ``autotl predict``; names are ``FILE:LINE``.
+
+    CSV, TSV and JSONL files give :class:`TableRow` items (their text column is chosen later, by the
+    bundle's settings; other columns, labels included, are ignored); ``.txt`` gives one ``str`` per
+    line. Every problem is a one-line :class:`DataError` naming the file.
+    """
+    path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; give a file of texts ({', '.join(PREDICT_FORMATS)}), or - to read "
+                        "one text per line from standard input")
+    if not path.is_file():
+        raise DataError(f"no such file: {source}; give a file of texts ({', '.join(PREDICT_FORMATS)}), or - to "
+                        "read one text per line from standard input")
+    suffix = path.suffix.lower()
+    if suffix not in PREDICT_FORMATS:
+        raise DataError(f"{source}: cannot read texts from a {path.suffix or 'suffix-less'} file; give a .csv, .tsv "
+                        "or .jsonl file with a text column, a .txt file (one text per line), or - for one text per "
+                        "line on standard input")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    if not data.strip(b" \t\r\n\xef\xbb\xbf"):
+        raise DataError(f"{source} is empty; it needs "
+                        + ("one text per line" if suffix == ".txt" else
+                           "one JSON object per line, with the bundle's text key" if suffix == ".jsonl" else
+                           "a header line naming the text column, and one row per text"))
+    text = decode_utf8(data, source)
+    if suffix == ".txt":
+        items: list[tuple[str, Any]] = text_lines(text, lambda n: f"{source}:{n}")
+    elif suffix == ".jsonl":
+        items = _jsonl_table(source, text)
+    else:
+        items = _delimited_table(source, text, suffix == ".tsv")
+    if not items:
+        raise DataError(f"{source} has no rows" + ("" if suffix in (".txt", ".jsonl") else " under its header line")
+                        + "; nothing to predict")
+    return items
+
+
+def _delimited_table(source: str, text: str, tsv: bool) -> list[tuple[str, TableRow]]:
+    """Records of a CSV/TSV file, read by the same rules as the search's files (see :func:`_delimited_records`)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    table: Table | None = None
+    items: list[tuple[str, TableRow]] = []
+    previous = 0
+    while True:
+        start = previous + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return items
+        except csv.Error as exc:
+            problem = ("a double quote opens a text that is never closed" if "unexpected end of data" in str(exc)
+                       else f"not valid CSV ({exc})")
+            raise DataError(f"{source} line {start}: {problem}; put texts that hold commas, quotes or line breaks "
+                            "in double quotes, doubling the quotes inside (\"\")") from exc
+        previous = reader.line_num
+        if table is None:
+            if not record or not any(cell.strip() for cell in record):
+                raise DataError(f"{source} line {start}: the first line must be the header naming the columns "
+                                "(e.g. `text`); it is empty")
+            table = Table(source, record)
+            continue
+        if not any(cell.strip() for cell in record):
+            continue  # a blank line
+        if len(record) != len(table.columns):
+            sep = "tab" if tsv else "comma"
+            raise DataError(f"{source} line {start}: {len(record)} fields where the header has {len(table.columns)} "
+                            f"(a {sep} too many or too few?); "
+                            + ("remove tabs inside texts" if tsv else "put texts that hold commas in double quotes"))
+        row = TableRow(table, start, record)
+        items.append((row.name, row))
+
+
+def _jsonl_table(source: str, text: str) -> list[tuple[str, TableRow]]:
+    table = Table(source, [])
+    items: list[tuple[str, TableRow]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source} line {number}: not valid JSON ({exc.msg} at character {exc.colno}); write "
+                            "one JSON object per line") from exc
+        if not isinstance(obj, dict):
+            raise DataError(f"{source} line {number}: a JSON {type(obj).__name__}, not an object; write one object "
+                            'per line, such as {"text": "..."}')
+        row = TableRow(table, number, obj)
+        items.append((row.name, row))
+    return items

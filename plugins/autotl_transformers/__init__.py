@@ -11,6 +11,11 @@ Settings read from the environment (documented in docs/text.md):
 - ``AUTOTL_TRANSFORMERS_LORA_TARGETS``: comma-separated module names (last parts, e.g.
   ``query,key,value``) that LoRA wraps, instead of the per-architecture default;
 - ``AUTOTL_TRANSFORMERS_POOLING``: ``mean`` (default), ``cls`` or ``pooler``.
+
+Bundles (``autotl export``): the tokenizer is saved in ``tokenizer/`` and the encoder's config in
+``backbone/``; ``from_bundle`` reads them back with ``local_files_only=True`` and
+``trust_remote_code=False``, and builds the same ``TextClassifier`` (pooling and norm recorded in the
+bundle, not read from the environment) with random weights for the bundle's to replace.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -29,12 +34,14 @@ from autotl.errors import ModelUnavailableError, UsageError
 
 from ._model import (ENCODER, HEAD, POOLINGS, TextClassifier, default_lora_leaves, layer_groups, layer_stack,
                      linear_leaves_fallback, lora_targets)
-from ._source import OFFLINE_ZOO, Source, is_repo_id, load_state_file, resolve, zoo_entry
+from ._source import OFFLINE_ZOO, Source, is_repo_id, load_state_file, read_config_json, resolve, zoo_entry
 
 LORA_ENV = "AUTOTL_TRANSFORMERS_LORA_TARGETS"
 POOLING_ENV = "AUTOTL_TRANSFORMERS_POOLING"
 #: the default max length when a recipe names none: long enough for most sentences, cheap on a CPU.
 DEFAULT_MAX_LENGTH = 128
+#: where a bundle keeps the encoder's config and the tokenizer (the top-level config.json is the core's).
+BUNDLE_CONFIG_DIR, BUNDLE_TOKENIZER_DIR = "backbone", "tokenizer"
 
 
 @hookimpl
@@ -62,6 +69,63 @@ class TransformersFamily(BackboneFamily):
         source = resolve(name, weights)
         return TransformersBackbone(name, source)
 
+    def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
+        """The encoder's config from ``backbone/`` and the tokenizer from ``tokenizer/`` of the bundle.
+
+        Read with ``local_files_only=True`` and ``trust_remote_code=False``: no network, no code from
+        the bundle; the network is built from the config with random weights (the bundle's replace them).
+        """
+        directory = Path(directory)
+        config_dir, tokenizer_dir = directory / BUNDLE_CONFIG_DIR, directory / BUNDLE_TOKENIZER_DIR
+        for folder, what in ((config_dir, "model config"), (tokenizer_dir, "tokenizer")):
+            if not folder.is_dir():
+                raise ModelUnavailableError(f"the bundle {directory} has no {folder.name}/ folder (the {what} of "
+                                            f"transformers model {name!r}); export the bundle again")
+        pooling = str(config.get("pooling", "mean"))
+        if pooling not in POOLINGS:
+            raise ModelUnavailableError(f"the bundle {directory} asks for pooling {pooling!r}, which this "
+                                        f"autotl_transformers does not know ({', '.join(POOLINGS)}); upgrade autotl")
+        written_with = config.get("transformers_version", "?")
+        raw = read_config_json(Source("folder", str(config_dir)))
+        tokenizer_raw = read_config_json(Source("folder", str(tokenizer_dir)), "tokenizer_config.json")
+        if "auto_map" in raw or "auto_map" in tokenizer_raw:
+            raise ModelUnavailableError(f"the bundle {directory} names custom model or tokenizer code (auto_map); "
+                                        "autotl never runs code from a bundle (trust_remote_code)")
+        import transformers
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            with _quiet():
+                model_config = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=False,
+                                                          local_files_only=True)
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"the installed transformers {transformers.__version__} cannot read the model config of the bundle "
+                f"(model type {raw.get('model_type', '?')!r}, written with transformers {written_with}): "
+                f"{_first_line(exc)}; install that transformers version"
+            ) from exc
+        try:
+            with _quiet():
+                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), config=model_config, use_fast=True,
+                                                          trust_remote_code=False, local_files_only=True)
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"the installed transformers {transformers.__version__} cannot load the tokenizer in {tokenizer_dir} "
+                f"(written with transformers {written_with}): {_first_line(exc)}"
+            ) from exc
+        source = Source("bundle", str(directory.resolve()), origin="weights from an autotl bundle")
+        backbone = TransformersBackbone.from_parts(name, source, model_config, tokenizer, pooling,
+                                                   norm=bool(config.get("norm", True)))
+        try:
+            with torch.device("meta"), _quiet():
+                backbone._classifier(_auto_model_from_config(model_config), 2)
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"the installed transformers {transformers.__version__} cannot build the {model_config.model_type} "
+                f"model of the bundle (written with transformers {written_with}): {_first_line(exc)}"
+            ) from exc
+        return backbone
+
 
 class TransformersBackbone(Backbone):
     family = "transformers"
@@ -75,6 +139,18 @@ class TransformersBackbone(Backbone):
         self._lora_override = _lora_override()
         self._check_architecture()
         self._tokenizer = load_tokenizer(name, source)  # before the search: a missing tokenizer fails now
+        self._norm = True
+
+    @classmethod
+    def from_parts(cls, name: str, source: Source, config, tokenizer, pooling: str,
+                   norm: bool = True) -> "TransformersBackbone":
+        """A backbone from a config and tokenizer already loaded (a bundle's): no environment read, no check."""
+        self = cls.__new__(cls)
+        self.name, self.source, self.config, self.pooling = name, source, config, pooling
+        self._lora_override = []
+        self._tokenizer = tokenizer
+        self._norm = norm
+        return self
 
     # -- building ----------------------------------------------------------------------------
     def _from_pretrained_kwargs(self) -> dict[str, Any]:
@@ -96,6 +172,9 @@ class TransformersBackbone(Backbone):
                              f"{self.name!r}; unset it or name modules such as query,value")
 
     def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        if pretrained and self.source.kind == "bundle":
+            raise ModelUnavailableError(f"{self.name!r} was rebuilt from a bundle: it has no pretrained weights apart "
+                                        "from the bundle's own")
         with _quiet():
             if not pretrained:
                 encoder = _auto_model_from_config(self.config)
@@ -107,8 +186,11 @@ class TransformersBackbone(Backbone):
             else:
                 encoder = _auto_model_from_config(self.config)
                 _load_encoder_weights(encoder, Path(self.source.weights_file), self.name)
+        return self._classifier(encoder.float(), num_classes)
+
+    def _classifier(self, encoder: nn.Module, num_classes: int) -> TextClassifier:
         dropout = float(getattr(self.config, "hidden_dropout_prob", 0.1) or 0.1)
-        return TextClassifier(encoder.float(), num_classes, self.pooling, dropout)
+        return TextClassifier(encoder, num_classes, self.pooling, dropout, norm=getattr(self, "_norm", True))
 
     def layer_groups(self, model: nn.Module) -> list[list[str]]:
         return layer_groups(model)
@@ -131,6 +213,29 @@ class TransformersBackbone(Backbone):
 
     def describe(self) -> str:
         return f"{self.name} ({self.source.origin}; {self.config.model_type}, {self.pooling} pooling)"
+
+    def bundle_files(self, directory: Path) -> dict[str, Any]:
+        """The tokenizer in ``tokenizer/`` and the encoder's config in ``backbone/`` (JSON and text files only)."""
+        import transformers
+
+        directory = Path(directory)
+        with _quiet():
+            self._tokenizer.save_pretrained(str(directory / BUNDLE_TOKENIZER_DIR))
+            self.config.save_pretrained(str(directory / BUNDLE_CONFIG_DIR))
+        return {
+            "model_type": self.config.model_type,
+            "architectures": list(getattr(self.config, "architectures", None) or []),
+            "pooling": self.pooling,
+            "norm": bool(getattr(self, "_norm", True)),
+            "head": f"{HEAD}: nn.Linear(hidden_size, classes) over the pooled, standardised token states",
+            "hidden_size": int(self.config.hidden_size),
+            "num_hidden_layers": getattr(self.config, "num_hidden_layers", None),
+            "config": f"{BUNDLE_CONFIG_DIR}/config.json",
+            "tokenizer": f"{BUNDLE_TOKENIZER_DIR}/",
+            "tokenizer_class": type(self._tokenizer).__name__,
+            "transformers_version": transformers.__version__,
+            "pretrained_source": self.describe(),
+        }
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -167,8 +272,9 @@ def _load_config(name: str, source: Source):
                                               local_files_only=source.local_only)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        if "trust_remote_code" in str(exc):
-            message = "it needs custom code from the hub (trust_remote_code), which autotl never runs"
+        if "trust_remote_code" in str(exc) or "auto_map" in read_config_json(source):
+            message = ("its architecture is custom code shipped with the model (trust_remote_code), which autotl "
+                       "never runs; use a model that transformers itself knows")
         raise ModelUnavailableError(f"cannot read the config of transformers model {name!r} from "
                                     f"{source.location}: {message}") from exc
 
@@ -197,6 +303,11 @@ def model_max_length(config, tokenizer) -> int:
     limits = [int(v) for v in (getattr(tokenizer, "model_max_length", None),
                                getattr(config, "max_position_embeddings", None)) if v and int(v) < 1_000_000]
     return min(limits) if limits else 512
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else exc.__class__.__name__
 
 
 def _pooling() -> str:

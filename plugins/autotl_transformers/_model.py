@@ -25,9 +25,14 @@ class TextClassifier(nn.Module):
     ``pooling``: ``mean`` averages the token states under the attention mask (what
     sentence-transformers models are trained for), ``cls`` takes the first token's state, ``pooler``
     the encoder's own pooler output (BERT's tanh layer over [CLS]).
+
+    ``norm``: the pooled vector is standardised (a layer norm without parameters) before the head.
+    Pooled token states are small (MiniLM's average 0.2 in magnitude); standardised, they let a head
+    that starts at zero learn at the small learning rates that suit the encoder, in few steps.
     """
 
-    def __init__(self, transformer: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(self, transformer: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1,
+                 norm: bool = True):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
@@ -35,8 +40,10 @@ class TextClassifier(nn.Module):
             transformer.pooler = None  # unused: drop it, so that every parameter trains or is frozen on purpose
         self.transformer = transformer
         self.pooling = pooling
+        hidden = transformer.config.hidden_size
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(transformer.config.hidden_size, num_classes)
+        self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,7 +59,7 @@ class TextClassifier(nn.Module):
             states = out[0]
             mask = attention_mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(self.norm(pooled)))
 
 
 def layer_stack(encoder: nn.Module) -> tuple[str, int]:

@@ -176,14 +176,15 @@ def hub_status(repo: str, timeout: float = 3.0) -> tuple[bool, str | None]:
     return False, None
 
 
-def read_config_json(source: Source) -> dict:
-    """``config.json`` of a package or folder source; ``{}`` for the hub (read through transformers)."""
+def read_config_json(source: Source, name: str = "config.json") -> dict:
+    """``config.json`` (or ``name``) of a package or folder source; ``{}`` for the hub (read through transformers)."""
     if source.kind == "hub":
         return {}
     try:
-        return json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
+        found = json.loads((Path(source.location) / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,273 @@
+"""Loading a bundle written by ``autotl export`` and predicting with it.
+
+A bundle is a folder: ``model.safetensors`` (the plain network, LoRA merged), ``config.json`` (what
+the network is, how inputs are preprocessed, where it came from, the weights' sha256) and
+``README.md`` (the model card); optionally ``model.onnx`` and ``model.torchscript.pt``. Loading
+reads JSON and safetensors only, never a pickle, and refuses weights whose checksum does not match.
+
+The network is rebuilt by the backbone family's :meth:`~autotl.BackboneFamily.from_bundle`, inputs
+are read and preprocessed by the task's :meth:`~autotl.Task.read_inputs` and
+:meth:`~autotl.Task.preprocess_for_predict`, and logits come from the same function that scored the
+validation split during the search (:func:`autotl.training.predict_logits`), in the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence, TextIO
+
+import torch
+
+from .base import Backbone, Task, TensorSplit
+from .errors import AutotlError, UsageError
+from .training import predict_logits
+
+FORMAT = "autotl-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "README.md"
+ONNX = "model.onnx"
+TORCHSCRIPT = "model.torchscript.pt"
+#: the search scores the validation split in batches of this size; predicting in the same batches
+#: gives the same numbers.
+DEFAULT_BATCH = 128
+#: batches preprocessed at a time: bounds memory however many inputs there are.
+CHUNK_BATCHES = 8
+
+
+class BundleError(AutotlError):
+    """A bundle is missing, corrupted, tampered with, or needs a plugin that is not installed."""
+
+    exit_code = 7
+
+
+@dataclass
+class Prediction:
+    """One input's predicted label and probability, with the ``top_k`` most likely labels."""
+
+    input: str
+    label: str
+    probability: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "label": self.label, "probability": self.probability,
+                "top_k": [{"label": label, "probability": p} for label, p in self.top]}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """The bundle's ``config.json``, checked to be one."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise BundleError(f"no bundle at {directory}: it does not exist; give the --out folder of `autotl export`")
+    if not directory.is_dir():
+        raise BundleError(f"{directory} is a file, not a bundle folder; give the --out folder of `autotl export`")
+    path = directory / CONFIG
+    if not path.is_file():
+        raise BundleError(f"{directory} is not an autotl bundle ({CONFIG} is missing); give the --out folder "
+                          "of `autotl export`")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path} is unreadable ({exc}); export the bundle again") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise BundleError(f"{path} is not the config of an autotl bundle; give the --out folder of `autotl export`")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(f"{directory} was written by a newer autotl (bundle format {config['format_version']}); "
+                          "upgrade autotl")
+    return config
+
+
+def verify_file(directory: Path, name: str, expected: str | None) -> Path:
+    """``directory/name``, refused unless its sha256 is ``expected``."""
+    path = Path(directory) / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"{directory / CONFIG} names a file outside the bundle ({name!r}); export the bundle again")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: the bundle is incomplete; export it again")
+    if not expected:
+        raise BundleError(f"{directory / CONFIG} records no checksum for {name}; export the bundle again")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(f"{path} does not match the checksum in {CONFIG} (sha256 {actual[:12]}..., expected "
+                          f"{expected[:12]}...): the file was changed or corrupted; export the bundle again")
+    return path
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device: {exc}") from exc
+
+
+class Bundle:
+    """A loaded bundle: ``predict`` on raw inputs, ``predict_files`` on what ``autotl predict`` takes."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], task: Task, backbone: Backbone,
+                 model: torch.nn.Module, device: torch.device, engine: str = "torch", session: Any = None):
+        self.directory = Path(directory)
+        self.config = config
+        self.task = task
+        self.backbone = backbone
+        self.model = model
+        self.device = device
+        self.engine = engine
+        self._session = session
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config["label_names"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.config.get("preprocessing") or {})
+
+    # -- the prediction path ----------------------------------------------------------------------
+    def split(self, items: Sequence[Any]) -> TensorSplit:
+        """Raw items as the task preprocesses them for this bundle."""
+        return self.task.preprocess_for_predict(list(items), self.backbone, self.settings)
+
+    def logits(self, split: TensorSplit, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+        """Logits of a split, from the network the search scored (or from the ONNX file)."""
+        if self.engine == "onnx":
+            from .export import onnx_feed
+
+            outputs = [torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
+                       for x, _ in split.batches(batch_size)]
+            return torch.cat(outputs) if outputs else torch.empty(0, len(self.label_names))
+        return predict_logits(self.model, split, self.device, batch_size)
+
+    def probabilities(self, inputs: Sequence[Any], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+        """``(len(inputs), classes)`` probabilities, in the order of :attr:`label_names`."""
+        parts = [probs for _, probs in self._chunks(list(inputs), batch_size)]
+        return torch.cat(parts) if parts else torch.empty(0, len(self.label_names))
+
+    def predict(self, inputs: Sequence[Any] | Any, *, top_k: int = 1,
+                batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
+        """Predict raw inputs: image file paths or PIL images, texts... as the task takes them."""
+        if isinstance(inputs, (str, Path)) or not isinstance(inputs, Sequence):
+            inputs = [inputs]
+        named = [(str(item) if isinstance(item, (str, Path)) else f"<input {i}>", item)
+                 for i, item in enumerate(inputs)]
+        return list(self.iter_predict(named, top_k=top_k, batch_size=batch_size))
+
+    def predict_files(self, sources: Sequence[str], *, stdin: TextIO | None = None, top_k: int = 1,
+                      batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
+        """Predict what ``autotl predict`` takes: files and folders (images), a CSV or ``-`` for stdin (text)."""
+        named = self.task.read_inputs([str(s) for s in sources], stdin=stdin)
+        return list(self.iter_predict(named, top_k=top_k, batch_size=batch_size))
+
+    def iter_predict(self, named: Sequence[tuple[str, Any]], *, top_k: int = 1,
+                     batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
+        """Predictions for ``(name, item)`` pairs, preprocessed a few batches at a time."""
+        if top_k < 1:
+            raise UsageError(f"top_k must be at least 1, not {top_k}")
+        labels = self.label_names
+        k = min(top_k, len(labels))
+        names = [name for name, _ in named]
+        done = 0
+        for count, probs in self._chunks([item for _, item in named], batch_size):
+            values, indices = probs.topk(k, dim=-1)
+            for row in range(count):
+                top = [(labels[int(i)], float(v)) for v, i in zip(values[row], indices[row])]
+                yield Prediction(names[done + row], top[0][0], top[0][1], top)
+            done += count
+
+    def _chunks(self, items: list[Any], batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, not {batch_size}")
+        step = batch_size * CHUNK_BATCHES
+        for start in range(0, len(items), step):
+            part = items[start : start + step]
+            logits = self.logits(self.split(part), batch_size)
+            yield len(part), torch.softmax(logits.float(), dim=-1)
+
+
+def load(path: str | Path, *, device: str | torch.device = "auto", engine: str = "torch") -> Bundle:
+    """Load the bundle in folder ``path``: JSON and safetensors only, the weights' checksum verified.
+
+    :param engine: ``torch`` (the PyTorch network) or ``onnx`` (``model.onnx`` on onnxruntime).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .plugins import get_registry
+
+    directory = Path(path)
+    config = read_config(directory)
+    if engine not in ("torch", "onnx"):
+        raise UsageError(f"engine {engine!r} is unknown; use torch or onnx")
+    registry = get_registry()
+    task_name = config.get("task")
+    backbone_info = config.get("backbone") or {}
+    family_name = backbone_info.get("family")
+    if task_name not in registry.tasks:
+        raise BundleError(f"the bundle is for task {task_name!r}, which no installed plugin provides; install its "
+                          f"plugin (installed tasks: {', '.join(sorted(registry.tasks)) or 'none'})")
+    if family_name not in registry.families:
+        raise BundleError(f"the bundle's model is of backbone family {family_name!r}, which no installed plugin "
+                          f"provides; install its plugin")
+    task = registry.tasks[task_name]
+    weights = verify_file(directory, WEIGHTS, (config.get("weights") or {}).get("sha256"))
+    for name, digest in (config.get("files") or {}).items():  # what the backbone saved (tokenizer...)
+        if name not in (WEIGHTS, ONNX, TORCHSCRIPT):
+            verify_file(directory, name, digest)
+    backbone = registry.families[family_name].from_bundle(backbone_info["name"], backbone_info.get("config") or {},
+                                                          directory)
+    device = resolve_device(device)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{weights} is not a readable safetensors file ({exc}); export the bundle again") from exc
+    model = backbone.build(len(config["label_names"]), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise BundleError(f"the weights in {weights} do not fit {backbone_info['name']!r}: {first}") from exc
+    model.to(device).eval()
+    if backbone.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    session = None
+    if engine == "onnx":
+        session = _onnx_session(directory, config, device)
+    return Bundle(directory, config, task, backbone, model, device, engine, session)
+
+
+def _onnx_session(directory: Path, config: dict[str, Any], device: torch.device):
+    info = (config.get("formats") or {}).get("onnx") or {}
+    if not info.get("file"):
+        raise BundleError(f"{directory} has no ONNX model; export it with --format onnx")
+    path = verify_file(directory, info["file"], info.get("sha256"))
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UsageError("the onnx engine needs onnxruntime: pip install 'autotl[onnx]'") from exc
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    from .export import onnx_session_options
+
+    return ort.InferenceSession(str(path), onnx_session_options(ort), providers=providers)
+
+
+__all__ = ["Bundle", "BundleError", "Prediction", "load", "read_config", "sha256_file"]

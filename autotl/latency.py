@@ -1,0 +1,135 @@
+"""What a trained network costs to run: parameter count and per-item inference latency.
+
+Measured after every completed trial on the network as it would be deployed (a plain network, LoRA
+merged, in eval mode, under ``torch.inference_mode``), on real validation inputs, on the search's
+device: batch 1, and a batch of :data:`BATCH` items (tiled from the validation inputs when the split
+is smaller). A few warm-up runs, then the median of a few timed runs, within a small time budget, so
+that it costs well under a second for small models.
+
+On a CPU the measurement runs on :data:`CPU_THREADS` thread(s): one request per worker thread is how
+small models are usually served, and it keeps trials comparable when other work shares the machine
+(with every core's thread busy elsewhere, a multi-threaded forward pass can take a hundred times
+longer than a single-threaded one, which would make latency a measure of the machine's load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .base import Backbone, Inputs, TensorSplit
+from .training import forward, to_device
+
+#: the batch size of the "batched" latency.
+BATCH = 16
+#: warm-up runs, then at most this many timed runs per batch size ...
+WARMUP, REPEATS = 2, 15
+#: ... stopping early once this many seconds were spent on one batch size (at least three timed runs).
+BUDGET_S = 0.3
+MIN_REPEATS = 3
+#: threads a CPU measurement runs on (see above).
+CPU_THREADS = 1
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter of the network (a merged LoRA network counts as the plain network)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def sample_inputs(split: TensorSplit, batch_size: int = BATCH) -> Inputs:
+    """``batch_size`` real inputs from ``split`` as the model sees them (transformed), tiled if fewer."""
+    batch, _ = next(iter(split.batches(batch_size)))
+    return _tile(batch, batch_size)
+
+
+def _tile(inputs: Inputs, n: int) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: _tile(v, n) for k, v in inputs.items()}
+    if inputs.shape[0] >= n:
+        return inputs[:n]
+    reps = -(-n // inputs.shape[0])
+    return inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:n]
+
+
+def first(inputs: Inputs, n: int) -> Inputs:
+    """The first ``n`` items of a batch."""
+    if isinstance(inputs, Mapping):
+        return {k: v[:n] for k, v in inputs.items()}
+    return inputs[:n]
+
+
+def time_call(run: Callable[[], Any], *, warmup: int = WARMUP, repeats: int = REPEATS, budget_s: float = BUDGET_S,
+              sync: Callable[[], None] | None = None) -> float:
+    """Median seconds of ``run()`` after ``warmup`` calls; stops early past ``budget_s``."""
+    for _ in range(warmup):
+        run()
+    if sync:
+        sync()
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats and (len(times) < min(MIN_REPEATS, repeats) or spent < budget_s):
+        start = time.perf_counter()
+        run()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int = CPU_THREADS) -> Iterator[int]:
+    """Run the block with torch on ``n`` CPU threads; the former number comes back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_model(model: nn.Module, inputs: Inputs, device: torch.device, *, channels_last: bool = False,
+                  batch_size: int = BATCH) -> dict[str, Any]:
+    """Per-item latency in milliseconds of a PyTorch network at batch 1 and at ``batch_size``."""
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    out: dict[str, Any] = {}
+    with torch.inference_mode(), cpu_threads() as threads:
+        for key, n in (("batch1_ms", 1), ("batched_ms", batch_size)):
+            batch = to_device(first(_tile(inputs, batch_size), n), device)
+            seconds = time_call(lambda: forward(model, batch), sync=sync, warmup=WARMUP if n == 1 else 1)
+            out[key] = round(seconds * 1000.0 / n, 4)
+    out.update({"batch_size": batch_size, "device": _describe_device(device),
+                "threads": threads if device.type == "cpu" else None, "engine": "pytorch"})
+    return out
+
+
+def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], num_classes: int, val: TensorSplit,
+                  device: torch.device) -> dict[str, Any]:
+    """Parameter count and latency of a trial's merged network, built as a bundle builds it.
+
+    Returns the trial user attributes ``inference_params`` and ``latency`` (see :func:`measure_model`).
+    """
+    model = backbone.build(num_classes, pretrained=False)
+    model.load_state_dict(state)
+    params = count_parameters(model)
+    latency = measure_model(model, sample_inputs(val), device, channels_last=backbone.channels_last)
+    return {"inference_params": params, "latency": latency}
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+__all__ = ["count_parameters", "cpu_threads", "measure_model", "measure_trial", "sample_inputs", "time_call", "BATCH"]
