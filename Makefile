@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/autotl search --task image-classification demo/fashion_mnist --time-budget 3m \
+	$(BIN)/autotl search --task image-classification demo/fashion_mnist --time-budget 2m30s \
 		--out runs/demo --scratch-baseline
 
 test: setup
