@@ -39,3 +39,34 @@ def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def read_state_dict(path: Path) -> dict:
+    """A state dict from a ``.safetensors`` file or a torch file loaded with ``weights_only=True``.
+
+    Never unpickles code. A checkpoint that wraps its state dict (``state_dict``, ``model``,
+    ``state_dict_ema``) is unwrapped, and a ``module.`` prefix (DataParallel) is dropped.
+
+    :raises autotl.errors.ModelUnavailableError: the file cannot be read or holds no tensors.
+    """
+    import torch
+
+    from .errors import ModelUnavailableError
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            return load_weights(path)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelUnavailableError(
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
+            "give a .safetensors file or a torch state dict"
+        ) from exc
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelUnavailableError(f"weights file {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}

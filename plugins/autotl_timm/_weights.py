@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
-import torch
 
-from autotl.errors import ModelUnavailableError
+from autotl.files import read_state_dict
 
-
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file or a torch file loaded with ``weights_only=True``."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelUnavailableError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
-            "give a .safetensors file or a torch state dict"
-        ) from exc
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelUnavailableError(f"weights file {path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+load_checkpoint = read_state_dict  # the core's reader: safetensors or weights_only torch files
 
 
 def hub_source_ready(name: str, timeout: float = 3.0) -> str | None:

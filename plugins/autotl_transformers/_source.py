@@ -17,9 +17,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 
 from autotl.errors import ModelUnavailableError
+from autotl.files import read_state_dict
 
 #: weight files a saved Hugging Face model folder may hold (a single file or a sharded index).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -187,24 +187,4 @@ def read_config_json(source: Source, name: str = "config.json") -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file or a torch file loaded with ``weights_only=True``."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelUnavailableError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
-            "give a .safetensors file or a torch state dict"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelUnavailableError(f"weights file {path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+load_state_file = read_state_dict  # the core's reader: safetensors or weights_only torch files
