@@ -249,8 +249,7 @@ def _columns(path: Path, header: list[str], options: Options) -> tuple[int, int]
 def _delimited_records(path: Path, text: str, options: Options):
     tsv = path.suffix == ".tsv"
     # TSV: a tab ends a field, quotes are plain characters (texts cannot hold tabs or line breaks).
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
-                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    reader = _csv_reader(text, tsv)
     header: list[str] | None = None
     text_at = label_at = 0
     previous = 0
@@ -540,10 +539,16 @@ def read_predict_file(source: str) -> list[tuple[str, Any]]:
     return items
 
 
+def _csv_reader(text: str, tsv: bool):
+    """The one CSV/TSV dialect of the task: TSV splits on tabs with no quoting (texts cannot hold
+    tabs or line breaks); CSV follows the usual quoting rules, strictly."""
+    return csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                      quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+
+
 def _delimited_table(source: str, text: str, tsv: bool) -> list[tuple[str, TableRow]]:
     """Records of a CSV/TSV file, read by the same rules as the search's files (see :func:`_delimited_records`)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
-                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    reader = _csv_reader(text, tsv)
     table: Table | None = None
     items: list[tuple[str, TableRow]] = []
     previous = 0
