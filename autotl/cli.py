@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 a usage error (bad option or recipe);
 3 unusable data; 4 a model or its weights cannot be had; 5 a plugin failed; 6 a run or study
-is missing or does not match; 7 a bundle is missing, corrupted or tampered with; 130 interrupted
-(Ctrl-C), after every finished trial was saved.
+is missing or does not match; 7 a bundle is missing, corrupted or tampered with; 8 the search
+stopped because --max-failures trials failed; 130 interrupted (Ctrl-C), after every finished
+trial was saved.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import AutotlError, UsageError
+from .errors import AutotlError, RunError, UsageError
 
+EXIT_TOO_MANY_FAILURES = 8
 EXIT_INTERRUPTED = 130
 
 
@@ -94,6 +96,23 @@ def cli():
     """
 
 
+def trial_loop_options(func):
+    """The options `autotl search` and `autotl worker` share: when to stop, where to run, what to keep."""
+    for option in reversed([
+        click.option("--trials", "-n", type=click.IntRange(min=1),
+                     help="Stop when the study has this many trials done (complete or pruned; failed ones "
+                          "do not count). Shared by every worker of the study."),
+        click.option("--time-budget", "-b", type=Duration(), help="Wall-clock budget: seconds, or 90s, 10m, 1h."),
+        click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Stop (exit code 8) after this many trials of this process failed."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="How many top trials keep their weights on disk."),
+    ]):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--task", "-t", required=True, help="Task type, e.g. image-classification (`autotl plugins` lists them).")
@@ -103,30 +122,28 @@ def cli():
 @click.option("--models", "-m", metavar="A,B,...", help="Comma-separated model names to search instead of the recipe's.")
 @click.option("--weights", "-w", multiple=True, metavar="[NAME=]FILE",
               help="Local checkpoint for a model (safetensors or torch state dict); repeatable.")
-@click.option("--trials", "-n", type=click.IntRange(min=1), help="Stop when the study has this many finished trials.")
-@click.option("--time-budget", "-b", type=Duration(), help="Wall-clock budget: seconds, or 90s, 10m, 1h.")
+@trial_loop_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and training.")
 @storage_options
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--scratch-baseline", is_flag=True,
               help="After the search, train the best trial's network from random weights and show both scores.")
-@click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="How many top trials keep their weights on disk.")
 @click.option("--data-option", "-d", "data_options", multiple=True, metavar="KEY=VALUE",
               help="Set a data option of the recipe, e.g. -d text_column=review -d val_fraction=0.2; repeatable.")
 @handle_errors
-def search(data, task, out, recipe, models, weights, trials, time_budget, seed, storage, study, device,
-           scratch_baseline, keep_top, data_options):
+def search(data, task, out, recipe, models, weights, trials, time_budget, max_failures, device, keep_top, seed,
+           storage, study, scratch_baseline, data_options):
     """Search for the best way to adapt a pretrained model to DATA.
 
     Runs Optuna trials over source model, freeze depth, LoRA rank, learning rate and the recipe's
     other parameters, shows progress, and ends with the leaderboard. Running the same command
-    again resumes the study; Ctrl-C stops cleanly and keeps every finished trial.
+    again resumes the study (a trial cut short by a crash or kill is marked failed and run again);
+    Ctrl-C stops cleanly and keeps every finished trial.
+
+    \b
+    On several machines: give each the same --storage postgresql://... --study NAME (or start one
+    `autotl search` and join it with `autotl worker`); they share one study and one leaderboard.
     """
-    from .leaderboard import render
-    from .plugins import get_registry
-    from .progress import ConsoleReporter
-    from .search import Search, SearchOptions
+    from .search import SearchOptions
 
     out = out or Path("runs") / f"{task}-{Path(data).resolve().name}"
     options = SearchOptions(
@@ -134,27 +151,86 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, seed, 
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         weights=_parse_weights(weights), trials=trials, time_budget=time_budget, seed=seed, storage=storage,
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
-        data_options=_parse_data_options(data_options),
+        data_options=_parse_data_options(data_options), max_failures=max_failures,
     )
+    _run_search(options, out)
+
+
+@cli.command()
+@click.option("--storage", metavar="URL", envvar="AUTOTL_STORAGE", required=True,
+              help="The study's Optuna storage URL (postgresql://USER:PASSWORD@HOST/DB); or set AUTOTL_STORAGE.")
+@click.option("--study", metavar="NAME", required=True, help="The study to join (the --study of `autotl search`).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Folder for this worker's trial weights [default: the --out of the search that began the study, "
+                   "best on a filesystem every worker shares].")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="The data folder here, if not at the path the study recorded.")
+@click.option("--weights", "-w", multiple=True, metavar="NAME=FILE",
+              help="A model's local checkpoint here, if not at the path the study recorded; repeatable.")
+@trial_loop_options
+@handle_errors
+def worker(storage, study, out, data, weights, trials, time_budget, max_failures, device, keep_top):
+    """Join a search that `autotl search --storage URL --study NAME` began, and run its trials.
+
+    Takes the task, data, recipe, models and seed the study recorded; start one worker per machine
+    (or per GPU). Workers share the study: no trial runs twice, and a trial whose worker dies is
+    failed after the heartbeat grace period and run again by another worker.
+    """
+    from .runs import RunLocation, load_study, sqlite_file
+    from .search import SearchOptions
+
+    if sqlite_file(storage) is not None:
+        raise UsageError("autotl worker needs a storage several processes can share, not SQLite: use "
+                         "--storage postgresql://USER:PASSWORD@HOST/DB (resume a local run with `autotl search` instead)")
+    attrs = load_study(RunLocation(storage, study)).user_attrs
+    if not attrs.get("task"):
+        raise RunError(f"study {study!r} was not begun by `autotl search` (it records no task); start it with "
+                       f"autotl search DATA --task TASK --storage URL --study {study}")
+    recorded = dict(attrs.get("weights_files") or {})
+    recorded.update(_parse_weights(weights))
+    options = SearchOptions(
+        task=attrs["task"], data=Path(data or attrs["data"]), out=Path(out or attrs["out"]),
+        models=list(attrs.get("models") or {}) or None, weights=recorded, trials=trials, time_budget=time_budget,
+        seed=int(attrs.get("seed", 0)), storage=storage, study=study, device=device, keep_top=keep_top,
+        max_failures=max_failures, recipe_raw=attrs["recipe"],
+    )
+    _run_search(options, options.out)
+
+
+def _run_search(options, out: Path) -> None:
+    from .leaderboard import render
+    from .plugins import get_registry
+    from .progress import ConsoleReporter
+    from .search import Search
+
     _quiet_libraries()
     reporter = ConsoleReporter(_console(stderr=True))
     runner = Search(options, get_registry(), reporter)
-    location = runner.open()
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    outcome = runner.run()
     try:
-        score = runner.score_best_on_test()
-        if score:
-            reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
-                             f"accuracy {score['test_accuracy']:.4f}")
-        if scratch_baseline and not outcome.interrupted:
-            runner.scratch_baseline()
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-    render(runner.study, location, _console())
-    click.echo(f"Run folder: {out}   (see it again: autotl trials {out})", err=True)
+        location = runner.open()
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        outcome = runner.run()
+        try:
+            score = runner.score_best_on_test()
+            if score:
+                reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
+                                 f"accuracy {score['test_accuracy']:.4f}")
+            if options.scratch_baseline and not outcome.interrupted:
+                runner.scratch_baseline()
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        render(runner.study, location, _console())
+    finally:
+        runner.close()
+    click.echo(f"Run folder: {out}   (see it again: autotl trials {out})"
+               if options.storage is None else f"See it again: autotl trials --storage URL --study {location.study_name}",
+               err=True)
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    if outcome.too_many_failures:
+        click.echo(f"Error: the search stopped: {outcome.stop_reason}. Fix the cause (`autotl trials` lists each "
+                   "failed trial's reason), then run the same command again to resume.", err=True)
+        sys.exit(EXIT_TOO_MANY_FAILURES)
 
 
 @cli.command()

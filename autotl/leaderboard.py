@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import RunError, UsageError
-from .runs import RunLocation
+from .runs import RunLocation, retried_as
 
 PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA"), ("lr", "lr"))
 EXTRA_COLUMNS = (("resolution", "res"), ("max_length", "max len"), ("epochs", "epochs"), ("batch_size", "batch"))
@@ -27,12 +27,20 @@ def best_number(study: optuna.Study) -> int | None:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial: ``number``, ``state``, ``value``, ``params`` (every setting), ``duration_s``..."""
     best = best_number(study)
+    retries = retried_as(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         params = dict(t.user_attrs.get("config") or t.params)
         value = t.value
         if value is None and t.intermediate_values:  # pruned: the best epoch it reached
             value = max(t.intermediate_values.values())
+        notes = [t.user_attrs.get("error") or t.user_attrs.get("stopped") or ""]
+        if t.state == TrialState.FAIL and not notes[0]:
+            notes[0] = "its worker stopped sending heartbeats (killed or lost)"
+        if t.number in retries:
+            notes.append(f"retried as trial {retries[t.number]}")
+        if "failed_trial" in t.system_attrs:
+            notes.append(f"retry of trial {t.system_attrs['failed_trial']}")
         rows.append({
             "number": t.number,
             "state": t.state.name,
@@ -41,7 +49,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
             "epochs_run": len(t.intermediate_values),
             "best": t.number == best,
-            "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
+            "note": "; ".join(n for n in notes if n),
+            "worker": t.user_attrs.get("worker"),
             "trainable_params": t.user_attrs.get("trainable_params"),
             "total_params": t.user_attrs.get("total_params"),
             "inference_params": t.user_attrs.get("inference_params"),
@@ -135,6 +144,9 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     table.add_column("ms/item b1", justify="right")
     table.add_column(f"ms/item b{_batched_size(rows)}", justify="right")
     table.add_column("time", justify="right")
+    workers = len({r["worker"] for r in rows} - {None}) > 1  # a distributed search: who ran what
+    if workers:
+        table.add_column("worker")
     table.add_column("state")
     order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
     for r in order:
@@ -145,6 +157,8 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         cells += [_fmt(r["value"], 4), _fmt_count(r["inference_params"]), _fmt_ms(latency.get("batch1_ms")),
                   _fmt_ms(latency.get("batched_ms"))]
         cells += [f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
+        if workers:
+            cells.append(r["worker"] or "-")
         state = {"COMPLETE": "[green]complete[/]", "PRUNED": "[yellow]pruned[/]", "FAIL": "[red]failed[/]"}
         note = f" ({r['note']})" if r["note"] else ""
         cells.append(state.get(r["state"], r["state"].lower()) + note)

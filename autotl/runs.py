@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from .errors import RunError, UsageError
 from .files import write_json
 
 RUN_FILE = "run.json"
 DEFAULT_STUDY = "autotl"
+# A worker records a heartbeat every HEARTBEAT_S seconds while it runs a trial; a RUNNING trial
+# whose heartbeat is older than GRACE_S is failed by the next worker that looks, and retried once.
 HEARTBEAT_S = 30
 GRACE_S = 120
+MAX_RETRY = 1
 
 
 @dataclass
@@ -72,10 +79,30 @@ def write_run_file(location: RunLocation, default: bool) -> None:
         })
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds: AUTOTL_HEARTBEAT_INTERVAL / AUTOTL_HEARTBEAT_GRACE or the defaults."""
+    values = []
+    for name, default in (("AUTOTL_HEARTBEAT_INTERVAL", HEARTBEAT_S), ("AUTOTL_HEARTBEAT_GRACE", GRACE_S)):
+        text = os.environ.get(name, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            raise UsageError(f"{name}={text!r} is not a whole number of seconds; set it to e.g. {default}") from None
+        if value < 1:
+            raise UsageError(f"{name}={text!r} must be at least 1 (seconds)")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise UsageError(f"AUTOTL_HEARTBEAT_GRACE ({grace}s) must be longer than AUTOTL_HEARTBEAT_INTERVAL "
+                         f"({interval}s), or live workers are taken for dead")
+    return interval, grace
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats: a trial whose process died is failed and retried once."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
+    interval, grace = heartbeat_settings()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():
@@ -83,13 +110,97 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
+    except ModuleNotFoundError as exc:  # the URL's database driver is not installed
+        raise UsageError(f"cannot open storage {redact(url)}: its database driver {exc.name!r} is not installed; "
+                         "for PostgreSQL: pip install 'autotl[postgres]'") from exc
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise UsageError(f"cannot open storage {redact(url)}: {first}; check the URL, the server and its credentials") from exc
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other storages and in-memory SQLite)."""
+    match = re.match(r"sqlite(\+\w+)?:///(.+)", url)
+    if not match or match.group(2).startswith(":memory:"):
+        return None
+    return Path(match.group(2).split("?", 1)[0])
+
+
+class StudyLock:
+    """One process at a time on a SQLite study: a second one is refused with what to use instead.
+
+    SQLite serialises writers with file locks that several processes contend for ("database is
+    locked"), and a RUNNING trial in it can only be judged dead when no process holds the study.
+    The lock is an ``fcntl`` lock on ``<database>.lock``: the kernel releases it when its process
+    dies, even by SIGKILL, so a killed search never leaves a stale lock behind.
+    """
+
+    def __init__(self, database: Path):
+        self.path = Path(str(database) + ".lock")
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(
+                f"{self.path.parent} is in use by another autotl search ({holder}); one SQLite study takes one "
+                "process at a time. Wait for it, or run several workers on a PostgreSQL study: "
+                "autotl search ... --storage postgresql://USER:PASSWORD@HOST/DB --study NAME (docs/guide.md)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+INTERRUPTED = "interrupted: the process running it stopped before the trial finished (killed or crashed)"
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of a study no live process holds, and queue each for one retry.
+
+    Only for a study under a ``StudyLock`` (nobody else can be running its trials). Shared RDB
+    studies get the same treatment from heartbeats instead, after the grace period.
+    """
+    storage = study._storage
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            continue
+        failed.append(trial.number)
+        # The same bookkeeping as Optuna's RetryHeartbeatStaleTrialCallback, so `retried_as` and
+        # Optuna's own retry_history read both kinds of retry alike.
+        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        if len(system_attrs["retry_history"]) > MAX_RETRY:
+            continue
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != "error"}, system_attrs=system_attrs))
+    return failed
+
+
+def retried_as(study: optuna.Study) -> dict[int, int]:
+    """{failed trial number: the number of the trial that retried it}."""
+    return {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
+            if "failed_trial" in t.system_attrs}
 
 
 def load_study(location: RunLocation) -> optuna.Study:

@@ -7,6 +7,8 @@ A search is resumable: the study lives in an Optuna storage (SQLite in the run f
 from __future__ import annotations
 
 import math
+import os
+import socket
 import statistics
 import time
 import warnings
@@ -24,11 +26,14 @@ from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
 from .progress import Reporter
 from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
-from .runs import RunLocation, default_storage, open_storage, write_run_file
+from .runs import (RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file,
+                   write_run_file)
 from .space import suggest
 from .training import accuracy, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed trials are not done
+WAIT_POLL_S = 2.0
 
 
 @dataclass
@@ -48,6 +53,8 @@ class SearchOptions:
     scratch_baseline: bool = False
     keep_top: int = 3
     data_options: dict[str, Any] = field(default_factory=dict)
+    max_failures: int | None = 5
+    recipe_raw: dict[str, Any] | None = None  # a worker takes the study's recorded recipe
 
 
 @dataclass
@@ -56,6 +63,7 @@ class SearchOutcome:
     interrupted: bool
     stop_reason: str
     trials_run: int
+    too_many_failures: bool = False
 
 
 class Search:
@@ -66,7 +74,10 @@ class Search:
         self.registry = registry
         self.reporter = reporter
         self.task = _find_task(registry, options.task)
-        self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options)
+        if options.recipe_raw is not None:
+            self.recipe = parse_recipe(options.recipe_raw, "the study's recipe")
+        else:
+            self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options)
         self.device = _resolve_device(options.device)
         self.zoo = self._resolve_models()
         self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
@@ -74,6 +85,9 @@ class Search:
         self.study: optuna.Study | None = None
         self.location: RunLocation | None = None
         self.deadline: float | None = None
+        self.lock: StudyLock | None = None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._current: int | None = None
 
     # -- preparation -------------------------------------------------------------------------
     def _resolve_models(self) -> dict[str, Backbone]:
@@ -128,11 +142,24 @@ class Search:
         default = opts.storage is None
         url = opts.storage or default_storage(opts.out)
         self.location = RunLocation(url, opts.study or "autotl", opts.out)
+        database = sqlite_file(url)
+        if database is not None:  # SQLite: one process at a time (see StudyLock)
+            self.lock = StudyLock(database)
+            self.lock.acquire()
         storage = open_storage(url)
-        sampler = _make_sampler(self.recipe.sampler, opts.seed)
         pruner = _make_pruner(self.recipe.pruner)
-        self.study = optuna.create_study(study_name=self.location.study_name, storage=storage, sampler=sampler,
-                                         pruner=pruner, direction="maximize", load_if_exists=True)
+        self.study = optuna.create_study(study_name=self.location.study_name, storage=storage,
+                                         sampler=_make_sampler(self.recipe.sampler, opts.seed), pruner=pruner,
+                                         direction="maximize", load_if_exists=True)
+        if self.study.user_attrs.get("task"):
+            # Resuming or joining: another seed, or this process would sample the same random start
+            # points as the process(es) before it.
+            existing = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = _make_sampler(self.recipe.sampler, hash((opts.seed, existing, os.getpid())) % 2**31)
+        if self.lock is not None:
+            for number in recover_interrupted(self.study):
+                self.reporter.message(f"Trial {number} was interrupted when its process stopped (killed or crashed): "
+                                      "marked failed and queued to run again")
         self._check_or_record_study()
         write_run_file(self.location, default)
         write_json(opts.out / "data_report.json", self.data.report)
@@ -175,35 +202,75 @@ class Search:
         started = time.time()
         self.deadline = started + opts.time_budget if opts.time_budget else None
         self.reporter.search_started(self.location, list(self.zoo), opts.time_budget, opts.trials)
-        interrupted, reason, ran = False, "", 0
+        interrupted, reason, ran, failures, too_many, waiting = False, "", 0, 0, False, False
         try:
             while True:
                 reason = self._reason_to_stop(started)
                 if reason:
                     break
+                if self._others_will_finish():
+                    if not waiting:
+                        self.reporter.message("Waiting for the trials other workers are running: they complete "
+                                              f"--trials {opts.trials} unless one of them dies")
+                        waiting = True
+                    time.sleep(WAIT_POLL_S)
+                    optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
+                    continue
+                waiting = False
                 self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
                 ran += 1
+                last = self._last_trial()
+                if last is not None and last.state == TrialState.FAIL:
+                    failures += 1
+                    if opts.max_failures is not None and failures >= opts.max_failures:
+                        too_many = True
+                        reason = (f"{failures} trials failed (--max-failures {opts.max_failures}); the last: "
+                                  f"{last.user_attrs.get('error', 'no reason recorded')}")
+                        break
         except KeyboardInterrupt:
             interrupted, reason = True, "interrupted (Ctrl-C); every finished trial is kept"
         self.reporter.search_finished(reason)
-        return SearchOutcome(self.location, interrupted, reason, ran)
+        return SearchOutcome(self.location, interrupted, reason, ran, too_many)
+
+    def _last_trial(self) -> optuna.trial.FrozenTrial | None:
+        if self._current is None:
+            return None
+        return next((t for t in self.study.get_trials(deepcopy=False) if t.number == self._current), None)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _others_will_finish(self) -> bool:
+        """With --trials N: the trials done plus those other workers are running reach N already.
+
+        Then this worker waits instead of starting a surplus trial; if one of those workers dies,
+        its trial goes stale, is failed and queued again, and this worker runs it.
+        """
+        if self.options.trials is None:
+            return False
+        done = len(self.study.get_trials(deepcopy=False, states=DONE))
+        running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return done + running >= self.options.trials
 
     def _reason_to_stop(self, started: float) -> str:
-        finished = self.study.get_trials(deepcopy=False, states=FINISHED)
-        if self.options.trials is not None and len(finished) >= self.options.trials:
-            return f"{len(finished)} trials finished (--trials {self.options.trials})"
+        done = self.study.get_trials(deepcopy=False, states=DONE)
+        if self.options.trials is not None and len(done) >= self.options.trials:
+            return f"{len(done)} trials done, complete or pruned (--trials {self.options.trials})"
         if self.deadline is None:
             return ""
         remaining = self.deadline - time.time()
         if remaining <= 0:
             return f"time budget of {_fmt_s(self.options.time_budget)} used"
-        durations = [t.duration.total_seconds() for t in finished if t.state == TrialState.COMPLETE and t.duration]
+        durations = [t.duration.total_seconds() for t in done if t.state == TrialState.COMPLETE and t.duration]
         typical = statistics.median(durations) if durations else None
         if typical and remaining < 0.5 * typical:
             return (f"time budget nearly used: {_fmt_s(remaining)} left, a typical trial takes {_fmt_s(typical)}")
         return ""
 
     def _objective(self, trial: optuna.Trial) -> float:
+        self._current = trial.number
+        trial.set_user_attr("worker", self.worker_id)
         params = suggest(trial, self.recipe, self.group_counts)
         trial.set_user_attr("config", params)
         backbone = self.zoo[params["model"]]

@@ -36,3 +36,38 @@ def tiny_backbone(tiny_weights):
 def tiny_folder(tmp_path) -> Path:
     """Three classes (dark, light, striped), 12 images each in train/ and test/, grey and RGBA."""
     return tiny.make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server on loopback: AUTOTL_TEST_POSTGRES_URL (`.ci/run` starts one), or our own.
+
+    Where no server can be had the tests that need one are skipped with the reason, loudly; with
+    AUTOTL_REQUIRE_POSTGRES=1 (CI sets it) they fail instead, so CI never skips them.
+    """
+    import os
+
+    import postgres_server
+
+    url = os.environ.get("AUTOTL_TEST_POSTGRES_URL")
+    if url:
+        postgres_server.wait_until_ready(url)
+        yield url
+        return
+    import shutil
+    import tempfile
+
+    # Not under pytest's tmp folder: as root the server runs as `postgres`, which cannot enter it.
+    folder = Path(tempfile.mkdtemp(prefix="autotl-test-postgres-"))
+    try:
+        url = postgres_server.start(folder)
+    except postgres_server.ServerUnavailable as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("AUTOTL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"AUTOTL_REQUIRE_POSTGRES=1 but no PostgreSQL server could be started: {exc}")
+        pytest.skip(f"NO POSTGRESQL SERVER: the distributed-search tests did not run ({exc})")
+    try:
+        yield url
+    finally:
+        postgres_server.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -165,12 +165,50 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tiny_folder, tiny_we
         return real_prepare(data, backbone, params)
 
     monkeypatch.setattr(search.task, "prepare", flaky_prepare)
-    search.run()
+    outcome = search.run()
     rows = trial_rows(search.study)
     states = [r["state"] for r in rows]
-    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 2
+    # --trials counts trials done: the failed one does not count, so a fourth trial ran
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert not outcome.too_many_failures
     failed = next(r for r in rows if r["state"] == "FAIL")
     assert "simulated plugin bug" in failed["note"]
+
+
+def test_max_failures_stops_a_search_that_keeps_failing(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    search = make_search(tiny_folder, tmp_path / "run", tiny_weights, trials=10, max_failures=2)
+    real_prepare = search.task.prepare
+    calls = {"n": 0}
+
+    def failing_after_the_first(data, backbone, params):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError(f"simulated plugin bug {calls['n']}")
+        return real_prepare(data, backbone, params)
+
+    monkeypatch.setattr(search.task, "prepare", failing_after_the_first)
+    outcome = search.run()
+    states = [r["state"] for r in trial_rows(search.study)]
+    assert states == ["COMPLETE", "FAIL", "FAIL"]  # stopped at the second failure, the completed trial kept
+    assert outcome.too_many_failures
+    assert "2 trials failed (--max-failures 2)" in outcome.stop_reason
+    assert "simulated plugin bug 3" in outcome.stop_reason
+
+
+def test_the_cli_exits_8_when_max_failures_stops_the_search(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    from autotl_image import ImageClassification
+
+    def broken(self, data, backbone, params):
+        raise RuntimeError("simulated plugin bug")
+
+    monkeypatch.setattr(ImageClassification, "prepare", broken)
+    code, output = run_cli(*search_args(tiny_folder, tmp_path / "run", tiny_weights, "--trials", 5,
+                                        "--max-failures", 2))
+    assert code == 8, output
+    assert "2 trials failed (--max-failures 2)" in output and "simulated plugin bug" in output
+    assert "Traceback" not in output
+    rows = json.loads(run_cli("trials", tmp_path / "run", "--json")[1])
+    assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
 
 
 def test_scratch_baseline_trains_the_same_network_from_random_weights(tiny_folder, tiny_weights, tmp_path):

@@ -1,0 +1,225 @@
+"""Many workers on one PostgreSQL study, dead workers, SIGKILL and resume: real processes, real kills.
+
+Each test runs `autotl` in subprocesses (the tiny timm network registered first, see tiny.py) and
+kills them with SIGKILL, the way a cluster's scheduler or the OOM killer does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from tiny import TINY, make_image_folder, save_tiny_weights
+
+from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, recover_interrupted
+
+DATA = Path(__file__).parent / "data"
+TESTS = Path(__file__).parent
+SCRIPT = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny; from autotl.cli import main; main()"
+# Fast heartbeats, so a dead worker's trial goes stale in seconds rather than minutes.
+FAST_HEARTBEAT = {"AUTOTL_HEARTBEAT_INTERVAL": "1", "AUTOTL_HEARTBEAT_GRACE": "4"}
+
+
+@pytest.fixture
+def image_data(tmp_path):
+    return make_image_folder(tmp_path / "data", per_class=10)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return save_tiny_weights(tmp_path / "tiny.safetensors")
+
+
+def start(*args, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250", **(env or {})})
+
+
+def run(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = start(*args, env=env)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def wait_for(condition, timeout: float, what: str, procs=()):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"a process ended while waiting for {what}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def load(url: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return None
+
+
+def running_trial_of(url: str, name: str, pid: int):
+    study = load(url, name)
+    if study is None:
+        return None
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if str(t.user_attrs.get("worker", "")).endswith(f":{pid}") and t.user_attrs.get("config")), None)
+
+
+def search_args(data, out, weights, recipe="tiny-slow.yaml"):
+    return ["search", "--task", "image-classification", data, "--out", out, "--models", TINY,
+            "--weights", f"{TINY}={weights}", "--recipe", DATA / recipe]
+
+
+def started_trials(stderr: str) -> set[int]:
+    return {int(n) for n in re.findall(r"^trial\s+(\d+) ", stderr, flags=re.M)}
+
+
+def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_again(
+        postgres_url, image_data, weights, tmp_path):
+    name = f"dist-{uuid.uuid4().hex[:8]}"
+    storage = ["--storage", postgres_url, "--study", name]
+    first = start(*search_args(image_data, tmp_path / "run", weights), *storage, "--trials", 6, env=FAST_HEARTBEAT)
+    wait_for(lambda: (s := load(postgres_url, name)) is not None and s.user_attrs.get("task"), 120,
+             "the first worker to begin the study", [first])
+    doomed = start("worker", *storage, "--trials", 6, env=FAST_HEARTBEAT)
+    third = start("worker", *storage, "--trials", 6, env=FAST_HEARTBEAT)
+    killed = wait_for(lambda: running_trial_of(postgres_url, name, doomed.pid), 180,
+                      "the doomed worker to start a trial", [doomed])
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    outputs = [proc.communicate(timeout=300) for proc in (first, third)]
+    for proc, (_, stderr) in zip((first, third), outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stderr
+
+    study = load(postgres_url, name)
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 6, [(t.number, t.state.name) for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    # the killed trial: failed by a live worker once its heartbeat went stale, then run again elsewhere
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == killed.params
+    assert not retry.user_attrs["worker"].endswith(f":{doomed.pid}")
+    # no trial ran twice: the two surviving workers' logs name disjoint trials
+    ran = [started_trials(stderr) for _, stderr in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]
+    assert {t.user_attrs["worker"] for t in trials if t.state == TrialState.COMPLETE} == \
+        {f"{os.uname().nodename}:{first.pid}", f"{os.uname().nodename}:{third.pid}"}
+
+    board = run("trials", *storage)
+    assert board.returncode == 0, board.stderr
+    assert f"retried as trial {retry.number}" in board.stdout
+    assert "heartbeats" in board.stdout
+    password = re.search(r"://[^:]+:([^@]+)@", postgres_url).group(1)
+    for text in (board.stdout, board.stderr, *(o for pair in outputs for o in pair)):
+        assert password not in text
+    rows = json.loads(run("trials", *storage, "--json").stdout)
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 6
+
+
+def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_killed_trial(
+        image_data, weights, tmp_path):
+    out = tmp_path / "run"
+    args = [*search_args(image_data, out, weights), "--trials", 3]
+    proc = start(*args)
+    url = f"sqlite:///{out / 'study.db'}"
+
+    def second_trial_running():
+        study = load(url, "autotl") if (out / "study.db").exists() else None
+        if study is None:
+            return None
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return running_trial_of(url, "autotl", proc.pid) if done else None
+
+    killed = wait_for(second_trial_running, 240, "one complete trial and a second one running", [proc])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {t.number: (t.value, t.datetime_complete) for t in load(url, "autotl").trials
+              if t.state == TrialState.COMPLETE}
+
+    again = run(*args)  # the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Trial {killed.number} was interrupted" in again.stderr
+    study = load(url, "autotl")
+    by_number = {t.number: t for t in study.trials}
+    for number, (value, finished) in before.items():  # kept as they were, not run again
+        assert by_number[number].state == TrialState.COMPLETE
+        assert (by_number[number].value, by_number[number].datetime_complete) == (value, finished)
+    assert by_number[killed.number].state == TrialState.FAIL
+    assert by_number[killed.number].user_attrs["error"] == INTERRUPTED
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert "error" not in retry.user_attrs
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    assert len(study.trials) == 4  # 3 complete + the killed one: nothing else ran
+    board = run("trials", out)
+    assert "interrupted" in board.stdout and f"retried as trial {retry.number}" in board.stdout
+
+
+def test_a_second_search_on_a_run_folder_in_use_is_refused_with_what_to_use(image_data, weights, tmp_path):
+    out = tmp_path / "run"
+    lock = StudyLock(out / "study.db")
+    lock.acquire()
+    try:
+        result = run(*search_args(image_data, out, weights), "--trials", 1)
+    finally:
+        lock.release()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and "in use by another autotl search" in lines[-1]
+    assert "postgresql://" in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_recover_interrupted_fails_running_trials_and_queues_one_retry_each():
+    study = optuna.create_study(storage="sqlite:///:memory:", direction="maximize")
+    done = study.ask()
+    done.suggest_float("lr", 1e-3, 1e-1, log=True)
+    study.tell(done, 0.5)
+    cut = study.ask()
+    lr = cut.suggest_float("lr", 1e-3, 1e-1, log=True)
+    cut.set_user_attr("config", {"lr": lr})
+    assert recover_interrupted(study) == [cut.number]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["error"] == INTERRUPTED
+    assert trials[2].params == {"lr": lr} and trials[2].system_attrs["failed_trial"] == cut.number
+    assert trials[2].user_attrs == {"config": {"lr": lr}}
+    assert recover_interrupted(study) == []  # nothing RUNNING any more
+
+
+def test_worker_refuses_sqlite_and_a_study_autotl_did_not_begin(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = run("worker", "--storage", url, "--study", "s")
+    assert result.returncode == 2 and "postgresql://" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_heartbeat_settings_come_from_the_environment_and_are_checked(monkeypatch):
+    from autotl.errors import UsageError
+
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "9")
+    assert heartbeat_settings() == (2, 9)
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "2")
+    with pytest.raises(UsageError, match="longer than"):
+        heartbeat_settings()
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "soon")
+    with pytest.raises(UsageError, match="AUTOTL_HEARTBEAT_GRACE"):
+        heartbeat_settings()
