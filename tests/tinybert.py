@@ -17,8 +17,9 @@ NEGATIVE = ["bad", "awful", "terrible", "stale", "bland", "sad", "worst", "poor"
 NEUTRAL = ["the", "a", "food", "was", "this", "is", "it", "and", "very", "tea", "coffee", "box", "my", "i", "we",
            "product", "taste", "buy", "again", "not"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VOCAB = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL)) + list("abcdefghijklmnopqrstuvwxyz.,!?'") + \
-    ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+# dict.fromkeys: "a" and "i" are words and letters; each token gets one id
+VOCAB = list(dict.fromkeys(SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL)) + list("abcdefghijklmnopqrstuvwxyz.,!?'")
+                           + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]))
 
 
 def save_tiny_bert(folder: Path, *, layers: int = 2, hidden: int = 16, seed: int = 0, max_positions: int = 64) -> Path:
