@@ -67,7 +67,11 @@ class SearchOutcome:
 
 
 class Search:
-    """Prepares everything that can fail before any trial runs, then runs trials within the budget."""
+    """Prepares everything that can fail before any trial runs, then runs trials within the budget.
+
+    ``open()`` takes the run folder's lock when the study is SQLite (one process at a time);
+    ``close()`` gives it back, so call it before another ``Search`` opens the same folder.
+    """
 
     def __init__(self, options: SearchOptions, registry: Registry, reporter: Reporter):
         self.options = options
@@ -214,7 +218,9 @@ class Search:
                                               f"--trials {opts.trials} unless one of them dies")
                         waiting = True
                     time.sleep(WAIT_POLL_S)
-                    optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
+                    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
                     continue
                 waiting = False
                 self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False)

@@ -68,6 +68,7 @@ def test_a_search_on_the_tiny_bert_completes_resumes_and_scores_on_test(text_fol
     assert score["test_accuracy"] == accuracy(model, test, torch.device("cpu")) and score["test_size"] == 32
     assert search.study.user_attrs["test_scores"] == {str(best.number): score["test_accuracy"]}
 
+    search.close()  # one process at a time on a run folder's SQLite study
     resumed = make_search(text_folder, out, tiny_model, trials=3)
     resumed.run()
     after = resumed.study.get_trials()
