@@ -70,3 +70,32 @@ def read_state_dict(path: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelUnavailableError(f"weights file {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_weights_file(path: Path) -> None:
+    """Fail early, before any trial, on a weights file that cannot be read.
+
+    A ``.safetensors`` file has its header checked (no tensor is read); a torch file is read as
+    :func:`read_state_dict` reads it, with ``weights_only=True``, so a pickle that holds code is refused.
+
+    :raises autotl.errors.ModelUnavailableError: the file is missing, corrupt, or not a state dict.
+    """
+    from .errors import ModelUnavailableError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailableError(f"weights file not found: {path}; give the path of a .safetensors file or a "
+                                    "torch state dict")
+    if path.suffix != ".safetensors":
+        read_state_dict(path)
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:
+        raise ModelUnavailableError(
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            "; it is not a complete safetensors file: save it again or give another file"
+        ) from exc
