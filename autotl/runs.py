@@ -129,8 +129,6 @@ def storage_problem(url: str, exc: Exception) -> str:
     if isinstance(missing, ModuleNotFoundError):
         return (f"its database driver {missing.name!r} is not installed; install it (for postgresql:// URLs: "
                 "pip install psycopg2-binary)")
-    if isinstance(exc, sqlalchemy.exc.ArgumentError):  # an unparsable URL, or an unknown database kind
-        return "not a database URL autotl can use; give sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB"
     text = str(exc).strip()
     first = text.splitlines()[0][:200] if text else exc.__class__.__name__
     try:
@@ -139,6 +137,11 @@ def storage_problem(url: str, exc: Exception) -> str:
         password = None
     if password:
         first = first.replace(str(password), "***")
+    forms = "give sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB"
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError):
+        return f"unknown kind of database {url.split(':', 1)[0]!r}; {forms}"
+    if isinstance(exc, sqlalchemy.exc.ArgumentError):  # an unparsable URL
+        return f"{first.rstrip('.')}; {forms}"
     return f"{first}; check the URL, that the server runs and can be reached, and the credentials"
 
 

@@ -346,7 +346,7 @@ CASES = [
     # storage, run folders, bundles
     Case("invalid-storage-url", "--storage foo://x",
          lambda c: image_search(c, images(c), "--storage", "foo://x"), USAGE,
-         ("cannot open storage foo://x", "not a database URL", "sqlite:///FILE or postgresql://")),
+         ("cannot open storage foo://x", "unknown kind of database 'foo'", "give sqlite:///FILE or postgresql://")),
     Case("unreachable-postgresql", f"--storage postgresql://u:{SECRET}@127.0.0.1:1/db",
          lambda c: image_search(c, images(c), "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"), USAGE,
          ("cannot open storage postgresql://u:***@127.0.0.1:1/db", ("pip install psycopg2-binary", "check the URL")),
