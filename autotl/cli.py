@@ -59,7 +59,8 @@ class OneLineUsageError(click.UsageError):
     """A click usage error (bad option or value) shown as one ``Error:`` line that points to --help."""
 
     def __init__(self, original: click.UsageError):
-        super().__init__(original.format_message(), original.ctx)
+        message = original.format_message().rstrip()
+        super().__init__(message[:-1] if message.endswith(".") else message, original.ctx)
         self.exit_code = original.exit_code
 
     def show(self, file=None) -> None:

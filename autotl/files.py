@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -59,8 +60,14 @@ def read_state_dict(path: Path) -> dict:
             return load_weights(path)
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if exc.__class__.__name__ == "UnpicklingError":  # weights_only refused a Python object: it may run code
+            raise ModelUnavailableError(
+                f"cannot read weights file {path}: it holds Python objects besides tensors (a pickle that could run "
+                "code), which autotl never loads; give a .safetensors file or a torch state dict of tensors only"
+            ) from exc
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
         raise ModelUnavailableError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {first[0][:200] if first else ''}; "
             "give a .safetensors file or a torch state dict"
         ) from exc
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -95,7 +102,8 @@ def check_weights_file(path: Path) -> None:
         with safe_open(str(path), framework="pt") as handle:
             handle.keys()
     except Exception as exc:
+        first = str(exc).strip().splitlines()
         raise ModelUnavailableError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            "; it is not a complete safetensors file: save it again or give another file"
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {first[0][:200] if first else ''}; it is not "
+            "a complete safetensors file: save it again or give another file"
         ) from exc

@@ -127,8 +127,10 @@ def storage_problem(url: str, exc: Exception) -> str:
 
     missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
     if isinstance(missing, ModuleNotFoundError):
-        return (f"its database driver {missing.name!r} is not installed; install it (for postgresql:// URLs: "
-                "pip install psycopg2-binary)")
+        name = (missing.name or "").split(".")[0]
+        packages = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+        package = packages.get(name, name)
+        return f"its database driver {name!r} is not installed; install it: pip install {package}"
     text = str(exc).strip()
     first = text.splitlines()[0][:200] if text else exc.__class__.__name__
     try:

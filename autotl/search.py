@@ -119,8 +119,8 @@ class Search:
             if family is None:
                 known = ", ".join(f.name for f in families)
                 raise ModelUnavailableError(
-                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: {known}); "
-                    "check the spelling, or see `autotl plugins` for the models that work offline"
+                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: "
+                    f"{known}); check the spelling, or see `autotl plugins` for the models that work offline"
                 )
             zoo[name] = family.get(name, weights.get(name))
         self.weight_files = {name: str(Path(path).resolve()) for name, path in weights.items()}
@@ -418,7 +418,8 @@ def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any]
         recipe = task.name
     loaded = load_recipe(recipe)
     if loaded.task != task.name:
-        raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}")
+        raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}; give a recipe "
+                         f"for {task.name!r}, or leave out --recipe for the built-in one")
     check_data_options(task, data_options, "--data-option")
     check_data_options(task, loaded.data, f"recipe {loaded.source}: data")
     if data_options:
@@ -449,7 +450,7 @@ def _resolve_device(device: str) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device: {exc}") from exc
+        raise UsageError(f"--device {device!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
 
 
 def _make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:

@@ -291,18 +291,19 @@ CASES = [
 
     # text-classification data
     Case("text-missing-folder", "search DATA where DATA does not exist",
-         lambda c: text_search(c, c.path("nowhere")), DATA, ("data folder not found", "give a folder holding train.csv")),
+         lambda c: text_search(c, c.path("nowhere")), DATA,
+         ("data folder not found", "give a folder holding train.csv")),
     Case("text-empty-folder", "an empty DATA folder",
          lambda c: text_search(c, text_files(c)), DATA,
          ("has no train.csv, train.tsv or train.jsonl", "put the labelled texts there")),
     Case("text-one-label", "train.csv whose rows all have the label pos",
-         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + "".join(f"tea {i},pos\n" for i in range(6)))),
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + "tea,pos\n" * 6)),
          DATA, ("train.csv, column 'label': every row has the label 'pos'", "needs at least two labels")),
     Case("text-no-text-column", "train.csv with columns review,label",
          lambda c: text_search(c, text_files(c, train_csv="review,label\n" + ROWS)), DATA,
-         ("train.csv line 1: no column 'text'", "rename the column", "text_column")),
+         ("train.csv line 1: no column 'text'", "rename the column", "-d text_column=NAME")),
     Case("text-not-utf8", "train.csv in Latin-1 (caf\\xe9)",
-         lambda c: text_search(c, text_files(c, train_csv=("text,label\n" + ROWS + "caf\xe9 tea,pos\n").encode("latin-1"))),
+         lambda c: text_search(c, text_files(c, train_csv=f"text,label\n{ROWS}caf\xe9 tea,pos\n".encode("latin-1"))),
          DATA, ("train.csv line 10, column 'text': bytes that are not UTF-8", "save the file as UTF-8")),
     Case("text-empty-csv", "a 0-byte train.csv",
          lambda c: text_search(c, text_files(c, train_csv="")), DATA,
@@ -312,7 +313,7 @@ CASES = [
          ("train.csv has no rows", "one row per text under a header line")),
     Case("text-jsonl-broken-line", "train.jsonl whose line 2 is not JSON",
          lambda c: text_search(c, text_files(c, train_jsonl='{"text": "good", "label": "pos"}\n{"text": "bad",\n')),
-         DATA, ("train.jsonl line 2: not valid JSON", "write one JSON object per line", "on_bad_lines: skip")),
+         DATA, ("train.jsonl line 2: not valid JSON", "write one JSON object per line", "-d on_bad_lines=skip")),
     Case("text-unknown-label-in-test", "test.csv with a label train.csv never has",
          lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS, test_csv="text,label\nso so,meh\n")),
          DATA, ("test.csv line 2, column 'label': label 'meh' never occurs in train.csv",
@@ -330,18 +331,21 @@ CASES = [
           "--weights resnet50.a1_in1k=FILE"),
          fresh_process=True, env={"HF_HUB_OFFLINE": "1"}),
     Case("text-model-offline", "--models bert-base-uncased with HF_HUB_OFFLINE=1 and an empty cache",
-         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS), models=("--models", "bert-base-uncased")),
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS),
+                               models=("--models", "bert-base-uncased")),
          MODEL, ("no weights for transformers model 'bert-base-uncased'", "cannot be downloaded", "--models FOLDER"),
          fresh_process=True, env={"HF_HUB_OFFLINE": "1"}),
     Case("missing-weights-file", "--weights NAME=FILE where FILE does not exist",
-         lambda c: image_search(c, images(c), models=("--models", TINY, "--weights", f"{TINY}={c.path('none.safetensors')}")),
+         lambda c: image_search(c, images(c),
+                                models=("--models", TINY, "--weights", f"{TINY}={c.path('none.safetensors')}")),
          MODEL,
          ("weights file for 'autotl_tiny_effnet' not found", "give the path of a .safetensors file")),
     Case("corrupt-weights-file", "--weights NAME=FILE where FILE is 100 random bytes named .safetensors",
          corrupt_weights, MODEL, ("cannot read weights file", "w.safetensors", "not a complete safetensors file")),
     Case("malicious-pickle-weights", "--weights NAME=FILE where FILE is a torch pickle whose loading runs code",
-         malicious_weights, MODEL, ("cannot read weights file", "weights.pt", "Weights only load failed",
-                                    "give a .safetensors file or a torch state dict"), check=no_code_ran),
+         malicious_weights, MODEL, ("cannot read weights file", "weights.pt", "a pickle that could run code",
+                                    "never loads", "give a .safetensors file or a torch state dict"),
+         check=no_code_ran),
 
     # storage, run folders, bundles
     Case("invalid-storage-url", "--storage foo://x",
@@ -349,7 +353,8 @@ CASES = [
          ("cannot open storage foo://x", "unknown kind of database 'foo'", "give sqlite:///FILE or postgresql://")),
     Case("unreachable-postgresql", f"--storage postgresql://u:{SECRET}@127.0.0.1:1/db",
          lambda c: image_search(c, images(c), "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"), USAGE,
-         ("cannot open storage postgresql://u:***@127.0.0.1:1/db", ("pip install psycopg2-binary", "check the URL")),
+         ("cannot open storage postgresql://u:***@127.0.0.1:1/db", ("is not installed; install it: pip install",
+                                                                     "check the URL")),
          fresh_process=True),
     Case("trials-unreachable-postgresql", f"trials --storage postgresql://u:{SECRET}@127.0.0.1:1/db",
          lambda c: ["trials", "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "--study", "x"], USAGE,
@@ -384,7 +389,7 @@ CASES = [
          ("--time-budget", "'soon' is not a duration", "90s, 10m, 1h")),
     Case("zero-trials", "--trials 0",
          lambda c: image_search(c, images(c), trials="0"), USAGE,
-         ("--trials", "0 is not in the range x>=1", "see `autotl search --help`")),
+         ("--trials", "0 is not in the range x>=1; see `autotl search --help`")),
     Case("unknown-option", "--trails 3",
          lambda c: image_search(c, images(c), "--trails", "3"), USAGE,
          ("No such option '--trails'", "'--trials'", "see `autotl search --help`")),
@@ -400,7 +405,7 @@ CASES = [
          ("recipe.yaml: epochs: unknown key", "known keys are")),
     Case("recipe-for-another-task", "a text-classification recipe for --task image-classification",
          lambda c: image_search(c, images(c), recipe=TEXT_RECIPE), USAGE,
-         ("is for task 'text-classification', not 'image-classification'",)),
+         ("is for task 'text-classification', not 'image-classification'", "leave out --recipe")),
     Case("unknown-data-option", "-d nosuchkey=1",
          lambda c: image_search(c, images(c), "-d", "nosuchkey=1"), USAGE,
          ("--data-option: unknown data option 'nosuchkey' for task 'image-classification'",
@@ -416,7 +421,8 @@ CASES = [
          lambda c: image_search(c, images(c), "--device", "cuda"), USAGE,
          ("--device cuda: no CUDA device is available here", "use --device cpu"), patch=no_cuda),
     Case("unknown-device", "--device tpu9",
-         lambda c: image_search(c, images(c), "--device", "tpu9"), USAGE, ("--device 'tpu9' is not a device",)),
+         lambda c: image_search(c, images(c), "--device", "tpu9"), USAGE,
+         ("--device 'tpu9' is not a device", "use auto, cpu, cuda or cuda:N")),
 ]
 
 
@@ -527,7 +533,7 @@ def test_bad_input(case: Case, tmp_path, request, monkeypatch):
         assert completed(ctx.copied_run / "run") == before, "a completed trial was lost or changed"
     if case.check is not None:
         case.check(ctx)
-    TABLE.append((case.id, case.input, code, message))
+    TABLE.append((case.id, case.input, code, message.replace(str(tmp_path), "$TMP").replace(str(TESTS), "tests")))
 
 
 def test_the_table_covers_both_tasks_and_the_cli():

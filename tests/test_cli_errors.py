@@ -119,7 +119,7 @@ def test_every_exit_code_is_in_the_table_of_exit_codes():
 
     used = {cls.exit_code for cls in _all_subclasses(AutotlError)} | _exit_codes_in_cli_source()
     used |= {0, AutotlError.exit_code, click.UsageError.exit_code, EXIT_INTERRUPTED}
-    assert used <= set(EXIT_CODES), f"exit codes without a meaning in autotl.errors.EXIT_CODES: {used - set(EXIT_CODES)}"
+    assert used <= set(EXIT_CODES), f"exit codes missing from autotl.errors.EXIT_CODES: {used - set(EXIT_CODES)}"
     assert _exit_codes_in_cli_source() >= {0, 1, EXIT_INTERRUPTED}
 
 

@@ -70,7 +70,8 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
 
 def test_no_module_of_the_core_or_the_builtin_plugins_can_run_code_from_a_file():
     assert len(SOURCES) > 20
-    problems = [p for path in SOURCES for p in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    problems = [problem for path in SOURCES
+                for problem in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
     assert problems == []
 
 
