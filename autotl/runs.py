@@ -128,7 +128,7 @@ def storage_problem(url: str, exc: Exception) -> str:
     missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
     if isinstance(missing, ModuleNotFoundError):
         name = (missing.name or "").split(".")[0]
-        packages = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+        packages = {"psycopg": "'autotl[postgres]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
         package = packages.get(name, name)
         return f"its database driver {name!r} is not installed; install it: pip install {package}"
     text = str(exc).strip()
