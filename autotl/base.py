@@ -237,6 +237,10 @@ class Task(ABC):
     name: str
     modality: str
     description: str = ""
+    #: the options :meth:`load` reads from the recipe's ``data`` section (and ``--data-option``), each
+    #: with a short description; ``autotl search`` refuses any other option. ``None``: not declared,
+    #: every option is handed to :meth:`load` unchecked. ``val_fraction`` is the core's own.
+    data_options: Mapping[str, str] | None = None
 
     @abstractmethod
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:

@@ -116,7 +116,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device: {exc}") from exc
+        raise UsageError(f"--device {device!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
 
 
 class Bundle:

@@ -1,14 +1,18 @@
 """The ``autotl`` command line.
 
-Exit codes: 0 success; 1 an unexpected internal error; 2 a usage error (bad option or recipe);
-3 unusable data; 4 a model or its weights cannot be had; 5 a plugin failed; 6 a run or study
-is missing or does not match; 7 a bundle is missing, corrupted or tampered with; 8 the search
-stopped because --max-failures trials failed; 130 interrupted (Ctrl-C), after every finished
-trial was saved.
+Exit codes (:data:`autotl.errors.EXIT_CODES`): 0 success; 1 an unexpected internal error; 2 a usage
+error (bad option, recipe or device); 3 unusable data; 4 a model or its weights cannot be had; 5 a
+plugin failed; 6 a run or study is missing or does not match; 7 a bundle is missing, corrupted or
+tampered with; 8 the search stopped because --max-failures trials failed; 130 interrupted (Ctrl-C),
+after every finished trial was saved.
+
+Every error is one ``Error:`` line on stderr that names the problem and the fix; click's own usage
+errors too (no usage block), and tracebacks only with ``--debug``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,10 +24,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import AutotlError, RunError, UsageError
-
-EXIT_TOO_MANY_FAILURES = 8
-EXIT_INTERRUPTED = 130
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_TOO_MANY_FAILURES, AutotlError, RunError, UsageError
 
 
 class Duration(click.ParamType):
@@ -40,13 +41,53 @@ class Duration(click.ParamType):
             parts = re.fullmatch(r"((\d+(\.\d+)?)([smhd]))+", text)
             if re.fullmatch(r"\d+(\.\d+)?", text):
                 seconds = float(text)
+            elif text.startswith("-") and self._parses(text[1:]):
+                self.fail(f"{value!r} is negative; give a time budget above zero, e.g. 600 or 10m", param, ctx)
             elif parts:
                 seconds = sum(float(n) * self._units[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([smhd])", text))
             else:
                 self.fail(f"{value!r} is not a duration; write seconds (600) or 90s, 10m, 1h, 1h30m", param, ctx)
         if seconds <= 0:
-            self.fail(f"{value!r} must be more than zero", param, ctx)
+            self.fail(f"{value!r} must be more than zero, e.g. 600 or 10m", param, ctx)
         return seconds
+
+    def _parses(self, text: str) -> bool:
+        return bool(re.fullmatch(r"\d+(\.\d+)?|((\d+(\.\d+)?)([smhd]))+", text.strip()))
+
+
+class OneLineUsageError(click.UsageError):
+    """A click usage error (bad option or value) shown as one ``Error:`` line that points to --help."""
+
+    def __init__(self, original: click.UsageError):
+        message = original.format_message().rstrip()
+        super().__init__(message[:-1] if message.endswith(".") else message, original.ctx)
+        self.exit_code = original.exit_code
+
+    def show(self, file=None) -> None:
+        where = f"; see `{self.ctx.command_path} --help`" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{where}", err=True)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    try:
+        yield
+    except (OneLineUsageError, click.exceptions.NoArgsIsHelpError):
+        raise
+    except click.UsageError as exc:
+        raise OneLineUsageError(exc) from None
+
+
+class AutotlGroup(click.Group):
+    """The ``autotl`` group: usage errors of the group and of every command are one line."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 def handle_errors(func):
@@ -84,7 +125,12 @@ def storage_options(func):
                         help="Optuna storage URL (sqlite:///..., postgresql://...) instead of a run folder.")(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _exit_code_epilog() -> str:
+    return "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+@click.group(cls=AutotlGroup, epilog=_exit_code_epilog(),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="autotl")
 def cli():
     """autotl: search source model, freeze depth, LoRA rank and learning rate for transfer learning.

@@ -1,5 +1,22 @@
 """The exception tree. The CLI turns every :class:`AutotlError` into one line and a non-zero exit."""
 
+#: every exit code of the ``autotl`` command and what it means; docs/guide.md and ``autotl --help``
+#: show this table (a test keeps them in step with the error classes).
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug: rerun with --debug and report it)",
+    2: "usage: a bad option, recipe or device",
+    3: "unusable data",
+    4: "a model or its weights cannot be had",
+    5: "a plugin failed to load or broke the contract",
+    6: "a run folder or study is missing or does not match",
+    7: "a bundle is missing, incomplete, or its weights fail their checksum",
+    8: "the search stopped after --max-failures failed trials (every finished trial is kept)",
+    130: "interrupted; finished trials are kept",
+}
+EXIT_TOO_MANY_FAILURES = 8
+EXIT_INTERRUPTED = 130
+
 
 class AutotlError(Exception):
     """Base of every error that autotl reports to a user as a one-line message.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -59,8 +60,14 @@ def read_state_dict(path: Path) -> dict:
             return load_weights(path)
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if exc.__class__.__name__ == "UnpicklingError":  # weights_only refused a Python object: it may run code
+            raise ModelUnavailableError(
+                f"cannot read weights file {path}: it holds Python objects besides tensors (a pickle that could run "
+                "code), which autotl never loads; give a .safetensors file or a torch state dict of tensors only"
+            ) from exc
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
         raise ModelUnavailableError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {first[0][:200] if first else ''}; "
             "give a .safetensors file or a torch state dict"
         ) from exc
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -70,3 +77,33 @@ def read_state_dict(path: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelUnavailableError(f"weights file {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_weights_file(path: Path) -> None:
+    """Fail early, before any trial, on a weights file that cannot be read.
+
+    A ``.safetensors`` file has its header checked (no tensor is read); a torch file is read as
+    :func:`read_state_dict` reads it, with ``weights_only=True``, so a pickle that holds code is refused.
+
+    :raises autotl.errors.ModelUnavailableError: the file is missing, corrupt, or not a state dict.
+    """
+    from .errors import ModelUnavailableError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailableError(f"weights file not found: {path}; give the path of a .safetensors file or a "
+                                    "torch state dict")
+    if path.suffix != ".safetensors":
+        read_state_dict(path)
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelUnavailableError(
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {first[0][:200] if first else ''}; it is not "
+            "a complete safetensors file: save it again or give another file"
+        ) from exc

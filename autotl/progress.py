@@ -50,7 +50,8 @@ class ConsoleReporter(Reporter):
         self.console.print(f"Data: {len(classes)} classes; {sizes}{note}", highlight=False)
         skipped = report.get("skipped", [])
         if skipped:
-            self.console.print(f"[yellow]Skipped {len(skipped)} unusable item(s)[/] (all listed in data_report.json):")
+            self.console.print(f"[yellow]Skipped {len(skipped)} unusable item(s)[/] (all listed in data_report.json; "
+                               "repair or remove them to use them or to silence this):")
             for item in skipped[:5]:
                 self.console.print(f"  {item['file']}: {item['reason']}", highlight=False)
             if len(skipped) > 5:

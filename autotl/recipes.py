@@ -89,7 +89,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise UsageError(f"recipe {text_path}{at} is not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise UsageError(f"recipe {text_path}{at} is not valid YAML: {getattr(exc, 'problem', exc)}; fix that line "
+                         "(docs/recipes.md shows the format)") from exc
     return parse_recipe(raw, str(text_path))
 
 

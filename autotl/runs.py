@@ -118,8 +118,33 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise UsageError(f"cannot open storage {redact(url)}: its database driver {exc.name!r} is not installed; "
                          "for PostgreSQL: pip install 'autotl[postgres]'") from exc
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise UsageError(f"cannot open storage {redact(url)}: {first}; check the URL, the server and its credentials") from exc
+        raise UsageError(f"cannot open storage {redact(url)}: {storage_problem(url, exc)}") from exc
+
+
+def storage_problem(url: str, exc: Exception) -> str:
+    """Why storage ``url`` cannot be opened, and what to do, in one line that never holds the password."""
+    import sqlalchemy.exc
+
+    missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+    if isinstance(missing, ModuleNotFoundError):
+        name = (missing.name or "").split(".")[0]
+        packages = {"psycopg": "'autotl[postgres]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+        package = packages.get(name, name)
+        return f"its database driver {name!r} is not installed; install it: pip install {package}"
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else exc.__class__.__name__
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        first = first.replace(str(password), "***")
+    forms = "give sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB"
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError):
+        return f"unknown kind of database {url.split(':', 1)[0]!r}; {forms}"
+    if isinstance(exc, sqlalchemy.exc.ArgumentError):  # an unparsable URL
+        return f"{first.rstrip('.')}; {forms}"
+    return f"{first}; check the URL, that the server runs and can be reached, and the credentials"
 
 
 def sqlite_file(url: str) -> Path | None:

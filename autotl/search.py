@@ -123,7 +123,8 @@ class Search:
             if family is None:
                 known = ", ".join(f.name for f in families)
                 raise ModelUnavailableError(
-                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: {known})"
+                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: "
+                    f"{known}); check the spelling, or see `autotl plugins` for the models that work offline"
                 )
             zoo[name] = family.get(name, weights.get(name))
         self.weight_files = {name: str(Path(path).resolve()) for name, path in weights.items()}
@@ -423,11 +424,28 @@ def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any]
         recipe = task.name
     loaded = load_recipe(recipe)
     if loaded.task != task.name:
-        raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}")
+        raise UsageError(f"recipe {loaded.source} is for task {loaded.task!r}, not {task.name!r}; give a recipe "
+                         f"for {task.name!r}, or leave out --recipe for the built-in one")
+    check_data_options(task, data_options, "--data-option")
+    check_data_options(task, loaded.data, f"recipe {loaded.source}: data")
     if data_options:
         raw = dict(loaded.raw, data={**(loaded.raw.get("data") or {}), **data_options})
         loaded = parse_recipe(raw, f"{loaded.source} with --data-option {data_options}")
     return loaded
+
+
+def check_data_options(task: Task, options: dict[str, Any], where: str) -> None:
+    """Refuse a data option that neither the core (``val_fraction``) nor the task declares.
+
+    A task that declares no :attr:`~autotl.Task.data_options` (``None``) is handed every option unchecked.
+    """
+    if task.data_options is None:
+        return
+    known = {"val_fraction": "share of the training data held out for validation", **task.data_options}
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        raise UsageError(f"{where}: unknown data option {', '.join(map(repr, unknown))} for task {task.name!r}; "
+                         f"its options are {', '.join(known)}")
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -438,7 +456,7 @@ def _resolve_device(device: str) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device: {exc}") from exc
+        raise UsageError(f"--device {device!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
 
 
 def _make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:

@@ -1,20 +1,27 @@
-"""How the command line fails: one `Error:` line, no traceback, and the documented exit code."""
+"""How the command line fails: one `Error:` line, no traceback, and the documented exit code.
+
+Most bad inputs are in the table of tests/test_bad_inputs.py; these are the rest.
+"""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
+import autotl.cli
 from autotl.cli import Duration, cli
-from autotl.errors import DataError
+from autotl.errors import EXIT_CODES, EXIT_INTERRUPTED, AutotlError, DataError
 from tiny import TINY
 
-TINY_RECIPE = Path(__file__).resolve().parent / "data" / "tiny-image.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RECIPE = ROOT / "tests" / "data" / "tiny-image.yaml"
 
-EXIT_USAGE, EXIT_DATA, EXIT_MODEL, EXIT_RUN = 2, 3, 4, 6
+EXIT_USAGE, EXIT_RUN = 2, 6
 
 
 def invoke(*args: str):
@@ -46,66 +53,9 @@ def tiny_model(tiny_weights):
 
 # -- autotl search ---------------------------------------------------------------------------------
 
-def test_a_missing_data_folder_exits_3_and_leaves_no_run_folder(tmp_path, tiny_model):
-    missing = tmp_path / "nowhere"
-    result = invoke(*search(missing, tmp_path / "run", *tiny_model))
-    assert_one_error_line(result, EXIT_DATA, "data folder not found", str(missing))
-    assert not (tmp_path / "run").exists()
-
-
-def test_a_data_folder_without_train_exits_3(tmp_path, tiny_model):
-    (tmp_path / "data" / "images").mkdir(parents=True)
-    result = invoke(*search(tmp_path / "data", tmp_path / "run", *tiny_model))
-    assert_one_error_line(result, EXIT_DATA, "has no train/ folder")
-
-
-def test_an_unknown_task_exits_2_and_lists_the_installed_tasks(tmp_path, tiny_folder):
-    result = invoke("search", tiny_folder, "--task", "audio-tagging", "--out", tmp_path / "run")
-    assert_one_error_line(result, EXIT_USAGE, "unknown task 'audio-tagging'", "image-classification")
-
-
-@pytest.mark.parametrize("budget, complaint", [
-    ("-5", "is not a duration"),
-    ("0", "must be more than zero"),
-    ("soon", "is not a duration"),
-    ("10 minutes", "is not a duration"),
-])
-def test_a_bad_time_budget_is_a_usage_error(tmp_path, tiny_folder, budget, complaint):
-    result = invoke(*search(tiny_folder, tmp_path / "run", f"--time-budget={budget}"))
-    assert_one_error_line(result, EXIT_USAGE, "--time-budget", complaint)
-    assert "Usage: autotl search" in result.output
-
-
-def test_an_unknown_model_exits_4_naming_it(tmp_path, tiny_folder):
-    result = invoke(*search(tiny_folder, tmp_path / "run", "--models", "no_such_model_xyz"))
-    assert_one_error_line(result, EXIT_MODEL, "unknown model 'no_such_model_xyz'")
-
-
-def test_a_missing_weights_file_exits_4(tmp_path, tiny_folder):
-    result = invoke(*search(tiny_folder, tmp_path / "run", "--models", TINY,
-                            "--weights", f"{TINY}={tmp_path / 'none.safetensors'}"))
-    assert_one_error_line(result, EXIT_MODEL, "weights file", "not found")
-
-
 def test_weights_for_a_model_not_searched_is_a_usage_error(tmp_path, tiny_folder, tiny_model, tiny_weights):
     result = invoke(*search(tiny_folder, tmp_path / "run", *tiny_model, "--weights", f"resnet18={tiny_weights}"))
     assert_one_error_line(result, EXIT_USAGE, "--weights names model(s) not searched: resnet18")
-
-
-def test_a_recipe_file_with_bad_yaml_exits_2_naming_the_file(tmp_path, tiny_folder, tiny_model):
-    recipe = tmp_path / "broken.yaml"
-    recipe.write_text("task: image-classification\nspace:\n  lr: {low: 1\n")
-    result = invoke("search", tiny_folder, "--task", "image-classification", "--out", tmp_path / "run",
-                    "--recipe", recipe, *tiny_model)
-    assert_one_error_line(result, EXIT_USAGE, str(recipe), "line 4", "not valid YAML")
-
-
-def test_a_recipe_for_another_task_exits_2(tmp_path, tiny_folder, tiny_model):
-    recipe = tmp_path / "text.yaml"
-    recipe.write_text("task: text-classification\nspace:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
-    result = invoke("search", tiny_folder, "--task", "image-classification", "--out", tmp_path / "run",
-                    "--recipe", recipe, *tiny_model)
-    assert_one_error_line(result, EXIT_USAGE, "is for task 'text-classification', not 'image-classification'")
 
 
 def test_debug_shows_the_error_itself(tmp_path, tiny_model):
@@ -115,11 +65,6 @@ def test_debug_shows_the_error_itself(tmp_path, tiny_model):
 
 
 # -- autotl trials / best ---------------------------------------------------------------------------
-
-def test_trials_on_a_folder_without_a_run_exits_6(tmp_path):
-    result = invoke("trials", tmp_path)
-    assert_one_error_line(result, EXIT_RUN, "holds no autotl run", "run.json")
-
 
 def test_best_on_a_folder_without_a_run_exits_6(tmp_path):
     result = invoke("best", tmp_path)
@@ -132,10 +77,65 @@ def test_trials_without_a_run_folder_or_storage_is_a_usage_error(monkeypatch):
     assert_one_error_line(result, EXIT_USAGE, "give a run folder")
 
 
-def test_trials_with_an_unreadable_run_file_exits_6(tmp_path):
-    (tmp_path / "run.json").write_text("{not json")
-    result = invoke("trials", tmp_path)
-    assert_one_error_line(result, EXIT_RUN, "run.json is unreadable")
+# -- click's own usage errors are one line too ------------------------------------------------------------
+
+def test_an_unknown_command_is_one_line_pointing_to_help():
+    result = invoke("serch")
+    line = assert_one_error_line(result, EXIT_USAGE, "No such command 'serch'", "see `autotl --help`")
+    assert result.output.strip() == line and "Usage:" not in result.output
+
+
+def test_without_arguments_the_help_is_shown():
+    result = invoke()
+    assert "Commands:" in result.output and "search" in result.output and "Error:" not in result.output
+
+
+# -- exit codes are documented where a user looks ------------------------------------------------------------
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+def _exit_codes_in_cli_source() -> set[int]:
+    """Every literal or named exit code `sys.exit(...)` gets in autotl/cli.py."""
+    tree = ast.parse(Path(autotl.cli.__file__).read_text(encoding="utf-8"))
+    codes = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "sys.exit" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant):
+                codes.add(arg.value)
+            elif isinstance(arg, ast.Name) and arg.id.startswith("EXIT_"):
+                codes.add(getattr(autotl.cli, arg.id))
+    return codes
+
+
+def test_every_exit_code_is_in_the_table_of_exit_codes():
+    import autotl.bundle  # noqa: F401  (BundleError)
+    import autotl.export  # noqa: F401
+    import autotl.base  # noqa: F401  (ExportUnsupportedError)
+
+    used = {cls.exit_code for cls in _all_subclasses(AutotlError)} | _exit_codes_in_cli_source()
+    used |= {0, AutotlError.exit_code, click.UsageError.exit_code, EXIT_INTERRUPTED}
+    assert used <= set(EXIT_CODES), f"exit codes missing from autotl.errors.EXIT_CODES: {used - set(EXIT_CODES)}"
+    assert _exit_codes_in_cli_source() >= {0, 1, EXIT_INTERRUPTED}
+
+
+def test_the_guide_documents_exactly_the_exit_codes():
+    guide = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
+    section = guide.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
+    assert documented == set(EXIT_CODES)
+
+
+def test_help_and_the_cli_docstring_list_every_exit_code():
+    help_text = invoke("--help").output
+    assert "Exit codes:" in help_text
+    for code, meaning in EXIT_CODES.items():
+        assert re.search(rf"^\s+{code}\s+{re.escape(meaning[:20])}", help_text, flags=re.M), (code, help_text)
+        assert re.search(rf"\b{code} ", autotl.cli.__doc__), code
 
 
 # -- the Duration option type --------------------------------------------------------------------------

@@ -214,6 +214,52 @@ def test_blocking_an_installed_plugin_that_fails_to_import_lets_the_rest_load(in
     assert "timm" in registry.families
 
 
+MARKED_PLUGIN = """
+    import pathlib, sys
+    pathlib.Path(__file__).with_suffix(".imported").write_text("imported")
+    from autotl import hookimpl
+
+    @hookimpl
+    def register_tasks(register):
+        pass
+"""
+
+
+@pytest.mark.parametrize("env, value", [("AUTOTL_LOAD_PLUGINS", "timm,image_classification"),
+                                        ("AUTOTL_BLOCK_PLUGINS", "third_party")])
+def test_a_plugin_left_out_by_the_allow_or_block_list_is_never_imported(installed_plugin, monkeypatch, tmp_path,
+                                                                        env, value):
+    module = installed_plugin("third_party", MARKED_PLUGIN)
+    monkeypatch.setenv(env, value)
+    registry = collect(make_manager())
+    assert "third_party" not in registry.provided_by
+    assert module not in sys.modules, "a plugin the environment left out was imported: its code ran"
+    assert not list(tmp_path.glob("*.imported"))
+
+
+def test_the_allow_list_names_the_only_plugins_that_load(installed_plugin, monkeypatch, tmp_path):
+    module = installed_plugin("third_party", MARKED_PLUGIN)
+    monkeypatch.setenv("AUTOTL_LOAD_PLUGINS", "third_party")
+    registry = collect(make_manager())
+    assert set(registry.provided_by) == {"third_party"} and module in sys.modules
+    assert list(tmp_path.glob("*.imported"))  # the marker works: this time the plugin was imported
+    assert registry.families == {} and registry.tasks == {}
+
+
+def test_a_module_on_the_path_without_an_entry_point_is_never_loaded(tmp_path, monkeypatch, no_plugin_env):
+    """Plugins come from installed distributions' entry points only, never from a name or a folder on the path."""
+    (tmp_path / "autotl_sneaky.py").write_text(textwrap.dedent("""
+        raise AssertionError("autotl imported a module that no installed distribution declares as a plugin")
+    """))
+    (tmp_path / "autotl_plugins").mkdir()
+    (tmp_path / "autotl_plugins" / "__init__.py").write_text("raise AssertionError('imported autotl_plugins')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    registry = collect(make_manager())
+    assert "autotl_sneaky" not in sys.modules and "autotl_plugins" not in sys.modules
+    assert set(registry.provided_by) == set(BUILTIN)
+
+
 def test_an_installed_plugin_with_a_bad_hook_signature_is_a_plugin_error(installed_plugin):
     installed_plugin("badsig", """
         from autotl import hookimpl

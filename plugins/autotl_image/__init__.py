@@ -35,6 +35,7 @@ class ImageClassification(Task):
     name = "image-classification"
     modality = "image"
     description = "ImageFolder of labelled images: DATA/train/<class>/*, optional val/ and test/"
+    data_options = {"max_side": f"longest side images are kept at when decoded (default {DEFAULT_MAX_SIDE})"}
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
         images = load_image_folder(Path(path), seed=seed, val_fraction=val_fraction,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,17 +110,23 @@ def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
         if file.stat().st_size == 0:
             return None, "empty file"
         data = file.read_bytes()
+    except OSError as exc:  # a dangling link, a symlink loop, a special file
+        return None, f"cannot be read ({exc.strerror or exc.__class__.__name__})"
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             image.draft("RGB", (max_side, max_side))
             image.load()
-    except Image.DecompressionBombWarning as exc:
-        return None, f"too many pixels (decompression bomb?): {exc}"
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
+        return None, (f"too many pixels ({count}, over Pillow's decompression-bomb limit of "
+                      f"{Image.MAX_IMAGE_PIXELS:,}); shrink the image")
     except Image.UnidentifiedImageError:
         return None, "not a readable image (not in an image format Pillow knows)"
     except Exception as exc:  # PIL raises many types for broken files: report, never crash
-        return None, f"not a readable image ({exc.__class__.__name__}: {str(exc)[:120]})"
+        return None, f"not a readable image, truncated or corrupt ({exc.__class__.__name__}: {str(exc)[:120]})"
     return to_rgb(image, max_side), ""
 
 

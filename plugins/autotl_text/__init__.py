@@ -41,6 +41,11 @@ class TextClassification(Task):
     name = "text-classification"
     modality = "text"
     description = "labelled texts: DATA/train.csv (columns text,label), optional val.csv and test.csv; or .tsv, .jsonl"
+    data_options = {
+        "text_column": "the column (or JSON key) holding the text (default text)",
+        "label_column": "the column (or JSON key) holding the label (default label)",
+        "on_bad_lines": "error (default) or skip: unparseable lines are skipped and listed in the data report",
+    }
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
         texts = load_text_folder(Path(path), seed=seed, val_fraction=val_fraction,

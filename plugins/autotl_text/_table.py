@@ -188,7 +188,7 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, s
             skipped.append({"file": f"{name}:{line}", "reason": problem.lstrip(", ")})
             return
         raise DataError(f"{name} line {line}{problem if problem.startswith(',') else ': ' + problem}; {fix} "
-                        "(or skip such lines with `data: {on_bad_lines: skip}` in the recipe)")
+                        "(or skip such lines: -d on_bad_lines=skip, or `data: {on_bad_lines: skip}` in the recipe)")
 
     for line, record, problem, fix in _records(path, text, options):
         if problem:
@@ -242,7 +242,7 @@ def _columns(path: Path, header: list[str], options: Options) -> tuple[int, int]
             continue
         shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
         raise DataError(f"{path.name} line 1: no column {wanted!r} (its columns: {shown}); rename the column, or "
-                        f"name yours in the recipe with `data: {{{key}: ...}}`")
+                        f"name yours with -d {key}=NAME (or `data: {{{key}: NAME}}` in the recipe)")
     return positions[0], positions[1]
 
 
@@ -318,7 +318,8 @@ def _jsonl_records(path: Path, text: str, options: Options):
                 if first:
                     shown = ", ".join(repr(k) for k in list(obj)[:10])
                     raise DataError(f"{path.name} line {number}: no key {wanted!r} (its keys: {shown}); rename "
-                                    f"the key, or name yours in the recipe with `data: {{{key}: ...}}`")
+                                    f"the key, or name yours with -d {key}=NAME (or `data: {{{key}: NAME}}` in "
+                                    "the recipe)")
                 yield number, None, f", column {wanted!r}: the key is missing", "give every object the key"
                 break
         else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from autotl import Backbone, BackboneFamily, hookimpl
 from autotl.errors import ModelUnavailableError
+from autotl.files import check_weights_file
 
 from ._offline import OFFLINE_ZOO, OfflineWeights
 from ._weights import hub_source_ready, load_checkpoint
@@ -46,7 +47,9 @@ class TimmFamily(BackboneFamily):
         if weights is not None:
             path = Path(weights)
             if not path.is_file():
-                raise ModelUnavailableError(f"weights file for {name!r} not found: {path}")
+                raise ModelUnavailableError(f"weights file for {name!r} not found: {path}; give the path of a "
+                                            ".safetensors file or a torch state dict")
+            check_weights_file(path)  # a corrupt file fails here, not in every trial
             return TimmBackbone(name, source=("file", str(path)))
         offline = OFFLINE_ZOO.get(name)
         if offline is not None and offline.available():

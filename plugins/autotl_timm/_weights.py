@@ -24,6 +24,9 @@ def hub_source_ready(name: str, timeout: float = 3.0) -> str | None:
         for filename in ("model.safetensors", "pytorch_model.bin", cfg.hf_hub_filename):
             if filename and isinstance(try_to_load_from_cache(repo, filename), str):
                 return None
+        if constants.HF_HUB_OFFLINE:
+            return ("HF_HUB_OFFLINE is set and the weights are not in the local Hugging Face cache, so they cannot "
+                    "be downloaded")
         endpoint = urlparse(constants.ENDPOINT)
     else:
         endpoint = urlparse(cfg.url)

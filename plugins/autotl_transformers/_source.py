@@ -149,7 +149,8 @@ def hub_status(repo: str, timeout: float = 3.0) -> tuple[bool, str | None]:
     cached = isinstance(try_to_load_from_cache(repo, "config.json"), str) and any(
         isinstance(try_to_load_from_cache(repo, f), str) for f in WEIGHT_FILES)
     if constants.HF_HUB_OFFLINE:
-        return True, None if cached else "HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache"
+        return True, None if cached else ("HF_HUB_OFFLINE is set and the model is not in the local Hugging Face "
+                                          "cache, so it cannot be downloaded")
     endpoint = urlparse(constants.ENDPOINT)
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)

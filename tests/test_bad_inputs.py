@@ -1,0 +1,544 @@
+"""Bad input, table-driven, through the real command line.
+
+Every case builds its input in ``tmp_path`` and runs ``autotl``. It must end with the documented exit
+code and one ``Error:`` line on stderr that names the problem (file, line, option or field) and the
+fix, or, for a file that can be skipped, with a reported skip line naming the file and why; never a
+traceback, and never at the cost of a completed trial (the cases that resume a run check that its
+completed trial is still there, unchanged).
+
+Most cases fail before any training. The cases that need a run copy a one-trial run of the tiny
+network (``tiny.py``) made once per session. Cases where a library could print past the command's
+error handling (a database driver, the hub client) run ``autotl`` in a fresh process.
+
+``AUTOTL_BAD_INPUT_TABLE=FILE pytest tests/test_bad_inputs.py`` also writes the cases as a Markdown
+table (case, input, exit code, what the user sees) to FILE.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import tinybert
+from autotl.cli import cli
+from autotl.errors import EXIT_CODES
+from tiny import TINY, make_image_folder
+
+TESTS = Path(__file__).resolve().parent
+IMAGE_RECIPE = TESTS / "data" / "tiny-image.yaml"
+TEXT_RECIPE = TESTS / "data" / "text" / "tiny-text.yaml"
+SECRET = "s3cr3t-pw"
+#: stderr lines a failing search may print before its error: it got that far.
+PROGRESS = ("Loading ", "Data: ")
+#: a fresh process that knows the tiny timm network, as the in-process cases do.
+FRESH = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny; from autotl.cli import main; main()"
+
+USAGE, DATA, MODEL, RUN, BUNDLE = 2, 3, 4, 6, 7
+
+
+# -- what a case can use ----------------------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    """The case's temporary folder and, built on first use, the shared fixtures."""
+
+    tmp: Path
+    request: Any
+    copied_run: Path | None = None
+
+    @property
+    def tiny_weights(self) -> Path:
+        return self.request.getfixturevalue("tiny_weights")
+
+    @property
+    def text_model(self) -> str:
+        return self.request.getfixturevalue("text_model")
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def copy_run(self) -> Path:
+        """A copy of the session's finished run: ``data/``, ``run/`` (one completed trial), ``bundle/``."""
+        self.copied_run = self.tmp / "r"
+        shutil.copytree(self.request.getfixturevalue("finished_run"), self.copied_run)
+        return self.copied_run
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    input: str  # what the user gave, for the table
+    make: Callable[[Ctx], list]  # builds the input under ctx.tmp; returns the command's arguments
+    code: int
+    says: tuple  # fragments of the error (or skip) line; a tuple inside: any one of its fragments
+    skip: bool = False  # a reported skip: the command succeeds and lists the file with its reason
+    fresh_process: bool = False
+    env: dict = field(default_factory=dict)
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    check: Callable[[Ctx], None] | None = None  # anything else to assert afterwards
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
+
+def image_search(ctx: Ctx, data, *extra, out=None, recipe=IMAGE_RECIPE, trials="1", models=None) -> list:
+    """`autotl search` on the tiny recipe with the tiny network and its local weights."""
+    models = models if models is not None else ("--models", TINY, "--weights", f"{TINY}={ctx.tiny_weights}")
+    return ["search", data, "--task", "image-classification", "--out", out or ctx.path("run"), "--recipe", recipe,
+            "--trials", trials, "--device", "cpu", *models, *extra]
+
+
+def text_search(ctx: Ctx, data, *extra, recipe=TEXT_RECIPE, models=None) -> list:
+    models = models if models is not None else ("--models", ctx.text_model)
+    return ["search", data, "--task", "text-classification", "--out", ctx.path("run"), "--recipe", recipe,
+            "--trials", "1", "--device", "cpu", *models, *extra]
+
+
+def resume(ctx: Ctx, *extra, models: tuple | None = None) -> list:
+    """The command that made the session's run, on a copy of it: resumes it (it asks for 1 trial, has 1)."""
+    root = ctx.copy_run()
+    models = models if models is not None else ("--models", TINY, "--weights", f"{TINY}={ctx.tiny_weights}")
+    return ["search", root / "data", "--task", "image-classification", "--out", root / "run", "--recipe",
+            IMAGE_RECIPE, "--trials", "1", "--device", "cpu", *models, *extra]
+
+
+def images(ctx: Ctx, classes=("dark", "light"), per_class: int = 3, splits=("train",)) -> Path:
+    return make_image_folder(ctx.path("data"), classes=classes, per_class=per_class, splits=splits, size=16)
+
+
+def png_bytes(size=(24, 24), seed=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height`` pixels (CRC fixed): a decompression bomb."""
+    data = bytearray(png_bytes((1, 1)))
+    data[16:20], data[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def unknown_class_in_test(ctx: Ctx) -> list:
+    data = images(ctx, splits=("train", "test"))
+    (data / "test" / "zebra").mkdir()
+    (data / "test" / "zebra" / "z.png").write_bytes(png_bytes())
+    return image_search(ctx, data)
+
+
+def class_without_images(ctx: Ctx) -> list:
+    data = images(ctx)
+    (data / "train" / "empty").mkdir()
+    (data / "train" / "empty" / "notes.txt").write_text("hi")
+    return image_search(ctx, data)
+
+
+def data_changed_on_resume(ctx: Ctx) -> list:
+    args = resume(ctx)
+    (ctx.copied_run / "data" / "train" / "dark" / "new.png").write_bytes(png_bytes())
+    return args
+
+
+def corrupt_weights(ctx: Ctx) -> list:
+    path = ctx.path("w.safetensors")
+    path.write_bytes(np.random.default_rng(0).bytes(100))
+    return image_search(ctx, images(ctx), models=("--models", TINY, "--weights", f"{TINY}={path}"))
+
+
+def resume_with_file(name: str, write: Callable[[Path], None]) -> Callable[[Ctx], list]:
+    """Resume the run after ``write`` put ``train/dark/<name>`` into its data folder."""
+    def make(ctx: Ctx) -> list:
+        args = resume(ctx)
+        write(ctx.copied_run / "data" / "train" / "dark" / name)
+        return args
+    return make
+
+
+def symlink_loop(path: Path) -> None:
+    os.symlink(path.name, path)  # loop.png -> loop.png
+    os.symlink("..", path.parent / "again")  # a folder link back up: must not be walked forever
+
+
+def text_files(ctx: Ctx, **files: str | bytes) -> Path:
+    folder = ctx.path("data")
+    folder.mkdir()
+    for name, content in files.items():
+        name = name.replace("_", ".", 1)
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content, encoding="utf-8")
+    return folder
+
+
+ROWS = "".join(f"{'good tea' if i % 2 else 'bad tea'} {i},{'pos' if i % 2 else 'neg'}\n" for i in range(8))
+
+
+def a_file(ctx: Ctx, name: str, content: str = "") -> Path:
+    path = ctx.path(name)
+    path.write_text(content)
+    return path
+
+
+def recipe(ctx: Ctx, text: str) -> Path:
+    return a_file(ctx, "recipe.yaml", text)
+
+
+def tampered_bundle(ctx: Ctx) -> Path:
+    bundle = ctx.copy_run() / "bundle"
+    weights = bundle / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one byte of the last tensor
+    weights.write_bytes(bytes(data))
+    return bundle
+
+
+class Evil:
+    """Unpickling this creates a folder: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def malicious_weights(ctx: Ctx) -> list:
+    import torch
+
+    path = ctx.path("weights.pt")
+    torch.save({"conv_stem.weight": Evil(ctx.path("pwned"))}, str(path))
+    return image_search(ctx, images(ctx), models=("--models", TINY, "--weights", f"{TINY}={path}"))
+
+
+def no_code_ran(ctx: Ctx) -> None:
+    assert not ctx.path("pwned").exists(), "unpickling the weights file ran code"
+
+
+def no_run_folder(ctx: Ctx) -> None:
+    assert not ctx.path("run").exists(), "a failed command left a run folder behind"
+
+
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# -- the table --------------------------------------------------------------------------------------------
+
+CASES = [
+    # image-classification data
+    Case("image-missing-folder", "search DATA where DATA does not exist",
+         lambda c: image_search(c, c.path("nowhere")), DATA,
+         ("data folder not found", "nowhere", "give a folder with train/<class>/"), check=no_run_folder),
+    Case("image-empty-folder", "an empty DATA folder",
+         lambda c: image_search(c, c.path("data").mkdir() or c.path("data")), DATA,
+         ("has no train/ folder", "lay the images out as")),
+    Case("image-one-class", "train/ with one class folder",
+         lambda c: image_search(c, images(c, classes=("only",))), DATA,
+         ("only the class 'only'", "needs at least two class folders")),
+    Case("image-class-without-images", "a class folder holding only a text file",
+         class_without_images, DATA,
+         ("class folder", "train/empty holds no readable image", "add images or remove the folder")),
+    Case("image-class-too-small", "one image per class and no val/",
+         lambda c: image_search(c, images(c, per_class=1)), DATA,
+         ("has 1 readable image(s)", "add images or give a val/ folder")),
+    Case("image-unknown-class-in-test", "test/zebra/ where train/ has no zebra",
+         unknown_class_in_test, DATA,
+         ("has class folders that train/ lacks: zebra", "add them to train/ or remove them")),
+    Case("image-zero-byte-file", "a 0-byte train/dark/zero.png (resumed run)",
+         resume_with_file("zero.png", lambda p: p.write_bytes(b"")), 0,
+         ("train/dark/zero.png", "empty file"), skip=True),
+    Case("image-truncated-png", "half of a PNG file (resumed run)",
+         resume_with_file("cut.png", lambda p: p.write_bytes(png_bytes()[:len(png_bytes()) // 2])), 0,
+         ("train/dark/cut.png", "truncated or corrupt"), skip=True),
+    Case("image-truncated-jpeg", "half of a JPEG file (resumed run)",
+         resume_with_file("cut.jpg", lambda p: p.write_bytes(jpeg_bytes()[:len(jpeg_bytes()) // 2])), 0,
+         ("train/dark/cut.jpg", "truncated or corrupt"), skip=True),
+    Case("image-text-named-png", "a text file named notes.png (resumed run)",
+         resume_with_file("notes.png", lambda p: p.write_text("not an image\n")), 0,
+         ("train/dark/notes.png", "not in an image format Pillow knows"), skip=True),
+    Case("image-decompression-bomb", "a PNG whose header claims 30000x30000 pixels (resumed run)",
+         resume_with_file("bomb.png", lambda p: p.write_bytes(png_claiming(30000, 30000))), 0,
+         ("train/dark/bomb.png", "too many pixels (900,000,000 pixels", "decompression-bomb limit",
+          "shrink the image"), skip=True),
+    Case("image-symlink-loop", "train/dark/loop.png -> loop.png, and train/dark/again -> .. (resumed run)",
+         resume_with_file("loop.png", symlink_loop), 0,
+         ("train/dark/loop.png", "cannot be read (Too many levels of symbolic links)"), skip=True),
+    Case("image-data-changed-on-resume", "the run's data with one more image, same --out",
+         data_changed_on_resume, RUN,
+         ("the data in", "changed since", "start a new run with another --out or --study")),
+
+    # text-classification data
+    Case("text-missing-folder", "search DATA where DATA does not exist",
+         lambda c: text_search(c, c.path("nowhere")), DATA,
+         ("data folder not found", "give a folder holding train.csv")),
+    Case("text-empty-folder", "an empty DATA folder",
+         lambda c: text_search(c, text_files(c)), DATA,
+         ("has no train.csv, train.tsv or train.jsonl", "put the labelled texts there")),
+    Case("text-one-label", "train.csv whose rows all have the label pos",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + "tea,pos\n" * 6)),
+         DATA, ("train.csv, column 'label': every row has the label 'pos'", "needs at least two labels")),
+    Case("text-no-text-column", "train.csv with columns review,label",
+         lambda c: text_search(c, text_files(c, train_csv="review,label\n" + ROWS)), DATA,
+         ("train.csv line 1: no column 'text'", "rename the column", "-d text_column=NAME")),
+    Case("text-not-utf8", "train.csv in Latin-1 (caf\\xe9)",
+         lambda c: text_search(c, text_files(c, train_csv=f"text,label\n{ROWS}caf\xe9 tea,pos\n".encode("latin-1"))),
+         DATA, ("train.csv line 10, column 'text': bytes that are not UTF-8", "save the file as UTF-8")),
+    Case("text-empty-csv", "a 0-byte train.csv",
+         lambda c: text_search(c, text_files(c, train_csv="")), DATA,
+         ("train.csv is empty", "it needs a header line `text,label`")),
+    Case("text-header-only", "train.csv holding only its header line",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n")), DATA,
+         ("train.csv has no rows", "one row per text under a header line")),
+    Case("text-jsonl-broken-line", "train.jsonl whose line 2 is not JSON",
+         lambda c: text_search(c, text_files(c, train_jsonl='{"text": "good", "label": "pos"}\n{"text": "bad",\n')),
+         DATA, ("train.jsonl line 2: not valid JSON", "write one JSON object per line", "-d on_bad_lines=skip")),
+    Case("text-unknown-label-in-test", "test.csv with a label train.csv never has",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS, test_csv="text,label\nso so,meh\n")),
+         DATA, ("test.csv line 2, column 'label': label 'meh' never occurs in train.csv",
+                "fix the label or add rows with it")),
+
+    # models and weights
+    Case("unknown-model", "--models nope",
+         lambda c: image_search(c, images(c), models=("--models", "nope")), MODEL,
+         ("unknown model 'nope'", "autotl plugins")),
+    Case("unknown-model-on-resume", "the run's command with --models nope",
+         lambda c: resume(c, models=("--models", "nope")), MODEL, ("unknown model 'nope'", "check the spelling")),
+    Case("image-model-offline", "--models resnet50.a1_in1k with HF_HUB_OFFLINE=1 and an empty cache",
+         lambda c: image_search(c, images(c), models=("--models", "resnet50.a1_in1k")), MODEL,
+         ("no weights for timm model 'resnet50.a1_in1k'", "cannot be downloaded",
+          "--weights resnet50.a1_in1k=FILE"),
+         fresh_process=True, env={"HF_HUB_OFFLINE": "1"}),
+    Case("text-model-offline", "--models bert-base-uncased with HF_HUB_OFFLINE=1 and an empty cache",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS),
+                               models=("--models", "bert-base-uncased")),
+         MODEL, ("no weights for transformers model 'bert-base-uncased'", "cannot be downloaded", "--models FOLDER"),
+         fresh_process=True, env={"HF_HUB_OFFLINE": "1"}),
+    Case("missing-weights-file", "--weights NAME=FILE where FILE does not exist",
+         lambda c: image_search(c, images(c),
+                                models=("--models", TINY, "--weights", f"{TINY}={c.path('none.safetensors')}")),
+         MODEL,
+         ("weights file for 'autotl_tiny_effnet' not found", "give the path of a .safetensors file")),
+    Case("corrupt-weights-file", "--weights NAME=FILE where FILE is 100 random bytes named .safetensors",
+         corrupt_weights, MODEL, ("cannot read weights file", "w.safetensors", "not a complete safetensors file")),
+    Case("malicious-pickle-weights", "--weights NAME=FILE where FILE is a torch pickle whose loading runs code",
+         malicious_weights, MODEL, ("cannot read weights file", "weights.pt", "a pickle that could run code",
+                                    "never loads", "give a .safetensors file or a torch state dict"),
+         check=no_code_ran),
+
+    # storage, run folders, bundles
+    Case("invalid-storage-url", "--storage foo://x",
+         lambda c: image_search(c, images(c), "--storage", "foo://x"), USAGE,
+         ("cannot open storage foo://x", "unknown kind of database 'foo'", "give sqlite:///FILE or postgresql://")),
+    Case("unreachable-postgresql", f"--storage postgresql://u:{SECRET}@127.0.0.1:1/db",
+         lambda c: image_search(c, images(c), "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"), USAGE,
+         ("cannot open storage postgresql://u:***@127.0.0.1:1/db", ("is not installed; install it: pip install",
+                                                                     "check the URL")),
+         fresh_process=True),
+    Case("trials-unreachable-postgresql", f"trials --storage postgresql://u:{SECRET}@127.0.0.1:1/db",
+         lambda c: ["trials", "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "--study", "x"], USAGE,
+         ("cannot open storage postgresql://u:***@127.0.0.1:1/db",)),
+    Case("trials-not-a-run", "trials FOLDER where FOLDER holds no run",
+         lambda c: ["trials", c.tmp], RUN, ("holds no autotl run (run.json is missing)", "give the --out folder")),
+    Case("unreadable-run-file", "trials RUN where RUN/run.json is not JSON",
+         lambda c: ["trials", a_file(c, "run.json", "{not json").parent], RUN,
+         ("run.json is unreadable", "restore it or use --storage")),
+    Case("export-missing-run", "export RUN where RUN does not exist",
+         lambda c: ["export", c.path("nothere"), "--out", c.path("bundle")], RUN,
+         ("nothere holds no autotl run", "give the --out folder of `autotl search`")),
+    Case("predict-missing-bundle", "predict BUNDLE where BUNDLE does not exist",
+         lambda c: ["predict", c.path("nope"), a_file(c, "x.png")], BUNDLE,
+         ("no bundle at", "give the --out folder of `autotl export`")),
+    Case("predict-tampered-weights", "predict with a bundle whose model.safetensors has one byte edited",
+         lambda c: ["predict", tampered_bundle(c), c.copied_run / "data/test/dark"], BUNDLE,
+         ("model.safetensors does not match the checksum in config.json", "export the bundle again")),
+    Case("unwritable-out", "--out FILE/run where FILE is a regular file (fails for root too)",
+         lambda c: image_search(c, images(c), out=a_file(c, "somefile") / "run"),
+         USAGE, ("cannot write to the output folder", "somefile/run", "Not a directory", "choose another --out")),
+
+    # options and recipes
+    Case("negative-time-budget", "--time-budget=-5",
+         lambda c: image_search(c, images(c), "--time-budget=-5"), USAGE,
+         ("--time-budget", "'-5' is negative", "give a time budget above zero", "--help")),
+    Case("zero-time-budget", "--time-budget 0",
+         lambda c: image_search(c, images(c), "--time-budget", "0"), USAGE,
+         ("--time-budget", "must be more than zero", "10m")),
+    Case("unparsable-time-budget", "--time-budget soon",
+         lambda c: image_search(c, images(c), "--time-budget", "soon"), USAGE,
+         ("--time-budget", "'soon' is not a duration", "90s, 10m, 1h")),
+    Case("zero-trials", "--trials 0",
+         lambda c: image_search(c, images(c), trials="0"), USAGE,
+         ("--trials", "0 is not in the range x>=1; see `autotl search --help`")),
+    Case("unknown-option", "--trails 3",
+         lambda c: image_search(c, images(c), "--trails", "3"), USAGE,
+         ("No such option '--trails'", "'--trials'", "see `autotl search --help`")),
+    Case("unknown-task", "--task audio-tagging",
+         lambda c: ["search", images(c), "--task", "audio-tagging", "--out", c.path("run")], USAGE,
+         ("unknown task 'audio-tagging'", "installed tasks: image-classification, text-classification")),
+    Case("recipe-invalid-yaml", "--recipe FILE with an unclosed brace on line 4",
+         lambda c: image_search(c, images(c), recipe=recipe(c, "task: image-classification\nspace:\n  lr: {low: 1\n")),
+         USAGE,
+         ("recipe.yaml at line 4 is not valid YAML", "fix that line")),
+    Case("recipe-unknown-key", "--recipe FILE with a top-level key `epochs: 3`",
+         lambda c: image_search(c, images(c), recipe=recipe(c, IMAGE_RECIPE.read_text() + "epochs: 3\n")), USAGE,
+         ("recipe.yaml: epochs: unknown key", "known keys are")),
+    Case("recipe-for-another-task", "a text-classification recipe for --task image-classification",
+         lambda c: image_search(c, images(c), recipe=TEXT_RECIPE), USAGE,
+         ("is for task 'text-classification', not 'image-classification'", "leave out --recipe")),
+    Case("unknown-data-option", "-d nosuchkey=1",
+         lambda c: image_search(c, images(c), "-d", "nosuchkey=1"), USAGE,
+         ("--data-option: unknown data option 'nosuchkey' for task 'image-classification'",
+          "its options are val_fraction, max_side")),
+    Case("unknown-data-option-in-recipe", "a recipe with data: {text_colum: review}",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS), recipe=recipe(
+             c, TEXT_RECIPE.read_text().replace("data: {", "data: {text_colum: review, "))), USAGE,
+         ("recipe.yaml: data: unknown data option 'text_colum'", "text_column, label_column, on_bad_lines")),
+    Case("data-option-not-key-value", "-d text_column",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS), "-d", "text_column"), USAGE,
+         ("--data-option 'text_column' is not KEY=VALUE", "-d text_column=review")),
+    Case("cuda-without-cuda", "--device cuda on a machine without CUDA",
+         lambda c: image_search(c, images(c), "--device", "cuda"), USAGE,
+         ("--device cuda: no CUDA device is available here", "use --device cpu"), patch=no_cuda),
+    Case("unknown-device", "--device tpu9",
+         lambda c: image_search(c, images(c), "--device", "tpu9"), USAGE,
+         ("--device 'tpu9' is not a device", "use auto, cpu, cuda or cuda:N")),
+]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory) -> str:
+    return str(tinybert.save_tiny_bert(tmp_path_factory.mktemp("tinybert") / "model"))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_weights) -> Path:
+    """``data/``, ``run/`` with one completed trial of the tiny network, and ``bundle/`` exported from it."""
+    from autotl.export import ExportOptions, export_bundle
+    from autotl.plugins import get_registry
+    from autotl.progress import Reporter
+    from autotl.runs import locate
+    from autotl.search import Search, SearchOptions
+
+    root = tmp_path_factory.mktemp("finished")
+    data = make_image_folder(root / "data", classes=("dark", "light"), per_class=6, size=16)
+    options = SearchOptions(task="image-classification", data=data, out=root / "run", recipe=str(IMAGE_RECIPE),
+                            models=[TINY], weights={TINY: str(tiny_weights)}, trials=1, seed=0, device="cpu")
+    search = Search(options, get_registry(), Reporter())
+    search.open()
+    search.run()
+    assert completed(root / "run"), "the template run has no completed trial"
+    export_bundle(locate(str(root / "run"), None, None), ExportOptions(out=root / "bundle", device="cpu"))
+    return root
+
+
+def completed(run: Path) -> list[tuple[int, float]]:
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run / 'study.db'}")
+    return [(t.number, t.value) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+TABLE: list[tuple[str, str, int, str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bad_input_table():
+    """With AUTOTL_BAD_INPUT_TABLE=FILE: write the cases, their exit codes and messages as Markdown."""
+    yield
+    target = os.environ.get("AUTOTL_BAD_INPUT_TABLE")
+    if target and TABLE:
+        order = {case.id: i for i, case in enumerate(CASES)}
+        lines = ["| case | input | exit code | the message the user sees |", "|---|---|---|---|"]
+        for case_id, given, code, message in sorted(TABLE, key=lambda row: order[row[0]]):
+            cell = message.replace("|", "\\|")
+            lines.append(f"| {case_id} | {given.replace('|', '/')} | {code} ({EXIT_CODES.get(code, '?')}) | "
+                         f"`{cell}` |")
+        Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# -- the test ---------------------------------------------------------------------------------------------
+
+def run_cli(case: Case, args: list, ctx: Ctx, monkeypatch) -> tuple[int, str, str]:
+    args = [str(a) for a in args]
+    if case.fresh_process:
+        env = {**os.environ, "HF_HOME": str(ctx.path("hf-home")), **case.env}
+        proc = subprocess.run([sys.executable, "-c", FRESH, *args], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=ctx.tmp)
+        return proc.returncode, proc.stdout, proc.stderr
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    monkeypatch.chdir(ctx.tmp)
+    result = CliRunner().invoke(cli, args, prog_name="autotl", env=case.env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"the command raised past its error handling: {result.exception!r}\n{result.output}")
+    return result.exit_code, result.stdout, result.stderr
+
+
+def matches(line: str, fragment) -> bool:
+    return any(f in line for f in fragment) if isinstance(fragment, tuple) else fragment in line
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, tmp_path, request, monkeypatch):
+    ctx = Ctx(tmp_path, request)
+    args = case.make(ctx)
+    before = completed(ctx.copied_run / "run") if ctx.copied_run else None
+
+    code, stdout, stderr = run_cli(case, args, ctx, monkeypatch)
+
+    everything = stdout + stderr
+    assert "Traceback" not in everything, everything
+    assert SECRET not in everything, "a storage password reached the output"
+    assert code == case.code, f"exit code {code}, expected {case.code}\n{everything}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if case.skip:
+        assert not any(line.startswith("Error:") for line in lines), stderr
+        assert any(line.startswith("Skipped 1 unusable item(s)") and "repair or remove them" in line
+                   for line in lines), stderr
+        shown = [line.strip() for line in lines if line.startswith("  train/")]
+        assert len(shown) == 1, stderr
+        message = shown[0]
+    else:
+        assert stdout == "", f"a failed command printed to stdout: {stdout}"
+        errors = [line for line in lines if line.startswith("Error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0], f"not one Error: line at the end of stderr:\n{stderr}"
+        others = [line for line in lines[:-1] if not line.startswith(PROGRESS)]
+        assert not others, f"stderr holds more than the error and progress lines:\n{stderr}"
+        message = errors[0]
+    for fragment in case.says:
+        text = str(fragment).replace("{tmp}", str(tmp_path)) if not isinstance(fragment, tuple) else fragment
+        assert matches(message, text), f"{fragment!r} is not in: {message}"
+    if before is not None:
+        assert completed(ctx.copied_run / "run") == before, "a completed trial was lost or changed"
+    if case.check is not None:
+        case.check(ctx)
+    TABLE.append((case.id, case.input, code, message.replace(str(tmp_path), "$TMP").replace(str(TESTS), "tests")))
+
+
+def test_the_table_covers_both_tasks_and_the_cli():
+    assert len(CASES) >= 24
+    assert len({case.id for case in CASES}) == len(CASES)
+    assert sum(case.id.startswith("image-") for case in CASES) >= 8
+    assert sum(case.id.startswith("text-") for case in CASES) >= 8
+    assert {case.code for case in CASES} == {0, USAGE, DATA, MODEL, RUN, BUNDLE}
