@@ -49,6 +49,11 @@ def locate(run: str | None, storage: str | None, study: str | None) -> RunLocati
     """Resolve a command's ``RUN`` folder or ``--storage``/``--study`` pair."""
     folder = Path(run) if run else None
     if storage:
+        if study is None and folder is not None and (folder / RUN_FILE).is_file():
+            try:  # the folder knows its study's name
+                study = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")).get("study")
+            except (ValueError, OSError):
+                pass
         return RunLocation(storage, study or DEFAULT_STUDY, folder)
     if folder is None:
         raise UsageError("give a run folder (the --out of `autotl search`) or --storage URL --study NAME")

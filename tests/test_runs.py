@@ -43,3 +43,11 @@ def test_the_run_file_names_the_study(tmp_path):
     write_run_file(RunLocation(default_storage(tmp_path), "exp-3", tmp_path), default=True)
     assert json.loads((tmp_path / RUN_FILE).read_text())["study"] == "exp-3"
     assert locate(str(tmp_path), None, None).study_name == "exp-3"
+
+
+def test_a_run_folder_with_storage_given_takes_the_study_name_from_its_run_file(tmp_path):
+    url = "postgresql://u:secret@db/autotl"
+    write_run_file(RunLocation(url, "big", tmp_path), default=False)
+    assert locate(str(tmp_path), url, None).study_name == "big"
+    assert locate(str(tmp_path), url, "other").study_name == "other"
+    assert locate(None, url, None).study_name == "autotl"
