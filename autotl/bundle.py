@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import torch
 
-from .base import Backbone, Task, TensorSplit
+from .base import Backbone, Registry, Task, TensorSplit
 from .errors import AutotlError, UsageError
 from .training import predict_logits
 
@@ -202,10 +202,13 @@ class Bundle:
             yield len(part), torch.softmax(logits.float(), dim=-1)
 
 
-def load(path: str | Path, *, device: str | torch.device = "auto", engine: str = "torch") -> Bundle:
+def load(path: str | Path, *, device: str | torch.device = "auto", engine: str = "torch",
+         registry: "Registry | None" = None) -> Bundle:
     """Load the bundle in folder ``path``: JSON and safetensors only, the weights' checksum verified.
 
     :param engine: ``torch`` (the PyTorch network) or ``onnx`` (``model.onnx`` on onnxruntime).
+    :param registry: the plugins to rebuild it with [default: the installed ones]; the conformance
+        kit (:mod:`autotl.testing`) passes a plugin that is not installed yet.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -216,7 +219,7 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     config = read_config(directory)
     if engine not in ("torch", "onnx"):
         raise UsageError(f"engine {engine!r} is unknown; use torch or onnx")
-    registry = get_registry()
+    registry = registry or get_registry()
     task_name = config.get("task")
     backbone_info = config.get("backbone") or {}
     family_name = backbone_info.get("family")
