@@ -261,6 +261,16 @@ class Task(ABC):
         trials with the same preprocessing reuse it.
         """
 
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
+        """The raw items of ``split`` (``"train"``, ``"val"`` or ``"test"``) and their class indices.
+
+        Items are what :meth:`preprocess_for_predict` takes (image file paths, texts), in any one
+        order shared by the two lists. ``autotl report`` predicts them through the bundle's path to
+        draw the best trial's confusion matrix and to show misclassified samples (image files as
+        thumbnails, strings as text). The default, ``None``, leaves those out of the report.
+        """
+        return None
+
     # -- export and prediction (bundles); see docs/plugins.md ------------------------------------
     def prepare_refit(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         """The splits for ``autotl export --refit``: ``train`` is the train and validation splits together.

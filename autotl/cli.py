@@ -438,6 +438,37 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
 
 
 @cli.command()
+@click.argument("run", required=False)
+@storage_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE.html",
+              help="The HTML file to write [default: RUN/report.html, or report-<study>.html with --storage].")
+@click.option("--data", type=click.Path(path_type=Path), metavar="PATH",
+              help="The run's data folder, if it moved since the search (for the confusion matrix).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@handle_errors
+def report(run, storage, study, out, data, device):
+    """Write a self-contained HTML report of RUN that opens in a browser with no network.
+
+    \b
+    The leaderboard, the optimisation history, parameter importances, accuracy against trial time
+    and model size per source model, the transferability pre-ranking (if the run has one) beside the
+    fine-tuned results, and the best trial's confusion matrix and misclassified samples on the test
+    split, predicted from its saved weights (nothing is trained again).
+    """
+    from .report import write_report
+    from .runs import locate
+
+    _quiet_libraries()
+    location = locate(run, storage, study)
+    if out is None:
+        out = Path(run) / "report.html" if run else Path(f"report-{location.study_name}.html")
+    result = write_report(location, out, data=data, device=device, say=lambda m: click.echo(m, err=True))
+    for note in result.notes:
+        click.echo(f"  note: {note}", err=True)
+    click.echo(str(result.out))
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @handle_errors
 def plugins(as_json):

@@ -63,6 +63,14 @@ class ImageClassification(Task):
             test=split("test") if "test" in images.splits else None,
         )
 
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
+        """The image files of ``split`` (paths under the data folder) and their class indices."""
+        images: ImageData = data.payload
+        if split not in images.splits:
+            return None
+        _, labels, paths = images.splits[split]
+        return [images.root / p for p in paths], list(labels)
+
     # -- export and prediction --------------------------------------------------------------------
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:

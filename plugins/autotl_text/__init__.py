@@ -100,6 +100,14 @@ class TextClassification(Task):
                          lengths=torch.cat([train.lengths, val.lengths]))
         return TrialData(train=both, val=val, test=prepared.test)
 
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
+        """The texts of ``split`` and their class indices, in the file's order."""
+        texts: TextData = data.payload
+        if split not in texts.splits:
+            return None
+        items, labels = texts.splits[split]
+        return list(items), [int(label) for label in labels]
+
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:
         options = Options.from_mapping(data_options or {})

@@ -1,0 +1,505 @@
+"""``autotl report``: one self-contained HTML page about a search, readable with no network.
+
+Everything is inlined: the style, plotly.js (the interactive plots) and the thumbnails (base64 PNG).
+The page holds the leaderboard, the optimisation history, the parameter importances, accuracy
+against trial time and against model size per source model, the transferability pre-ranking beside
+the fine-tuned results (where the study holds one, in its ``transferability`` user attribute), the
+best trial's confusion matrix on the test split and samples it got wrong.
+
+The confusion matrix comes from the best trial's saved weights, predicted through the bundle's path
+(:meth:`Task.split_items`, :meth:`Task.export_settings`, :meth:`Task.preprocess_for_predict`,
+:func:`autotl.training.predict_logits`): nothing is trained again.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from .errors import UsageError
+from .leaderboard import EXTRA_COLUMNS, PARAM_COLUMNS, _fmt, _fmt_count, _fmt_ms, best_number, trial_rows
+from .runs import RunLocation, load_study, redact
+
+#: misclassified samples shown at most.
+MAX_MISTAKES = 24
+#: items preprocessed and predicted at a time (bounds memory on a large test split).
+CHUNK = 512
+THUMB = 96
+#: the study user attribute where a transferability pre-ranking is stored.
+TRANSFERABILITY_KEY = "transferability"
+FIGURE_CLASS = "autotl-figure"
+
+
+@dataclass
+class Scored:
+    """The best trial predicted on the test split."""
+
+    trial: int
+    labels: list[str]
+    matrix: list[list[int]]
+    accuracy: float
+    size: int
+    recorded: float | None
+    mistakes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    figures: list[str]
+    notes: list[str]
+
+
+def write_report(location: RunLocation, out: Path, *, data: Path | None = None, device: str = "auto",
+                 say: Callable[[str], None] = lambda message: None) -> ReportResult:
+    """Write the HTML report of the study at ``location`` to ``out``."""
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out {out}: give a file name ending in .html")
+    say(f"Reading {location.describe()} ...")
+    study = load_study(location)
+    attrs = study.user_attrs
+    rows = trial_rows(study)
+    page = _Page(title=f"autotl report: {attrs.get('task', '?')} on {Path(str(attrs.get('data', '?'))).name}")
+    notes: list[str] = []
+
+    page.section("Summary", _summary(study, rows, location))
+    page.section("Leaderboard", _leaderboard(rows, attrs))
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    say("Plotting the optimisation history and parameter importances ...")
+    if complete:
+        from optuna.visualization import plot_optimization_history
+
+        fig = plot_optimization_history(study, target_name="validation accuracy")
+        fig.update_layout(title=None)
+        page.section("Optimisation history", page.figure(fig, "history"))
+    else:
+        page.section("Optimisation history", _p("No trial has completed yet: nothing to plot."))
+        notes.append("no completed trial")
+    page.section("Parameter importances", _importances(study, complete, page, notes))
+
+    page.section("Accuracy against time and model size", _tradeoffs(rows, page, notes))
+    page.section("Transferability pre-ranking and fine-tuned results", _transferability(attrs, rows, notes))
+
+    scored, why = _score_best(study, location, data, device, say)
+    if scored is None:
+        notes.append(why)
+        page.section("Confusion matrix of the best trial (test split)", _p(why))
+        page.section("Misclassified samples", _p(why))
+    else:
+        page.section(f"Confusion matrix of the best trial (trial {scored.trial}, test split)",
+                     _confusion(scored, page))
+        page.section("Misclassified samples", _mistakes(scored))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .files import atomic_write
+
+    text = page.render(generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    say(f"Report written to {out} ({len(text.encode()) / 1e6:.1f} MB, opens with no network)")
+    return ReportResult(out, page.figures, notes)
+
+
+# -- the page ---------------------------------------------------------------------------------------
+
+class _Page:
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[tuple[str, str]] = []
+        self.figures: list[str] = []
+
+    def section(self, heading: str, body: str) -> None:
+        self.parts.append((heading, body))
+
+    def figure(self, fig, name: str, height: int = 420) -> str:
+        fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 30, "b": 50}, template="plotly_white")
+        self.figures.append(name)
+        inner = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
+                            config={"displaylogo": False, "responsive": True})
+        return f'<div class="{FIGURE_CLASS}" data-figure="{name}">{inner}</div>'
+
+    def render(self, generated: str) -> str:
+        from plotly.offline import get_plotlyjs
+
+        nav = " · ".join(f'<a href="#s{i}">{html.escape(h)}</a>' for i, (h, _) in enumerate(self.parts))
+        body = "\n".join(f'<section id="s{i}"><h2>{html.escape(h)}</h2>\n{b}\n</section>'
+                         for i, (h, b) in enumerate(self.parts))
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+                f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
+                f"<script>{get_plotlyjs()}</script></head>\n<body><main>"
+                f"<h1>{html.escape(self.title)}</h1><nav>{nav}</nav>\n{body}\n"
+                f"<footer>Written by autotl report on {html.escape(generated)}. Self-contained: no network "
+                f"needed to view it.</footer></main></body></html>\n")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2933;background:#f5f7fa;margin:0}
+main{max-width:1100px;margin:0 auto;padding:24px 28px 48px;background:#fff}
+h1{font-size:1.6em;margin:0 0 6px}h2{font-size:1.2em;margin:34px 0 10px;border-bottom:2px solid #e4e7eb;padding-bottom:4px}
+nav{font-size:.9em;color:#52606d}nav a{color:#2463eb;text-decoration:none}
+table{border-collapse:collapse;font-size:.88em;margin:8px 0}th,td{padding:4px 9px;border-bottom:1px solid #e4e7eb;text-align:right}
+th{background:#f0f4f8;position:sticky;top:0}td.l,th.l{text-align:left}tr.best td{font-weight:600;background:#fffbea}
+.muted{color:#7b8794}.note{background:#f0f4f8;border-left:4px solid #9fb3c8;padding:8px 12px;margin:8px 0}
+dl.kv{display:grid;grid-template-columns:max-content auto;gap:3px 16px;margin:0}dl.kv dt{color:#52606d}dl.kv dd{margin:0}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+.sample{border:1px solid #e4e7eb;border-radius:6px;padding:6px;font-size:.8em;background:#fff}
+.sample img{display:block;margin:0 auto 4px;image-rendering:pixelated;max-width:100%}
+.texts .sample{grid-column:1/-1}.bad{color:#c81e1e}.good{color:#057a55}
+footer{margin-top:40px;font-size:.8em;color:#7b8794}
+"""
+
+
+def _p(text: str, cls: str = "note") -> str:
+    return f'<p class="{cls}">{html.escape(text)}</p>'
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (),
+           row_classes: Sequence[str] | None = None) -> str:
+    head = "".join(f'<th class="{"l" if i in left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{row_classes[r]}"' if row_classes and row_classes[r] else ""
+        body.append(f"<tr{cls}>" + "".join(f'<td class="{"l" if i in left else ""}">{cell}</td>'
+                                          for i, cell in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+# -- sections -----------------------------------------------------------------------------------------
+
+def _summary(study: optuna.Study, rows: list[dict], location: RunLocation) -> str:
+    attrs = study.user_attrs
+    counts = {s.name.lower(): sum(r["state"] == s.name for r in rows) for s in TrialState}
+    best = best_number(study)
+    test = (attrs.get("test_scores") or {}).get(str(best)) if best is not None else None
+    best_row = next((r for r in rows if r["number"] == best), None)
+    items = [
+        ("Task", attrs.get("task", "?")),
+        ("Data", attrs.get("data", "?")),
+        ("Classes", ", ".join(attrs.get("label_names") or []) or "?"),
+        ("Study", f"{location.study_name} in {redact(location.storage_url)}"),
+        ("Started", attrs.get("created", "?")),
+        ("Trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
+        ("Models searched", ", ".join(attrs.get("models") or {}) or "?"),
+    ]
+    if best_row is not None:
+        items.append(("Best trial", f"#{best} {best_row['params'].get('model')}: validation accuracy "
+                                    f"{_acc(best_row['value'])}, test accuracy "
+                                    + (_acc(test) if test is not None else "not scored")))
+    scratch = attrs.get("scratch")
+    if scratch:
+        items.append(("From scratch", f"the same network from random weights: validation {_acc(scratch.get('val_accuracy'))}"
+                                      f", test {_acc(scratch.get('test_accuracy'))}"))
+    return '<dl class="kv">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
+                                       for k, v in items) + "</dl>"
+
+
+def _leaderboard(rows: list[dict], attrs: Mapping[str, Any]) -> str:
+    if not rows:
+        return _p("The study holds no trial yet.")
+    extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
+    columns = PARAM_COLUMNS + tuple(extras)
+    tests = attrs.get("test_scores") or {}
+    headers = ["", "#"] + [h for _, h in columns] + ["val acc", "test acc", "params", "ms/item b1", "time", "state"]
+    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
+    cells, classes = [], []
+    for r in order:
+        p = r["params"]
+        latency = r["latency"] or {}
+        state = r["state"].lower() + (f" ({r['note']})" if r["note"] else "")
+        cells.append(["★" if r["best"] else "", str(r["number"])]
+                     + [html.escape(_fmt(p.get(k))) for k, _ in columns]
+                     + [_fmt(r["value"], 4), _acc(tests.get(str(r["number"]))), _fmt_count(r["inference_params"]),
+                        _fmt_ms(latency.get("batch1_ms")),
+                        f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-", html.escape(state)])
+        classes.append("best" if r["best"] else "")
+    note = ("val acc: the trial's best epoch on the validation split, which chose the trial; test acc: scored "
+            "once, for the best trial only, on the test split, which chose nothing. params: the deployed network "
+            "(LoRA merged); ms/item b1: inference latency at batch 1.")
+    return _table(headers, cells, left=[2, len(headers) - 1], row_classes=classes) + _p(note, "muted")
+
+
+def _importances(study: optuna.Study, complete: list, page: _Page, notes: list[str]) -> str:
+    if len(complete) < 3:
+        notes.append("too few trials for parameter importances")
+        return _p(f"Parameter importances need at least 3 completed trials; this run has {len(complete)}. "
+                  "Run the search longer (the same command resumes it).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except Exception as exc:  # e.g. no parameter varies across the completed trials
+        notes.append("parameter importances unavailable")
+        return _p(f"Parameter importances could not be computed: {str(exc).strip().splitlines()[0][:200]}")
+    if not importances:
+        notes.append("parameter importances unavailable")
+        return _p("No parameter varied across the completed trials: no importance to show.")
+    import plotly.graph_objects as go
+
+    names = list(importances)[::-1]
+    fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h", marker_color="#2463eb",
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_xaxes(title="importance for validation accuracy (fANOVA, sums to 1)")
+    return page.figure(fig, "importances", height=max(260, 40 * len(names) + 80)) + _p(
+        f"From {len(complete)} completed trials: a guide to what mattered in this search, not a law; few trials "
+        "make it noisy.", "muted")
+
+
+def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    if not done:
+        notes.append("no completed trial for the trade-off plots")
+        return _p("No trial has completed yet: nothing to plot.")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("against trial time", "against model size (deployed parameters)"))
+    palette = ["#2463eb", "#e3a008", "#057a55", "#c81e1e", "#7e3af2", "#0694a2", "#ff5a1f", "#6b7280"]
+    models = list(dict.fromkeys(r["params"].get("model") for r in done))
+    for i, model in enumerate(models):
+        mine = [r for r in done if r["params"].get("model") == model]
+        colour = palette[i % len(palette)]
+        text = [f"trial {r['number']}: freeze {r['params'].get('freeze')}, LoRA {r['params'].get('lora_rank')}, "
+                f"lr {_fmt(r['params'].get('lr'))}" for r in mine]
+        common = dict(mode="markers", name=str(model), legendgroup=str(model), text=text,
+                      marker={"size": 11, "color": colour, "line": {"width": 1, "color": "#fff"}})
+        fig.add_trace(go.Scatter(x=[r["duration_s"] for r in mine], y=[r["value"] for r in mine],
+                                 hovertemplate="%{text}<br>%{x:.0f} s, val acc %{y:.4f}<extra></extra>", **common),
+                      row=1, col=1)
+        sizes = [r["inference_params"] or r["total_params"] for r in mine]
+        fig.add_trace(go.Scatter(x=sizes, y=[r["value"] for r in mine], showlegend=False,
+                                 hovertemplate="%{text}<br>%{x:,} parameters, val acc %{y:.4f}<extra></extra>",
+                                 **common), row=1, col=2)
+    fig.update_xaxes(title_text="trial time (s)", row=1, col=1)
+    fig.update_xaxes(title_text="parameters", tickformat=".3~s", row=1, col=2)
+    sizes = [r["inference_params"] or r["total_params"] for r in done if (r["inference_params"] or r["total_params"])]
+    if sizes and max(sizes) <= 1.05 * min(sizes):  # one model size: spread the axis, or its ticks repeat one value
+        fig.update_xaxes(range=[0.8 * min(sizes), 1.2 * max(sizes)], row=1, col=2)
+    elif sizes and max(sizes) > 20 * min(sizes):
+        fig.update_xaxes(type="log", row=1, col=2)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_layout(legend={"orientation": "h", "y": -0.2})
+    return page.figure(fig, "tradeoffs", height=440) + _p(
+        "One point per completed trial, coloured by source model. Trial time includes every epoch it ran; "
+        "model size is the deployed network (LoRA merged into the weights).", "muted")
+
+
+def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str]) -> str:
+    per_model: dict[str, dict[str, Any]] = {}
+    tests = attrs.get("test_scores") or {}
+    for r in rows:
+        if r["state"] != "COMPLETE" or r["value"] is None:
+            continue
+        entry = per_model.setdefault(str(r["params"].get("model")), {"trials": 0, "best": -1.0, "number": None})
+        entry["trials"] += 1
+        if r["value"] > entry["best"]:
+            entry["best"], entry["number"] = r["value"], r["number"]
+    ranked = sorted(per_model, key=lambda m: -per_model[m]["best"])
+    fine_rank = {m: i + 1 for i, m in enumerate(ranked)}
+    ranking = attrs.get(TRANSFERABILITY_KEY)
+    tail = ["fine-tuned rank", "best val acc", "trials", "its test acc"]
+
+    def fine(model: str) -> list[str]:
+        entry = per_model.get(model)
+        if entry is None:
+            return ["-", "-", "0", "-"]
+        return [str(fine_rank[model]), _acc(entry["best"]), str(entry["trials"]), _acc(tests.get(str(entry["number"])))]
+
+    if not ranking or not isinstance(ranking, list):
+        notes.append("no transferability pre-ranking")
+        body = _p("This run has no pre-ranking: no zero-cost transferability scores (LogME, LEEP) were stored with "
+                  "the study, so only the fine-tuned results are shown.")
+        if ranked:
+            body += _table(["model"] + tail, [[html.escape(m)] + fine(m) for m in ranked], left=[0])
+        return body
+    entries = [e for e in ranking if isinstance(e, Mapping) and "model" in e]
+    keys = [k for k in dict.fromkeys(k for e in entries for k in e) if k != "model"]
+    keys = sorted(keys, key=lambda k: (k != "rank", k))
+    cells = []
+    for e in sorted(entries, key=lambda e: (e.get("rank") is None, e.get("rank", 0))):
+        cells.append([html.escape(str(e["model"]))] + [html.escape(_fmt(e.get(k), 4) if isinstance(e.get(k), float)
+                                                                   else str(e.get(k, "-"))) for k in keys]
+                     + fine(str(e["model"])))
+    pre = {str(e["model"]): e.get("rank") for e in entries}
+    both = [m for m in ranked if isinstance(pre.get(m), (int, float))]
+    agreement = ""
+    if len(both) >= 3:
+        from scipy.stats import kendalltau
+
+        tau = kendalltau([pre[m] for m in both], [fine_rank[m] for m in both]).statistic
+        agreement = _p(f"Agreement of the pre-ranking with the fine-tuned ranking over {len(both)} models: Kendall's "
+                       f"tau {tau:.2f} (1: same order, -1: reversed).", "muted")
+    return (_table(["model"] + [k.replace("_", " ") for k in keys] + tail, cells, left=[0]) + agreement
+            + _p("Pre-ranking: scores computed from the pretrained features before any fine-tuning (higher is more "
+                 "transferable); fine-tuned: the best validation accuracy each model reached in the search.", "muted"))
+
+
+# -- the best trial on the test split -------------------------------------------------------------------
+
+def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | None, device: str,
+                say: Callable[[str], None]) -> tuple[Scored | None, str]:
+    """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
+    import torch
+
+    from .bundle import resolve_device
+    from .errors import AutotlError
+    from .export import _load_data, find_trial_weights
+    from .files import load_weights
+    from .plugins import get_registry
+    from .recipes import parse_recipe
+    from .training import predict_logits
+
+    attrs = study.user_attrs
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None, "No trial has completed: no best trial to score."
+    weights = find_trial_weights(location, attrs, best)
+    if weights is None:
+        return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot draw its "
+                      "confusion matrix (only the top --keep-top trials keep their weights, in the run folder).")
+    registry = get_registry()
+    task = registry.tasks.get(attrs.get("task"))
+    params = dict(best.user_attrs.get("config") or best.params)
+    if task is None:
+        return None, f"No installed plugin provides the task {attrs.get('task')!r}: the best trial cannot be scored."
+    family = next((f for f in registry.families_for(task) if f.owns(params["model"])), None)
+    if family is None:
+        return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
+    recipe = parse_recipe(attrs.get("recipe") or {"task": task.name, "fixed": {"lr": 0}}, attrs.get("recipe_source", "?"))
+    try:
+        say(f"Loading the run's data from {data_path or attrs.get('data')} ...")
+        data, note = _load_data(task, attrs, recipe, data_path, needed_for=None)
+        if data is None:
+            return None, f"No confusion matrix: {note.split(': the bundle')[0]} (give --data PATH if it moved)."
+        if not data.has_test:
+            return None, "The run's data has no test split, so there is no confusion matrix on it."
+        items = task.split_items(data, "test")
+        if items is None:
+            return None, (f"The task plugin {task.name!r} does not give the raw items of a split (Task.split_items), "
+                          "so the report cannot score the test split.")
+        raw, labels = items
+        backbone = family.get(params["model"], (attrs.get("weights_files") or {}).get(params["model"]))
+        model = backbone.build(len(attrs["label_names"]), pretrained=False)
+        model.load_state_dict(load_weights(weights), strict=True)
+        dev = resolve_device(device)
+        model.to(dev).eval()
+        if backbone.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        settings = task.export_settings(recipe.data, backbone, params)
+        say(f"Scoring trial {best.number} ({params['model']}) on the test split ({len(raw)} samples) ...")
+        parts = []
+        for start in range(0, len(raw), CHUNK):
+            split = task.preprocess_for_predict(raw[start:start + CHUNK], backbone, settings)
+            parts.append(predict_logits(model, split, dev))
+        logits = torch.cat(parts) if parts else torch.empty(0, len(attrs["label_names"]))
+    except AutotlError as exc:
+        return None, f"The best trial could not be scored on the test split: {exc}"
+    probs = torch.softmax(logits.float(), dim=-1)
+    predicted = probs.argmax(-1).tolist()
+    names = list(attrs["label_names"])
+    n = len(names)
+    matrix = [[0] * n for _ in range(n)]
+    for truth, guess in zip(labels, predicted):
+        matrix[truth][guess] += 1
+    correct = sum(t == g for t, g in zip(labels, predicted))
+    wrong = [i for i, (t, g) in enumerate(zip(labels, predicted)) if t != g]
+    wrong.sort(key=lambda i: -float(probs[i, predicted[i]]))  # the most confident mistakes first
+    mistakes = [{"item": raw[i], "truth": names[labels[i]], "predicted": names[predicted[i]],
+                 "probability": float(probs[i, predicted[i]])} for i in wrong[:MAX_MISTAKES]]
+    recorded = (attrs.get("test_scores") or {}).get(str(best.number))
+    return Scored(best.number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
+                  recorded, mistakes), ""
+
+
+def _confusion(scored: Scored, page: _Page) -> str:
+    import plotly.graph_objects as go
+
+    n = len(scored.labels)
+    totals = [max(1, sum(row)) for row in scored.matrix]
+    share = [[v / totals[i] for v in row] for i, row in enumerate(scored.matrix)]
+    fig = go.Figure(go.Heatmap(
+        z=share, x=scored.labels, y=scored.labels, colorscale="Blues", zmin=0, zmax=1,
+        text=[[str(v) for v in row] for row in scored.matrix], texttemplate="%{text}",
+        hovertemplate="true %{y}, predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
+        colorbar={"title": "share of<br>true class"}))
+    fig.update_xaxes(title="predicted", side="bottom", tickangle=-30 if n > 6 else 0)
+    fig.update_yaxes(title="true", autorange="reversed")
+    side = min(760, max(360, 48 * n + 160))
+    check = ""
+    if scored.recorded is not None:
+        same = abs(scored.recorded - scored.accuracy) < 1e-6
+        check = (f" The search recorded {scored.recorded:.4f} for this trial on the test split"
+                 + (": the same." if same else "; the difference comes from a changed environment (library versions "
+                                                 "or device)."))
+    return page.figure(fig, "confusion", height=side) + _p(
+        f"Trial {scored.trial}'s saved weights on the {scored.size} test samples: accuracy {scored.accuracy:.4f}."
+        f"{check} Rows are the true classes, columns the predictions; the numbers are counts, the colour the share "
+        "of the true class.", "muted")
+
+
+def _mistakes(scored: Scored) -> str:
+    if not scored.mistakes:
+        return _p("The best trial got every test sample right.")
+    cards, texts = [], False
+    for m in scored.mistakes:
+        caption = (f'<div><span class="bad">predicted {html.escape(m["predicted"])}</span> '
+                   f'({m["probability"]:.0%})<br><span class="good">true {html.escape(m["truth"])}</span></div>')
+        thumb = _thumbnail(m["item"])
+        if thumb is not None:
+            name = Path(str(m["item"])).name if isinstance(m["item"], (str, Path)) else ""
+            cards.append(f'<div class="sample"><img src="data:image/png;base64,{thumb}" alt="{html.escape(name)}">'
+                         f'{caption}<div class="muted">{html.escape(name)}</div></div>')
+        else:
+            texts = True
+            text = str(m["item"])
+            shown = text if len(text) <= 400 else text[:400] + " …"
+            cards.append(f'<div class="sample">{caption}<div>{html.escape(shown)}</div></div>')
+    total = sum(sum(row) for row in scored.matrix) - sum(scored.matrix[i][i] for i in range(len(scored.matrix)))
+    return (_p(f"{len(scored.mistakes)} of the {total} misclassified test samples, the most confident mistakes "
+               "first.", "muted") + f'<div class="grid{" texts" if texts else ""}">' + "".join(cards) + "</div>")
+
+
+def _thumbnail(item: Any) -> str | None:
+    """A base64 PNG thumbnail when ``item`` is an image (a PIL image or an image file), else None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(item, Image.Image):
+            image = item.copy()
+        elif isinstance(item, (str, Path)) and len(str(item)) < 4096 and Path(item).is_file():
+            with Image.open(item) as opened:
+                opened.load()
+                image = opened.copy()
+        else:
+            return None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    image = image.convert("RGB")
+    scale = THUMB / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+__all__ = ["FIGURE_CLASS", "ReportResult", "TRANSFERABILITY_KEY", "write_report"]
