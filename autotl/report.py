@@ -217,7 +217,9 @@ def _leaderboard(rows: list[dict], attrs: Mapping[str, Any]) -> str:
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
     columns = PARAM_COLUMNS + tuple(extras)
     tests = attrs.get("test_scores") or {}
-    headers = ["", "#"] + [h for _, h in columns] + ["val acc", "test acc", "params", "ms/item b1", "time", "state"]
+    workers = len({r.get("worker") for r in rows} - {None}) > 1  # a distributed search: who ran what
+    headers = ["", "#"] + [h for _, h in columns] + ["val acc", "test acc", "params", "ms/item b1", "time"] \
+        + (["worker"] if workers else []) + ["state"]
     order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
     cells, classes = [], []
     for r in order:
@@ -228,7 +230,8 @@ def _leaderboard(rows: list[dict], attrs: Mapping[str, Any]) -> str:
                      + [html.escape(_fmt(p.get(k))) for k, _ in columns]
                      + [_fmt(r["value"], 4), _acc(tests.get(str(r["number"]))), _fmt_count(r["inference_params"]),
                         _fmt_ms(latency.get("batch1_ms")),
-                        f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-", html.escape(state)])
+                        f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
+                     + ([html.escape(str(r.get("worker") or "-"))] if workers else []) + [html.escape(state)])
         classes.append("best" if r["best"] else "")
     note = ("val acc: the trial's best epoch on the validation split, which chose the trial; test acc: scored "
             "once, for the best trial only, on the test split, which chose nothing. params: the deployed network "
