@@ -66,8 +66,10 @@ def wait_for(condition, timeout: float, what: str, procs=()):
 
 
 def load(url: str, name: str) -> optuna.Study | None:
+    # SQLite: wait for the search's writes instead of failing with "database is locked" on a busy machine
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
     except KeyError:
         return None
 
