@@ -72,6 +72,21 @@ class Backbone(ABC):
         """Input settings that travel with the weights (image size, mean and std; max length)."""
         return {}
 
+    def feature_extractor(self) -> nn.Module:
+        """The pretrained network without its head, in eval mode: what ranks source models before any trial.
+
+        It takes what the task's splits yield (like :meth:`build`'s network) and returns pooled
+        features of shape ``(batch, features)``: the input of the new head. The default builds the
+        pretrained network and replaces every module of the last layer group (the head, see
+        :meth:`layer_groups`) with ``nn.Identity``; override it where that does not leave pooled
+        features (a head group that also holds the pooling, say).
+        """
+        model = self.build(2, pretrained=True)
+        for name in self.layer_groups(model)[-1]:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+        return model.eval()
+
     def describe(self) -> str:
         """A short human description for listings."""
         return self.name

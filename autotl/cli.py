@@ -175,9 +175,11 @@ def trial_loop_options(func):
               help="After the search, train the best trial's network from random weights and show both scores.")
 @click.option("--data-option", "-d", "data_options", multiple=True, metavar="KEY=VALUE",
               help="Set a data option of the recipe, e.g. -d text_column=review -d val_fraction=0.2; repeatable.")
+@click.option("--no-prerank", is_flag=True,
+              help="Do not rank the models by transferability (LogME, H-score, GBC) before the first trial.")
 @handle_errors
 def search(data, task, out, recipe, models, weights, trials, time_budget, max_failures, device, keep_top, seed,
-           storage, study, scratch_baseline, data_options):
+           storage, study, scratch_baseline, data_options, no_prerank):
     """Search for the best way to adapt a pretrained model to DATA.
 
     Runs Optuna trials over source model, freeze depth, LoRA rank, learning rate and the recipe's
@@ -197,7 +199,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         weights=_parse_weights(weights), trials=trials, time_budget=time_budget, seed=seed, storage=storage,
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
-        data_options=_parse_data_options(data_options), max_failures=max_failures,
+        data_options=_parse_data_options(data_options), max_failures=max_failures, prerank=not no_prerank,
     )
     _run_search(options, out)
 

@@ -20,7 +20,9 @@ from .errors import UsageError
 CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "weight_decay",
                "label_smoothing", "warmup_epochs", "head_init", "ema_decay")
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
-_TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner"}
+_TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank"}
+#: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
+PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.5, "max_samples": 2000, "batch_size": 64}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Recipe:
     start_with: list[dict[str, Any]] = field(default_factory=list)
     sampler: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, Any] = field(default_factory=dict)
+    prerank: dict[str, Any] = field(default_factory=lambda: dict(PRERANK_DEFAULTS))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -105,7 +108,7 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
         fail("task", "missing; name the task, e.g. `task: image-classification`")
-    for key in ("data", "space", "fixed", "sampler", "pruner"):
+    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
     models = raw.get("models")
@@ -132,8 +135,29 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         start_with=start_with,
         sampler=dict(raw.get("sampler") or {}),
         pruner=dict(raw.get("pruner") or {}),
+        prerank=_prerank(raw.get("prerank") or {}, fail),
         raw=raw,
     )
+
+
+def _prerank(spec: dict, fail) -> dict[str, Any]:
+    unknown = set(spec) - set(PRERANK_DEFAULTS)
+    if unknown:
+        fail(f"prerank.{sorted(unknown)[0]}", f"unknown key; known keys are {', '.join(PRERANK_DEFAULTS)}")
+    settings = {**PRERANK_DEFAULTS, **spec}
+    if not isinstance(settings["enabled"], bool):
+        fail("prerank.enabled", f"must be true or false, not {settings['enabled']!r}")
+    drop = settings["drop_below"]
+    if drop is not None:
+        drop = _number(drop, "prerank.drop_below", fail)
+        if drop < 0:
+            fail("prerank.drop_below", f"must be a LogME gap of 0 or more (or null: drop nothing), not {drop}")
+    settings["drop_below"] = drop
+    for key in ("max_samples", "batch_size"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            fail(f"prerank.{key}", f"must be a whole number of at least 2, not {value!r}")
+    return settings
 
 
 def _param_spec(name: str, spec: Any, fail) -> ParamSpec:

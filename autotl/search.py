@@ -30,6 +30,7 @@ from .runs import (RunLocation, StudyLock, default_storage, open_storage, recove
                    write_run_file)
 from .space import suggest
 from .training import accuracy, train
+from .transfer import prerank_study, sampled_models
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed trials are not done
@@ -52,6 +53,7 @@ class SearchOptions:
     device: str = "auto"
     scratch_baseline: bool = False
     keep_top: int = 3
+    prerank: bool = True  # rank the models by transferability before a new study's first trial
     data_options: dict[str, Any] = field(default_factory=dict)
     max_failures: int | None = 5
     recipe_raw: dict[str, Any] | None = None  # a worker takes the study's recorded recipe
@@ -166,6 +168,7 @@ class Search:
                 self.reporter.message(f"Trial {number} was interrupted when its process stopped (killed or crashed): "
                                       "marked failed and queued to run again")
         self._check_or_record_study()
+        self.group_counts = sampled_models(self.group_counts, self.study.user_attrs)  # less what pre-ranking dropped
         write_run_file(self.location, default)
         write_json(opts.out / "data_report.json", self.data.report)
         return self.location
@@ -197,9 +200,12 @@ class Search:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             self.study.set_user_attr(key, value)
-        for point in self.recipe.start_with:
-            if point.get("model") in self.zoo:
-                self.study.enqueue_trial(point, skip_if_exists=True)
+        points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
+        if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
+            points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
+                                   self.device, seed=self.options.seed, say=self.reporter.message)
+        for point in points:
+            self.study.enqueue_trial(point, skip_if_exists=True)
 
     # -- the search loop -----------------------------------------------------------------------
     def run(self) -> SearchOutcome:
