@@ -22,7 +22,7 @@ CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "we
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
 _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank"}
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
-PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.5, "max_samples": 2000, "batch_size": 64}
+PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 
 
 @dataclass(frozen=True)

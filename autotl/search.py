@@ -186,6 +186,11 @@ class Search:
             done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
             self.reporter.message(f"Resuming {self.location.describe()}: {done} finished trial(s) kept")
             return
+        points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
+        # ranked before `task` is recorded: a Ctrl-C while ranking leaves a study that starts anew
+        if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
+            points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
+                                   self.device, seed=self.options.seed, say=self.reporter.message)
         for key, value in {
             "task": self.task.name,
             "data": str(Path(self.options.data).resolve()),
@@ -200,10 +205,6 @@ class Search:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             self.study.set_user_attr(key, value)
-        points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
-        if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
-            points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
-                                   self.device, seed=self.options.seed, say=self.reporter.message)
         for point in points:
             self.study.enqueue_trial(point, skip_if_exists=True)
 

@@ -32,7 +32,7 @@ from scipy.stats import kendalltau
 
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
-from autotl.training import accuracy, train
+from autotl.training import accuracy, predict_logits, train
 from autotl.transfer import METRICS, feature_params, rank_models, table
 
 
@@ -68,7 +68,11 @@ def step_finetune(task, recipe, zoo, data, model: str, seed: int) -> dict:
     net = result.adapted.model
     net.load_state_dict(result.best_state)
     test = accuracy(net, prepared.test, torch.device("cpu")) if prepared.test is not None else None
-    row = {"model": model, "val_accuracy": result.best_accuracy, "test_accuracy": test, "best_epoch": result.best_epoch + 1,
+    # the mean cross-entropy on the test split tells models apart where accuracies tie (lfw_faces: all 1.0)
+    loss = (float(torch.nn.functional.cross_entropy(predict_logits(net, prepared.test, torch.device("cpu")),
+                                                    prepared.test.labels)) if prepared.test is not None else None)
+    row = {"model": model, "val_accuracy": result.best_accuracy, "test_accuracy": test, "test_loss": loss,
+           "best_epoch": result.best_epoch + 1,
            "seconds": round(seconds, 1), "params": {k: v for k, v in params.items() if k != "model"}}
     print(f"{model}: val {result.best_accuracy:.4f}, test {test if test is None else round(test, 4)}, "
           f"{seconds:.0f}s", flush=True)
@@ -85,6 +89,8 @@ def report(results: dict, name: str) -> dict:
     estimates = {m: [by_model[x][m] for x in models] for m in METRICS}
     estimates["combined"] = [-by_model[x]["mean_rank"] for x in models]  # higher is better, like the rest
     targets = {"test": [tuned[x]["test_accuracy"] for x in models], "val": [tuned[x]["val_accuracy"] for x in models]}
+    if all(tuned[x].get("test_loss") is not None for x in models):
+        targets["-test_loss"] = [-tuned[x]["test_loss"] for x in models]  # higher is better, like accuracy
     print(f"\n{name}: {len(models)} models" + (f" (not fine-tuned yet: {', '.join(missing)})" if missing else ""))
     width = max([5] + [len(x) for x in models])
     print(f"  {'model':<{width}}  {'rank':>4}" + "".join(f"  {t:>9}" for t in METRICS.values())
@@ -93,7 +99,8 @@ def report(results: dict, name: str) -> dict:
         r, t = by_model[x], tuned[x]
         print(f"  {x:<{width}}  {r['rank']:>4}" + "".join(f"  {r[m]:>9.4g}" for m in METRICS)
               + f"  {r['mean_rank']:>9.2f}  {t['val_accuracy']:>7.4f}  {t['test_accuracy']:>8.4f}"
-              + f"  {r['seconds']:>6.1f}  {t['seconds']:>6.0f}")
+              + f"  {r['seconds']:>6.1f}  {t['seconds']:>6.0f}"
+              + (f"  test loss {t['test_loss']:.4f}" if t.get("test_loss") is not None else ""))
     print(f"  Kendall tau (tau-b) against fine-tuned accuracy, {len(models)} models:")
     for target, values in targets.items():
         for estimate, scores in estimates.items():
@@ -104,7 +111,10 @@ def report(results: dict, name: str) -> dict:
             else:
                 tau = p = None
             out[f"tau_{estimate}_{target}"] = tau
-            print(f"    {estimate:<8} vs {target:<4} accuracy: tau {tau}  (p {p})")
+            what = "test cross-entropy (lower better)" if target == "-test_loss" else f"{target} accuracy"
+            out[f"tau_{estimate}_{target.lstrip('-')}"] = out.pop(f"tau_{estimate}_{target}")
+            print(f"    {estimate:<8} vs {what}: tau {tau}  (p {p})" + ("  [undefined: the accuracies all tie]"
+                                                                         if tau is None and len(set(values)) == 1 else ""))
     rank_s = results.get("rank", {}).get("seconds")
     tune_s = [tuned[x]["seconds"] for x in models]
     out["rank_seconds_all_models"] = rank_s
@@ -127,7 +137,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated models [default: the offline zoo]")
     parser.add_argument("--results", type=Path, required=True, help="JSON file the steps append to")
     parser.add_argument("--step", choices=["rank", "finetune", "report"], default=None, help="one step [default: all]")
-    parser.add_argument("--model", default=None, help="the model to fine-tune with --step finetune")
+    parser.add_argument("--model", default=None, help="the one model to fine-tune with --step finetune [default: all]")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -147,8 +157,6 @@ def main() -> None:
         results["rank"] = step_rank(task, recipe, zoo, data, args.seed)
         save()
     if args.step in (None, "finetune"):
-        if args.step == "finetune" and args.model is None:
-            sys.exit("error: --step finetune needs --model NAME")
         for model in [args.model] if args.model else list(zoo):
             if model not in zoo:
                 sys.exit(f"error: --model {model} is not among the models: {', '.join(zoo)}")
