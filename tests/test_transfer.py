@@ -319,6 +319,7 @@ def test_a_dropped_model_is_never_sampled_and_stays_dropped_on_resume(tmp_path, 
     assert search.study.user_attrs[DROPPED_ATTR].keys() == {loser} and ranking[1]["dropped"]
     assert loser not in search.group_counts
     search.run()
+    search.close()
     assert {t.params["model"] for t in search.study.trials} == {ranking[0]["model"]}
 
     def must_not_run(*args, **kwargs):
