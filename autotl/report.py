@@ -328,7 +328,7 @@ def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str
 
     if not ranking or not isinstance(ranking, list):
         notes.append("no transferability pre-ranking")
-        body = _p("This run has no pre-ranking: no zero-cost transferability scores (LogME, LEEP) were stored with "
+        body = _p("This run has no pre-ranking: no zero-cost transferability scores (LogME, H-score, GBC) were stored with "
                   "the study, so only the fine-tuned results are shown.")
         if ranked:
             body += _table(["model"] + tail, [[html.escape(m)] + fine(m) for m in ranked], left=[0])
