@@ -184,7 +184,8 @@ class Search:
                            "another --out or --study")
         if attrs.get("task"):
             done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
-            self.reporter.message(f"Resuming {self.location.describe()}: {done} finished trial(s) kept")
+            verb = "Resuming" if self.lock is not None else "Joining"  # SQLite: this process alone; else shared
+            self.reporter.message(f"{verb} {self.location.describe()}: {done} finished trial(s) kept")
             return
         points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
         # ranked before `task` is recorded: a Ctrl-C while ranking leaves a study that starts anew
