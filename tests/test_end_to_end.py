@@ -58,8 +58,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_every_finished_trial(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=10)
     weights = save_tiny_weights(tmp_path / "tiny.safetensors")
     out = tmp_path / "run"
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import tiny; "
-              "from autotl.cli import main; main()")
+    # Ctrl-C as a terminal delivers it: a shell running the tests in the background (`make test &`)
+    # hands its children SIGINT ignored, so the child puts Python's own handler back first.
+    script = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import tiny; from autotl.cli import main; main()")
     args = ["search", "--task", "image-classification", str(data), "--out", str(out), "--models", TINY,
             "--weights", f"{TINY}={weights}", "--recipe", str(DATA / "tiny-long.yaml"), "--trials", "50"]
     proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
