@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tiny import TINY, make_image_folder, save_tiny_weights
+from tiny import TINY, make_image_folder
 
 from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, recover_interrupted
 
@@ -33,11 +33,6 @@ FAST_HEARTBEAT = {"AUTOTL_HEARTBEAT_INTERVAL": "1", "AUTOTL_HEARTBEAT_GRACE": "4
 @pytest.fixture
 def image_data(tmp_path):
     return make_image_folder(tmp_path / "data", per_class=10)
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_tiny_weights(tmp_path / "tiny.safetensors")
 
 
 def start(*args, env: dict | None = None) -> subprocess.Popen:
@@ -93,10 +88,10 @@ def started_trials(stderr: str) -> set[int]:
 
 
 def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_again(
-        postgres_url, image_data, weights, tmp_path):
+        postgres_url, image_data, tiny_weights, tmp_path):
     name = f"dist-{uuid.uuid4().hex[:8]}"
     storage = ["--storage", postgres_url, "--study", name]
-    first = start(*search_args(image_data, tmp_path / "run", weights, "tiny-long.yaml"), *storage, "--trials", 6,
+    first = start(*search_args(image_data, tmp_path / "run", tiny_weights, "tiny-long.yaml"), *storage, "--trials", 6,
                   env=FAST_HEARTBEAT)
     wait_for(lambda: (s := load(postgres_url, name)) is not None and s.user_attrs.get("task"), 120,
              "the first worker to begin the study", [first])
@@ -141,9 +136,9 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
 
 
 def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_killed_trial(
-        image_data, weights, tmp_path):
+        image_data, tiny_weights, tmp_path):
     out = tmp_path / "run"
-    args = [*search_args(image_data, out, weights, "tiny-long.yaml"), "--trials", 3]
+    args = [*search_args(image_data, out, tiny_weights, "tiny-long.yaml"), "--trials", 3]
     proc = start(*args)
     url = f"sqlite:///{out / 'study.db'}"
 
@@ -180,12 +175,12 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_kil
     assert rows[retry.number]["note"] == f"retry of trial {killed.number}"
 
 
-def test_a_second_search_on_a_run_folder_in_use_is_refused_with_what_to_use(image_data, weights, tmp_path):
+def test_a_second_search_on_a_run_folder_in_use_is_refused_with_what_to_use(image_data, tiny_weights, tmp_path):
     out = tmp_path / "run"
     lock = StudyLock(out / "study.db")
     lock.acquire()
     try:
-        result = run(*search_args(image_data, out, weights), "--trials", 1)
+        result = run(*search_args(image_data, out, tiny_weights), "--trials", 1)
     finally:
         lock.release()
     assert result.returncode == 2, result.stderr

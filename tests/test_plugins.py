@@ -278,6 +278,7 @@ def test_the_core_imports_no_plugin_and_no_model_library():
     code = textwrap.dedent("""
         import sys
         import autotl, autotl.cli, autotl.search, autotl.plugins, autotl.leaderboard, autotl.adapt, autotl.training
+        import autotl.transfer
         loaded = [m for m in ("timm", "transformers", "peft", "autotl_timm", "autotl_image", "autotl_transformers",
                               "autotl_text") if m in sys.modules]
         assert not loaded, loaded
