@@ -51,20 +51,13 @@ def locate(run: str | None, storage: str | None, study: str | None) -> RunLocati
     if storage:
         if study is None and folder is not None and (folder / RUN_FILE).is_file():
             try:  # the folder knows its study's name
-                study = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")).get("study")
-            except (ValueError, OSError):
+                study = read_run_file(folder).get("study")
+            except RunError:
                 pass
         return RunLocation(storage, study or DEFAULT_STUDY, folder)
     if folder is None:
         raise UsageError("give a run folder (the --out of `autotl search`) or --storage URL --study NAME")
-    meta_file = folder / RUN_FILE
-    if not meta_file.is_file():
-        raise RunError(f"{folder} holds no autotl run ({RUN_FILE} is missing); give the --out folder of "
-                       "`autotl search`, or --storage URL --study NAME")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise RunError(f"{meta_file} is unreadable ({exc}); restore it or use --storage URL --study NAME") from exc
+    meta = read_run_file(folder)
     if meta.get("storage_is_default", True):
         url = default_storage(folder)  # resolved anew: the folder may have moved since
     else:
@@ -73,6 +66,18 @@ def locate(run: str | None, storage: str | None, study: str | None) -> RunLocati
             raise UsageError(f"the run in {folder} uses {url}, whose password is not stored: "
                              "give --storage URL (or set AUTOTL_STORAGE)")
     return RunLocation(url, study or meta.get("study", DEFAULT_STUDY), folder)
+
+
+def read_run_file(folder: Path) -> dict:
+    """The folder's ``run.json``; :class:`RunError` when it is missing or unreadable."""
+    meta_file = folder / RUN_FILE
+    if not meta_file.is_file():
+        raise RunError(f"{folder} holds no autotl run ({RUN_FILE} is missing); give the --out folder of "
+                       "`autotl search`, or --storage URL --study NAME")
+    try:
+        return json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RunError(f"{meta_file} is unreadable ({exc}); restore it or use --storage URL --study NAME") from exc
 
 
 def write_run_file(location: RunLocation, default: bool) -> None:
