@@ -5,7 +5,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ DEFAULT_STUDY = "autotl"
 HEARTBEAT_S = 30
 GRACE_S = 120
 MAX_RETRY = 1
+# Tries at opening a storage while other workers create its tables (see open_storage).
+SCHEMA_TRIES = 10
 
 
 @dataclass
@@ -115,20 +119,35 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     interval, grace = heartbeat_settings()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=interval,
+                        grace_period=grace,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                    )
+            except Exception as exc:
+                # Workers started together on an empty database all create Optuna's tables; all but
+                # one fail with "already exists" / "duplicate key". The tables are there a moment
+                # later, and the next try finds them.
+                if attempt + 1 == SCHEMA_TRIES or not _schema_race(exc):
+                    raise
+                time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
     except ModuleNotFoundError as exc:  # the URL's database driver is not installed
         raise UsageError(f"cannot open storage {redact(url)}: its database driver {exc.name!r} is not installed; "
                          "for PostgreSQL: pip install 'autotl[postgres]'") from exc
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise UsageError(f"cannot open storage {redact(url)}: {storage_problem(url, exc)}") from exc
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another process creating Optuna's tables at the same moment as this one."""
+    text = str(exc).lower()
+    return any(words in text for words in ("already exists", "duplicate key", "unique constraint failed"))
 
 
 def storage_problem(url: str, exc: Exception) -> str:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,9 +61,29 @@ def wait_for(condition, timeout: float, what: str, procs=()):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def sqlite_schema_ready(path: str) -> bool:
+    """Whether the search has finished creating Optuna's tables in this SQLite file.
+
+    Opening an RDBStorage runs CREATE TABLE for every table it does not see yet, so a test that opens
+    the file while the search is still creating them races it ("table ... already exists"). Optuna
+    stamps alembic_version last; a plain read-only look at it touches nothing.
+    """
+    if not Path(path).exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60) as con:
+            return con.execute("select count(*) from alembic_version").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # no such table yet
+        return False
+
+
 def load(url: str, name: str) -> optuna.Study | None:
-    # SQLite: wait for the search's writes instead of failing with "database is locked" on a busy machine
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    kwargs = {}
+    if url.startswith("sqlite"):
+        if not sqlite_schema_ready(url.removeprefix("sqlite:///")):
+            return None
+        # wait for the search's writes instead of failing with "database is locked" on a busy machine
+        kwargs = {"connect_args": {"timeout": 60}}
     try:
         return optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
     except KeyError:
@@ -135,6 +156,28 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
     assert sum(r["state"] == "COMPLETE" for r in rows) == 6
 
 
+def test_workers_started_together_on_an_empty_database_all_open_it(postgres_url):
+    # Every process that opens an empty database creates Optuna's tables; started at the same moment,
+    # all but one used to fail with "relation already exists" / "duplicate key".
+    import psycopg
+
+    code = "import sys; from autotl.runs import open_storage; open_storage(sys.argv[1])"
+    for _ in range(3):  # the race is likely, not certain, in any one round
+        schema = f"empty_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(postgres_url, autocommit=True) as con:
+            con.execute(f"create schema {schema}")
+        url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(5)]
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr[-2000:]
+        with psycopg.connect(postgres_url) as con:
+            tables = con.execute("select count(*) from information_schema.tables where table_schema = %s",
+                                 (schema,)).fetchone()[0]
+        assert tables >= 10
+
+
 def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_killed_trial(
         image_data, tiny_weights, tmp_path):
     out = tmp_path / "run"
@@ -143,7 +186,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_kil
     url = f"sqlite:///{out / 'study.db'}"
 
     def second_trial_running():
-        study = load(url, "autotl") if (out / "study.db").exists() else None
+        study = load(url, "autotl")
         if study is None:
             return None
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
