@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 from tiny import TINY, make_image_folder
 
-from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, recover_interrupted
+from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, open_storage, recover_interrupted
 
 DATA = Path(__file__).parent / "data"
 TESTS = Path(__file__).parent
@@ -78,14 +78,11 @@ def sqlite_schema_ready(path: str) -> bool:
 
 
 def load(url: str, name: str) -> optuna.Study | None:
-    kwargs = {}
-    if url.startswith("sqlite"):
-        if not sqlite_schema_ready(url.removeprefix("sqlite:///")):
-            return None
-        # wait for the search's writes instead of failing with "database is locked" on a busy machine
-        kwargs = {"connect_args": {"timeout": 60}}
+    if url.startswith("sqlite") and not sqlite_schema_ready(url.removeprefix("sqlite:///")):
+        return None
     try:
-        return optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+        # autotl's own opening: it waits out SQLite writers and a search creating PostgreSQL's tables
+        return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         return None
 
