@@ -87,6 +87,24 @@ class Backbone(ABC):
             setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
         return model.eval()
 
+    def split(self, model: nn.Module, freeze: int) -> tuple[nn.Module, nn.Module] | None:
+        """``model`` as its first ``freeze`` layer groups and the rest: what the frozen-prefix cache needs.
+
+        Return ``(prefix, rest)``, modules that share ``model``'s submodules (no copies), such that
+        ``rest(prefix(x))`` equals ``model(x)`` for what the task's splits yield: ``prefix`` runs exactly
+        the modules of ``layer_groups(model)[:freeze]`` and returns a tensor (or a mapping of tensors,
+        handed to ``rest`` as keyword arguments); ``rest`` runs everything else, the head included, and
+        must hold ``model`` as a submodule so that ``rest.eval()`` and ``rest.train()`` reach every
+        module. ``model`` may already carry LoRA layers in its unfrozen groups (the core passes the
+        network under peft's wrapper). A trial whose prefix is frozen and whose training inputs are
+        not randomly augmented then computes the prefix once, caches its outputs, and trains ``rest``
+        on them every epoch (autotl/cache.py).
+
+        Return ``None`` (the default) where the network cannot be cut at ``freeze``: its trials run the
+        whole network every epoch, as before. ``autotl.testing`` checks the equality on every backbone.
+        """
+        return None
+
     def describe(self) -> str:
         """A short human description for listings."""
         return self.name
@@ -174,11 +192,15 @@ class TensorSplit:
     :attr labels: integer class indices.
     :attr transform: applied to each batch of inputs, ``transform(inputs, train)``; it
         normalises, and augments when ``train`` is true.
+    :attr random_augmentation: whether ``transform(inputs, True)`` is random (augmentation). Only a
+        split without it has a frozen prefix whose outputs can be computed once and cached; say
+        ``False`` where training inputs are what evaluation sees.
     """
 
     inputs: Inputs
     labels: torch.Tensor
     transform: Callable[[Inputs, bool], Inputs] | None = None
+    random_augmentation: bool = True
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -177,9 +177,12 @@ def trial_loop_options(func):
               help="Set a data option of the recipe, e.g. -d text_column=review -d val_fraction=0.2; repeatable.")
 @click.option("--no-prerank", is_flag=True,
               help="Do not rank the models by transferability (LogME, H-score, GBC) before the first trial.")
+@click.option("--no-cache", is_flag=True,
+              help="Run every trial through the whole network each epoch: no frozen-prefix cache "
+                   "(the recipe's `cache` section sets its bounds and folder).")
 @handle_errors
 def search(data, task, out, recipe, models, weights, trials, time_budget, max_failures, device, keep_top, seed,
-           storage, study, scratch_baseline, data_options, no_prerank):
+           storage, study, scratch_baseline, data_options, no_prerank, no_cache):
     """Search for the best way to adapt a pretrained model to DATA.
 
     Runs Optuna trials over source model, freeze depth, LoRA rank, learning rate and the recipe's
@@ -200,6 +203,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
         weights=_parse_weights(weights), trials=trials, time_budget=time_budget, seed=seed, storage=storage,
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
         data_options=_parse_data_options(data_options), max_failures=max_failures, prerank=not no_prerank,
+        cache=not no_cache,
     )
     _run_search(options, out)
 

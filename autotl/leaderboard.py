@@ -56,6 +56,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "inference_params": t.user_attrs.get("inference_params"),
             "latency": t.user_attrs.get("latency"),
             "weights": t.user_attrs.get("weights"),
+            "timing": t.user_attrs.get("timing"),  # seconds: step, eval, data, prefix, setup
+            "cache": t.user_attrs.get("cache"),  # how the frozen-prefix cache served the trial
         })
     return rows
 

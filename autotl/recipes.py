@@ -18,11 +18,14 @@ from .errors import UsageError
 
 #: parameters the core itself interprets; every other parameter is handed to the task.
 CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "weight_decay",
-               "label_smoothing", "warmup_epochs", "head_init", "ema_decay")
+               "label_smoothing", "warmup_epochs", "head_init", "ema_decay", "precision")
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
-_TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank"}
+_TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank",
+             "cache"}
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
+#: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
+CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Recipe:
     sampler: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, Any] = field(default_factory=dict)
     prerank: dict[str, Any] = field(default_factory=lambda: dict(PRERANK_DEFAULTS))
+    cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -108,7 +112,7 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
         fail("task", "missing; name the task, e.g. `task: image-classification`")
-    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank"):
+    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
     models = raw.get("models")
@@ -136,17 +140,24 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         sampler=dict(raw.get("sampler") or {}),
         pruner=dict(raw.get("pruner") or {}),
         prerank=_prerank(raw.get("prerank") or {}, fail),
+        cache=_cache(raw.get("cache") or {}, fail),
         raw=raw,
     )
 
 
-def _prerank(spec: dict, fail) -> dict[str, Any]:
-    unknown = set(spec) - set(PRERANK_DEFAULTS)
+def _switched_section(name: str, spec: dict, defaults: dict[str, Any], fail) -> dict[str, Any]:
+    """A section with an ``enabled`` switch: its known keys only, over its defaults."""
+    unknown = set(spec) - set(defaults)
     if unknown:
-        fail(f"prerank.{sorted(unknown)[0]}", f"unknown key; known keys are {', '.join(PRERANK_DEFAULTS)}")
-    settings = {**PRERANK_DEFAULTS, **spec}
+        fail(f"{name}.{sorted(unknown)[0]}", f"unknown key; known keys are {', '.join(defaults)}")
+    settings = {**defaults, **spec}
     if not isinstance(settings["enabled"], bool):
-        fail("prerank.enabled", f"must be true or false, not {settings['enabled']!r}")
+        fail(f"{name}.enabled", f"must be true or false, not {settings['enabled']!r}")
+    return settings
+
+
+def _prerank(spec: dict, fail) -> dict[str, Any]:
+    settings = _switched_section("prerank", spec, PRERANK_DEFAULTS, fail)
     drop = settings["drop_below"]
     if drop is not None:
         drop = _number(drop, "prerank.drop_below", fail)
@@ -157,6 +168,19 @@ def _prerank(spec: dict, fail) -> dict[str, Any]:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             fail(f"prerank.{key}", f"must be a whole number of at least 2, not {value!r}")
+    return settings
+
+
+def _cache(spec: dict, fail) -> dict[str, Any]:
+    settings = _switched_section("cache", spec, CACHE_DEFAULTS, fail)
+    for key in ("memory_mb", "disk_mb"):
+        value = _number(settings[key], f"cache.{key}", fail)
+        if value is None or value < 0:
+            fail(f"cache.{key}", f"must be a number of MiB, 0 or more (0: keep nothing there), not {settings[key]!r}")
+        settings[key] = value
+    if settings["dir"] is not None and not isinstance(settings["dir"], str):
+        fail("cache.dir", f"must be a folder path (or null: $AUTOTL_CACHE_DIR, else ~/.cache/autotl/features), "
+                          f"not {settings['dir']!r}")
     return settings
 
 

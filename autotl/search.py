@@ -21,6 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 from .base import Backbone, LoadedData, Registry, Task
+from .cache import FeatureCache
 from .errors import ModelUnavailableError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
@@ -29,7 +30,7 @@ from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
 from .runs import (RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file,
                    write_run_file)
 from .space import suggest
-from .training import accuracy, train
+from .training import accuracy, configure_threads, train
 from .transfer import prerank_study, sampled_models
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -54,6 +55,7 @@ class SearchOptions:
     scratch_baseline: bool = False
     keep_top: int = 3
     prerank: bool = True  # rank the models by transferability before a new study's first trial
+    cache: bool = True  # the frozen-prefix cache (autotl/cache.py), as the recipe's `cache` section sets it
     data_options: dict[str, Any] = field(default_factory=dict)
     max_failures: int | None = 5
     recipe_raw: dict[str, Any] | None = None  # a worker takes the study's recorded recipe
@@ -85,6 +87,9 @@ class Search:
         else:
             self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options)
         self.device = _resolve_device(options.device)
+        if self.device.type == "cpu":
+            configure_threads()
+        self.cache = FeatureCache.from_settings(self.recipe.cache) if options.cache else None
         self.zoo = self._resolve_models()
         self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
         self.data: LoadedData | None = None
@@ -277,7 +282,9 @@ class Search:
         remaining = self.deadline - time.time()
         if remaining <= 0:
             return f"time budget of {_fmt_s(self.options.time_budget)} used"
-        durations = [t.duration.total_seconds() for t in done if t.state == TrialState.COMPLETE and t.duration]
+        # pruned trials count: under Hyperband most trials stop after a few epochs, and a trial still
+        # running at the deadline is cut there and keeps its best epoch
+        durations = [t.duration.total_seconds() for t in done if t.duration]
         typical = statistics.median(durations) if durations else None
         if typical and remaining < 0.5 * typical:
             return (f"time budget nearly used: {_fmt_s(remaining)} left, a typical trial takes {_fmt_s(typical)}")
@@ -292,13 +299,14 @@ class Search:
         self.reporter.trial_started(trial.number, params)
         started = time.time()
         curve: list[float] = []
+        stats: dict[str, Any] = {}
         try:
             trial_data = self.task.prepare(self.data, backbone, params)
             epochs = int(params["epochs"])
 
             def on_epoch(epoch: int, loss: float, val_accuracy: float) -> str | None:
                 curve.append(val_accuracy)
-                trial.report(val_accuracy, epoch)
+                trial.report(val_accuracy, epoch + 1)  # the step: epochs done, Hyperband's resource
                 self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
                 if epoch + 1 < epochs and trial.should_prune():
                     trial.set_user_attr("stopped", f"pruned after epoch {epoch + 1}")
@@ -309,8 +317,11 @@ class Search:
 
             result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
                            device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch,
-                           deadline=self.deadline)
+                           deadline=self.deadline, cache=self.cache,
+                           cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint},
+                           stats=stats)
         except optuna.TrialPruned as exc:
+            _record_stats(trial, stats)
             self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
                                          str(exc))
             raise
@@ -327,6 +338,7 @@ class Search:
         trial.set_user_attr("best_epoch", result.best_epoch + 1)
         trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
         trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
+        _record_stats(trial, {"timing": result.timing, "cache": result.cache})
         trial.set_user_attr("trainable_params", result.adapted.trainable_params)
         trial.set_user_attr("total_params", result.adapted.total_params)
         state = result.merged_state(backbone, len(self.data.label_names))
@@ -412,6 +424,14 @@ class Search:
                    "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
         self.study.set_user_attr("scratch", scratch)
         return scratch
+
+
+def _record_stats(trial: optuna.Trial, stats: dict[str, Any]) -> None:
+    """Where the trial's time went and how the frozen-prefix cache served it (see ``train``)."""
+    if stats.get("timing"):
+        trial.set_user_attr("timing", {k: round(v, 3) for k, v in stats["timing"].items()})
+    if stats.get("cache"):
+        trial.set_user_attr("cache", stats["cache"])
 
 
 def weights_path(out: Path, number: int) -> Path:

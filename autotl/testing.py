@@ -36,6 +36,10 @@ The checks, for each backbone (see :data:`CHECKS`):
     ``lora_targets`` are ``nn.Linear``/``nn.Conv2d`` modules outside the head; with LoRA only the
     adapters and the head train, a training step leaves the base weights as they were, and the
     merged network computes what the adapted one did and has ``build()``'s state-dict keys.
+``split``
+    Where ``Backbone.split(model, k)`` cuts (the frozen-prefix cache; ``None`` is allowed), at every
+    depth, with and without LoRA: the prefix holds exactly the first ``k`` groups' parameters, the
+    rest holds the network, and ``rest(prefix(x))`` equals ``model(x)``.
 ``bundle``
     The export path of ``autotl export``: the weights as ``model.safetensors``, ``bundle_files`` (JSON
     settings, none of the core's file names), the task's ``export_settings``, then
@@ -60,7 +64,7 @@ from torch import nn
 from .base import Backbone, BackboneFamily, Registry, Task
 
 #: the checks, in the order they run.
-CHECKS = ("build", "forward", "layer_groups", "freeze", "lora", "bundle")
+CHECKS = ("build", "forward", "layer_groups", "freeze", "lora", "split", "bundle")
 #: how far the rebuilt bundle's and the merged LoRA network's outputs may be from the original's.
 ATOL = 1e-4
 NUM_CLASSES = 3
@@ -493,6 +497,55 @@ class _Subject:
             extra, lacking = sorted(keys - reference), sorted(reference - keys)
             raise self.fail(c, "the merged network's state dict does not match build()'s, so it cannot be exported: "
                                + (f"extra keys {extra[:3]}" if extra else f"missing keys {lacking[:3]}"))
+
+    def check_split(self) -> None:
+        """``Backbone.split`` (the frozen-prefix cache): where it cuts, ``rest(prefix(x))`` is the network."""
+        from .adapt import adapt
+        from .training import forward, unwrapped
+
+        c = "split"
+        backbone = self.backbone(c)
+        n = len(self.groups(c, self.build(c)))
+        inputs = self.inputs(c)
+        for k in range(1, n):
+            for lora_rank in (0, 4) if k < n - 1 else (0,):
+                model = self.build(c)
+                with torch.no_grad():
+                    for name in self.groups(c, model)[-1]:  # a head that is not zero: logits that mean something
+                        for p in model.get_submodule(name).parameters():
+                            p.normal_()
+                try:
+                    net = adapt(model, backbone, k, lora_rank).model.eval()
+                except Exception:
+                    continue  # no LoRA target in the open groups: the lora check covers adapt itself
+                try:
+                    cut = backbone.split(unwrapped(net), k)
+                except Exception as exc:
+                    raise self.fail(c, f"split(model, {k}) raised {_describe(exc)}; return None where the network "
+                                       "cannot be cut") from exc
+                if cut is None:
+                    continue
+                if not (isinstance(cut, tuple) and len(cut) == 2 and all(isinstance(m, nn.Module) for m in cut)):
+                    raise self.fail(c, f"split(model, {k}) must return (prefix, rest) modules or None, not {cut!r:.100}")
+                prefix, rest = cut
+                groups = backbone.layer_groups(unwrapped(net))
+                frozen = {id(p) for g in groups[:k] for name in g for p in unwrapped(net).get_submodule(name).parameters()}
+                if {id(p) for p in prefix.parameters()} != frozen:
+                    raise self.fail(c, f"split(model, {k}): the prefix must hold exactly the parameters of the first "
+                                       f"{k} layer groups (the frozen ones), and no copies of them")
+                if not any(m is unwrapped(net) for m in rest.modules()):
+                    raise self.fail(c, f"split(model, {k}): rest must hold the network as a submodule, so that "
+                                       "rest.eval() reaches every module")
+                with torch.no_grad():
+                    try:
+                        got = forward(rest.eval(), forward(prefix.eval(), inputs))
+                    except Exception as exc:
+                        raise self.fail(c, f"rest(prefix(x)) with freeze={k} raised {_describe(exc)}") from exc
+                    want = forward(net, inputs)
+                if got.shape != want.shape or not torch.allclose(got, want, atol=ATOL):
+                    gap = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
+                    raise self.fail(c, f"split(model, {k}{', LoRA' if lora_rank else ''}): rest(prefix(x)) differs "
+                                       f"from model(x) (max gap {gap}); the cut must run exactly the network")
 
     def check_bundle(self) -> None:
         from .base import ExportUnsupportedError

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -16,6 +19,7 @@ from torch import nn
 
 from .adapt import Adapted, adapt, merged
 from .base import Backbone, Inputs, TensorSplit
+from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
 
 
@@ -28,6 +32,13 @@ class TrainResult:
     adapted: Adapted
     best_state: dict[str, torch.Tensor] = field(repr=False)
     stopped: str = ""  # why training ended before its last epoch, if it did
+    #: where the wall time went, in seconds: ``data`` (batches fetched, transformed, moved),
+    #: ``step`` (forward, loss, backward, optimizer), ``eval`` (validation), ``prefix`` (computing
+    #: frozen-prefix outputs for the cache), ``setup`` (building and adapting the network)
+    timing: dict[str, float] = field(default_factory=dict)
+    #: how the frozen-prefix cache served this trial: ``{"train": "computed", "val": "disk"}``, or
+    #: ``{"skipped": reason}``; empty when the trial had nothing to cache
+    cache: dict[str, str] = field(default_factory=dict)
 
     def merged_state(self, backbone: Backbone, num_classes: int) -> dict[str, torch.Tensor]:
         """The best epoch's weights as a plain network's state dict (LoRA merged)."""
@@ -85,6 +96,9 @@ def train(
     pretrained: bool = True,
     on_epoch: Callable[[int, float, float], str | None] | None = None,
     deadline: float | None = None,
+    cache: FeatureCache | None = None,
+    cache_context: Mapping[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train one configuration and return the epoch with the best validation accuracy.
 
@@ -92,16 +106,27 @@ def train(
     (a non-empty string), training stops there and the result keeps the best epoch so far; an
     exception it raises (Optuna's ``TrialPruned``, say) abandons the training. Past ``deadline``
     (a ``time.time()`` value) the epoch under way is cut short, validated, and training stops.
+
+    With a ``cache`` (autotl/cache.py), a trial whose first ``freeze`` groups are frozen and whose
+    training inputs are not randomly augmented trains the rest of the network on cached prefix
+    outputs; ``cache_context`` (the task's name, the data's fingerprint) goes into the cache keys.
+    ``stats``, a dict, receives ``timing`` and ``cache`` (as on the result) while training runs.
+    On CUDA the training forward pass runs in bfloat16 autocast where the card supports it
+    (``precision: fp32`` in the recipe's ``fixed`` section turns it off); validation stays float32,
+    so the accuracy recorded is what the exported float32 network gives.
     """
+    setup_started = time.perf_counter()
     seed_everything(seed)
     if params.get("head_init", "zeros") not in ("zeros", "default"):
         raise UsageError(f"head_init must be zeros or default, not {params['head_init']!r}")
+    freeze = int(params.get("freeze", 0))
     model = backbone.build(num_classes, pretrained=pretrained)
-    adapted = adapt(model, backbone, int(params.get("freeze", 0)), int(params.get("lora_rank", 0)),
+    adapted = adapt(model, backbone, freeze, int(params.get("lora_rank", 0)),
                     zero_head=pretrained and params.get("head_init", "zeros") == "zeros")
     model = adapted.model.to(device)
     if backbone.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    autocast = _autocast(device, str(params.get("precision", "auto")))
 
     epochs = int(params["epochs"])
     batch_size = int(params["batch_size"])
@@ -115,6 +140,18 @@ def train(
 
     ema = _ema(model, float(params.get("ema_decay", 0.0)))
     evaluated = ema.module if ema is not None else model
+    timing = {"setup": time.perf_counter() - setup_started, "prefix": 0.0, "data": 0.0, "step": 0.0, "eval": 0.0}
+    cache_info: dict[str, str] = {}
+    runs, run_evaluated = model, evaluated  # what the batches go through: the network, or its rest
+    if cache is not None and freeze > 0:
+        plan = _cached_prefix(backbone, model, evaluated, freeze, train_split, val_split, device, cache,
+                              dict(cache_context or {}), batch_size)
+        if isinstance(plan, str):
+            cache_info = {"skipped": plan}
+        else:
+            (runs, run_evaluated), train_split, val_split, cache_info, timing["prefix"] = plan
+    if stats is not None:  # filled as training goes, so that a trial that is pruned or fails still has them
+        stats.update(timing=timing, cache=cache_info)
     curve: list[float] = []
     epoch_seconds: list[float] = []
     best_accuracy, best_epoch, best_state, stopped = -1.0, -1, None, ""
@@ -122,12 +159,20 @@ def train(
         started = time.perf_counter()
         adapted.train_mode()
         total_loss, seen, cut = 0.0, 0, False
-        for inputs, labels in train_split.batches(batch_size, train=True, generator=generator):
+        batches = iter(train_split.batches(batch_size, train=True, generator=generator))
+        while True:
+            fetched = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
             if deadline is not None and seen and time.time() > deadline:
                 cut = True
                 break
-            inputs, labels = to_device(inputs, device), labels.to(device)
-            loss = F.cross_entropy(forward(model, inputs), labels, label_smoothing=smoothing)
+            inputs, labels = to_device(batch[0], device), batch[1].to(device)
+            stepped = time.perf_counter()
+            timing["data"] += stepped - fetched
+            with autocast:
+                loss = F.cross_entropy(forward(runs, inputs).float(), labels, label_smoothing=smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -136,9 +181,12 @@ def train(
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total_loss += loss.item() * len(labels)
+            total_loss += loss.item() * len(labels)  # .item() waits for the device: the step's time is real
             seen += len(labels)
-        val_accuracy = accuracy(evaluated, val_split, device)
+            timing["step"] += time.perf_counter() - stepped
+        evaluating = time.perf_counter()
+        val_accuracy = accuracy(run_evaluated, val_split, device)
+        timing["eval"] += time.perf_counter() - evaluating
         epoch_seconds.append(time.perf_counter() - started)
         curve.append(val_accuracy)
         if val_accuracy > best_accuracy:
@@ -150,25 +198,132 @@ def train(
             stopped = f"time budget reached during epoch {epoch + 1} of {epochs}"
         if stopped:
             break
-    return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state, stopped)
+    return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state, stopped,
+                       {k: round(v, 3) for k, v in timing.items()}, cache_info)
 
 
-def _ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of the weights (and batch-norm statistics), or ``None``.
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that the average
-    follows the first steps instead of lingering on the pretrained weights.
+
+def configure_threads() -> int:
+    """One torch thread per usable core, unless OMP_NUM_THREADS or MKL_NUM_THREADS says otherwise.
+
+    torch counts the host's cores, which in a container limited to a few CPUs oversubscribes them.
     """
+    if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        torch.set_num_threads(usable_cpus())
+    return torch.get_num_threads()
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if device.type == "cuda" and precision != "fp32" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16" and device.type != "cuda":
+        raise UsageError("precision: bf16 needs a CUDA device; use auto or fp32 on the CPU")
+    return contextlib.nullcontext()
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network under peft's wrapper (LoRA layers injected in place), or ``model`` itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, freeze: int, train_split: TensorSplit,
+                   val_split: TensorSplit, device: torch.device, cache: FeatureCache, context: dict[str, Any],
+                   batch_size: int):
+    """Cut the network after its frozen groups and serve their outputs from ``cache``; or why not (a str)."""
+    if train_split.random_augmentation:
+        return "training inputs are randomly augmented (augment: none caches them)"
+    cut = backbone.split(unwrapped(model), freeze)
+    if cut is None:
+        return f"{backbone.name} cannot be cut after {freeze} layer groups"
+    prefix, rest = cut
+    rest_evaluated = rest
+    if evaluated is not model:  # the EMA copy: its own modules, the same frozen prefix
+        cut_evaluated = backbone.split(unwrapped(evaluated), freeze)
+        if cut_evaluated is None:
+            return f"{backbone.name}'s averaged copy cannot be cut after {freeze} layer groups"
+        rest_evaluated = cut_evaluated[1]
+    prefix.eval()
+    sample = next(iter(val_split.batches(2)), None) or next(iter(train_split.batches(2)), None)
+    if sample is None:
+        return "no samples"
+    with torch.no_grad():
+        out = forward(prefix, to_device(sample[0], device))
+    per_sample = (out.numel() * 4 if isinstance(out, torch.Tensor)
+                  else sum(v.numel() * v.element_size() for v in out.values())) / len(sample[1])
+    needed = per_sample * (len(train_split) + len(val_split))
+    if not cache.fits(int(needed)):
+        return (f"its prefix outputs need {needed / 2**20:.0f} MiB, more than the cache's memory bound "
+                f"({cache.memory_bytes / 2**20:.0f} MiB; cache.memory_mb in the recipe)")
+    started = time.perf_counter()
+    context = {**context, "prefix_weights": module_digest(prefix)}  # a checkpoint replaced under the same name
+    splits, source = [], {}
+    for name, split in (("train", train_split), ("val", val_split)):
+        key = prefix_key(backbone, freeze, split, split_name=name, context=context)
+        features, source[name] = cache.get_or_compute(
+            key, lambda split=split: prefix_outputs(prefix, split, device, max(batch_size, 64)))
+        splits.append(TensorSplit(features, split.labels, None, random_augmentation=False))
+    return (rest, rest_evaluated), splits[0], splits[1], source, time.perf_counter() - started
+
+
+class _EMA:
+    """An exponential moving average of the weights (and batch-norm statistics): ``.module`` is the copy.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the first update
+    copies), so that the average follows the first steps instead of lingering on the pretrained
+    weights. Only what moves is averaged: the trainable parameters and the floating-point buffers,
+    in one fused ``torch._foreach_lerp_`` per step; frozen weights are never touched, so a linear
+    probe pays for its head alone.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.updates = 0
+        mine = dict(self.module.named_parameters())
+        moving = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self._params = ([mine[name] for name, _ in moving], [p for _, p in moving])
+        my_buffers = dict(self.module.named_buffers())
+        buffers = list(model.named_buffers())
+        self._float_buffers = ([my_buffers[n] for n, b in buffers if b.is_floating_point()],
+                               [b for _, b in buffers if b.is_floating_point()])
+        self._other_buffers = [(my_buffers[n], b) for n, b in buffers if not b.is_floating_point()]
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        n = self.updates
+        weight = 1.0 if n == 0 else 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
+        for mine, theirs in (self._params, self._float_buffers):
+            if mine:
+                torch._foreach_lerp_(mine, theirs, weight)
+        for mine, theirs in self._other_buffers:
+            mine.copy_(theirs)
+        self.updates += 1
+
+
+def _ema(model: nn.Module, decay: float) -> _EMA | None:
+    """An exponential moving average of ``model`` (see :class:`_EMA`), or ``None`` when ``decay`` is 0."""
     if not decay:
         return None
     if not 0.0 < decay < 1.0:
         raise UsageError(f"ema_decay must be 0 (off) or between 0 and 1, not {decay}")
-
-    def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged * d + current * (1.0 - d)
-
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+    return _EMA(model, decay)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: float) -> Callable[[int], float]:

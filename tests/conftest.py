@@ -18,6 +18,22 @@ if str(TESTS) not in sys.path:
 import tiny  # noqa: E402  (registers autotl_tiny_effnet with timm)
 
 
+def pytest_configure(config):
+    """Searches in tests (and the processes they start) keep frozen-prefix features in a throwaway folder."""
+    import os
+    import tempfile
+
+    if "AUTOTL_CACHE_DIR" not in os.environ:
+        os.environ["AUTOTL_CACHE_DIR"] = config._autotl_cache_dir = tempfile.mkdtemp(prefix="autotl-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_autotl_cache_dir", None):
+        shutil.rmtree(config._autotl_cache_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A safetensors checkpoint of the tiny network with a 1000-class head, as a user would give."""

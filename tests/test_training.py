@@ -75,3 +75,38 @@ def test_a_passed_deadline_cuts_the_epoch_short_and_keeps_what_was_learnt(tiny_b
 def test_a_diverging_loss_fails_with_a_clear_message(tiny_backbone, splits):
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         run(tiny_backbone, splits, lr=1e12, head_init="default")
+
+
+def test_threads_follow_the_usable_cores_unless_omp_num_threads_is_set(monkeypatch):
+    from autotl.training import configure_threads, usable_cpus
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        torch.set_num_threads(max(1, usable_cpus() + 3))
+        assert configure_threads() == usable_cpus()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(max(1, usable_cpus() + 3))
+        assert configure_threads() == usable_cpus() + 3  # the user's setting wins: left alone
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_moving_average_follows_the_warm_up_formula():
+    from autotl.training import _ema
+
+    net = torch.nn.Linear(2, 1)
+    frozen = torch.nn.Linear(2, 1).requires_grad_(False)
+    model = torch.nn.Sequential(net, frozen)
+    ema = _ema(model, 0.9)
+    expected = None
+    for n in range(4):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        current = net.weight.detach().clone()
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = current if n == 0 else expected * d + current * (1 - d)
+        ema.update_parameters(model)
+        assert torch.allclose(ema.module[0].weight, expected)
+    assert torch.equal(ema.module[1].weight, frozen.weight)  # frozen weights: never averaged, never moved

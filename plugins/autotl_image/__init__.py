@@ -51,11 +51,12 @@ class ImageClassification(Task):
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         images: ImageData = data.payload
         settings = _settings(images.max_side, backbone, params)
-        transform = _transform(settings, str(params.get("augment", "flip")))
+        augment = str(params.get("augment", "flip"))
+        transform = _transform(settings, augment)
 
         def split(name: str) -> TensorSplit:
             resized = resize_all(images, name, settings["resolution"], settings["interpolation"])
-            return TensorSplit(resized, images.labels(name), transform)
+            return TensorSplit(resized, images.labels(name), transform, random_augmentation=augment != "none")
 
         return TrialData(
             train=split("train"),
@@ -174,8 +175,10 @@ def _augment(x: torch.Tensor, how: str) -> torch.Tensor:
         n, _, h, w = x.shape
         pad = max(1, h // 8)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, n)).tolist()
-        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n))
+        rows = (torch.arange(h) + dy[:, None])[:, None, :, None]  # one gather, no Python loop per image
+        cols = (torch.arange(w) + dx[:, None])[:, None, None, :]
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
     return x
 
 

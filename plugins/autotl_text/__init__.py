@@ -174,6 +174,7 @@ class TextSplit(TensorSplit):
     """
 
     lengths: torch.Tensor | None = None
+    random_augmentation: bool = False  # trimming to the longest text is all the transform does
 
     def batches(self, batch_size: int, *, train: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[tuple[Inputs, torch.Tensor]]:

@@ -120,6 +120,26 @@ class TimmBackbone(Backbone):
             and (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1))
         ]
 
+    def split(self, model: nn.Module, freeze: int) -> tuple[nn.Module, nn.Module] | None:
+        """Cut after ``freeze`` groups where ``forward_features`` runs its groups one after the other.
+
+        That holds for the CNNs of the zoo (stem, blocks, final conv); it is checked on a small input
+        each time, and a network where it does not hold (a ViT adds position embeddings between its
+        modules) is not cut.
+        """
+        groups = [_collapsed(model, group) for group in self.layer_groups(model)]
+        body = [name for group in groups[:-1] for name in group]
+        frozen = {name for group in groups[:freeze] for name in group}
+        if not body or not 0 < freeze < len(groups):
+            return None
+        modules = dict(model.named_modules())
+        order = _call_order(model, body, self.preprocessing()["input_size"])
+        if order is None or set(order[: len(frozen)]) != frozen:
+            return None
+        prefix = nn.Sequential(*(modules[name] for name in order[: len(frozen)]))
+        rest = _Rest(nn.Sequential(*(modules[name] for name in order[len(frozen):])), model)
+        return prefix, rest
+
     def preprocessing(self) -> dict[str, Any]:
         size = self._cfg.get("input_size", (3, 224, 224))
         return {
@@ -146,6 +166,82 @@ class TimmBackbone(Backbone):
                   "file": f"weights from {where}", "hub": "weights from the Hugging Face hub",
                   "bundle": "weights from an autotl bundle"}[kind]
         return f"{self.name} ({origin})"
+
+
+class _Rest(nn.Module):
+    """The groups after a cut, then timm's ``forward_head`` (pooling and classifier) of ``model``."""
+
+    def __init__(self, body: nn.Sequential, model: nn.Module):
+        super().__init__()
+        self.body = body
+        self.model = model  # registered: train() and eval() reach the head and the whole network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.body(x))
+
+
+def _collapsed(model: nn.Module, names: list[str]) -> list[str]:
+    """A group's modules as the outermost modules whose every parameter lies in the group.
+
+    timm's groups list leaf modules (``blocks.0.0.conv_dw``...); a cut runs whole blocks
+    (``blocks.0``), whose residual connections the leaves alone would miss.
+    """
+    inside = set(names)
+
+    def in_group(prefix: str) -> bool:
+        params = [n.rsplit(".", 1)[0] for n, _ in model.get_submodule(prefix).named_parameters(prefix=prefix)]
+        return bool(params) and all(_is_under(p, list(inside)) for p in params)
+
+    out: list[str] = []
+    for name in names:
+        best = name
+        parts = name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            ancestor = ".".join(parts[:i])
+            if in_group(ancestor):
+                best = ancestor
+        if best not in out and not any(_is_under(best, [o]) for o in out):
+            out = [o for o in out if not _is_under(o, [best])] + [best]
+    return out
+
+
+def _call_order(model: nn.Module, names: list[str], size: int) -> list[str] | None:
+    """``names`` in the order ``model.forward_features`` calls them, if it calls each once and in turn.
+
+    Run on a small input in eval mode (batch-norm statistics untouched); ``None`` where a module is
+    called twice or not at all, or where running the modules one after the other does not give
+    ``forward_features``' output.
+    """
+    if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
+        return None
+    modules = dict(model.named_modules())
+    calls: list[str] = []
+    hooks = [modules[name].register_forward_pre_hook(lambda _m, _a, name=name: calls.append(name)) for name in names]
+    modes = {m: m.training for m in model.modules()}
+    parameter = next(model.parameters())
+    x = torch.randn(2, 3, min(size, 64), min(size, 64), device=parameter.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            whole = model.forward_features(x)
+            for hook in hooks:
+                hook.remove()
+            hooks = []
+            if sorted(calls) != sorted(names) or len(set(calls)) != len(calls):
+                return None
+            y = x
+            for name in calls:
+                y = modules[name](y)
+    except Exception:
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    if y.shape != whole.shape or not torch.allclose(y, whole, rtol=1e-4, atol=1e-5):
+        return None
+    return calls
 
 
 def _head_names(model: nn.Module) -> list[str]:

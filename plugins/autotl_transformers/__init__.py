@@ -32,8 +32,8 @@ from torch import nn
 from autotl import Backbone, BackboneFamily, hookimpl
 from autotl.errors import ModelUnavailableError, UsageError
 
-from ._model import (ENCODER, HEAD, POOLINGS, TextClassifier, default_lora_leaves, layer_groups, layer_stack,
-                     linear_leaves_fallback, lora_targets)
+from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_groups,
+                     layer_stack, linear_leaves_fallback, lora_targets)
 from ._source import OFFLINE_ZOO, Source, is_repo_id, load_state_file, read_config_json, resolve, zoo_entry
 
 LORA_ENV = "AUTOTL_TRANSFORMERS_LORA_TARGETS"
@@ -194,6 +194,16 @@ class TransformersBackbone(Backbone):
 
     def layer_groups(self, model: nn.Module) -> list[list[str]]:
         return layer_groups(model)
+
+    def split(self, model: nn.Module, freeze: int) -> tuple[nn.Module, nn.Module] | None:
+        """Cut before the head only: a linear probe trains its head on cached pooled features.
+
+        A cut between transformer layers would hand the attention mask to layers whose call
+        differs from one architecture (and transformers version) to the next; not cut there.
+        """
+        if not isinstance(model, TextClassifier) or freeze != len(layer_groups(model)) - 1:
+            return None
+        return Features(model), Head(model)
 
     def lora_targets(self, model: nn.Module) -> list[str]:
         if self._lora_override:

@@ -47,19 +47,61 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        if self.pooling == "pooler":
-            pooled = out.pooler_output
-        elif self.pooling == "cls":
-            pooled = out[0][:, 0]
-        else:
-            states = out[0]
-            mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.classifier(self.dropout(self.norm(pooled)))
+        return self.head(self.features(input_ids, attention_mask, token_type_ids))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled, standardised features: what a linear probe trains."""
+        return self.classifier(self.dropout(features))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled, standardised text vector the head takes, ``(batch, hidden)``."""
+        return pooled_features(self.transformer, self.norm, self.pooling, input_ids, attention_mask, token_type_ids)
+
+
+def pooled_features(transformer: nn.Module, norm: nn.Module, pooling: str, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+    out = transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
+    if pooling == "pooler":
+        pooled = out.pooler_output
+    elif pooling == "cls":
+        pooled = out[0][:, 0]
+    else:
+        states = out[0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return norm(pooled)
+
+
+class Features(nn.Module):
+    """Everything of a :class:`TextClassifier` but its head (the prefix of a linear probe).
+
+    It holds the encoder and the norm, not the head: its weights are the frozen ones alone.
+    """
+
+    def __init__(self, model: TextClassifier):
+        super().__init__()
+        self.transformer = model.transformer
+        self.norm = model.norm
+        self.pooling = model.pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return pooled_features(self.transformer, self.norm, self.pooling, input_ids, attention_mask, token_type_ids)
+
+
+class Head(nn.Module):
+    """A :class:`TextClassifier`'s head on pooled features (the rest of a linear probe)."""
+
+    def __init__(self, model: TextClassifier):
+        super().__init__()
+        self.model = model  # registered: train() and eval() reach the dropout
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(features)
 
 
 def layer_stack(encoder: nn.Module) -> tuple[str, int]:
