@@ -127,7 +127,10 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
     study = load(postgres_url, name)
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
-    assert states.count(TrialState.COMPLETE) == 6, [(t.number, t.state.name) for t in trials]
+    # 6, or 7 when the two surviving workers checked "done + running < 6" in the same instant and both
+    # started one: Optuna has no atomic "create a trial if fewer than N" (a known limit, docs/guide.md)
+    complete = states.count(TrialState.COMPLETE)
+    assert complete in (6, 7), [(t.number, t.state.name) for t in trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     # the killed trial: failed by a live worker once its heartbeat went stale, then run again elsewhere
     assert study.trials[killed.number].state == TrialState.FAIL
@@ -150,7 +153,7 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
     for text in (board.stdout, board.stderr, *(o for pair in outputs for o in pair)):
         assert password not in text
     rows = json.loads(run("trials", *storage, "--json").stdout)
-    assert sum(r["state"] == "COMPLETE" for r in rows) == 6
+    assert sum(r["state"] == "COMPLETE" for r in rows) == complete
 
 
 def test_workers_started_together_on_an_empty_database_all_open_it(postgres_url):
