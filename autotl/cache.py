@@ -73,8 +73,8 @@ class FeatureCache:
     def from_settings(cls, settings: dict[str, Any]) -> "FeatureCache | None":
         if not settings.get("enabled", True):
             return None
-        return cls(settings.get("memory_mb", CACHE_DEFAULTS["memory_mb"]),
-                   settings.get("disk_mb", CACHE_DEFAULTS["disk_mb"]), settings.get("dir"))
+        settings = {**CACHE_DEFAULTS, **settings}  # a parsed recipe's section has them all already
+        return cls(settings["memory_mb"], settings["disk_mb"], settings["dir"])
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.memory_bytes

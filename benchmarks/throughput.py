@@ -18,7 +18,6 @@ needs a GPU. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
 from autotl.training import train
+from autotl.transfer import subset
 
 
 def main() -> None:
@@ -49,10 +49,7 @@ def main() -> None:
     prepared = task.prepare(data, backbone, params)
     train_split = prepared.train
     if args.max_train:
-        n = len(train_split)
-        train_split = dataclasses.replace(train_split, **{
-            f.name: _head(getattr(train_split, f.name), args.max_train) for f in dataclasses.fields(train_split)
-            if _rows(getattr(train_split, f.name)) == n})
+        train_split = subset(train_split, torch.arange(min(args.max_train, len(train_split))))
     device = torch.device(args.device)
     print(f"{params['model']}: {args.epochs} epochs, train {len(train_split)}, val {len(prepared.val)}, "
           f"device {device}{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}", flush=True)
@@ -98,20 +95,6 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps({"model": params["model"], "device": device_name, "epochs": args.epochs,
                       "train_size": len(train_split), "rows": rows}))
-
-
-def _rows(value) -> int | None:
-    if isinstance(value, torch.Tensor):
-        return value.shape[0] if value.dim() else None
-    if isinstance(value, dict) and value:
-        return _rows(next(iter(value.values())))
-    return None
-
-
-def _head(value, n: int):
-    if isinstance(value, torch.Tensor):
-        return value[:n]
-    return {k: v[:n] for k, v in value.items()}
 
 
 if __name__ == "__main__":
