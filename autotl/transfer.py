@@ -37,7 +37,7 @@ import torch
 
 from .base import Backbone, LoadedData, Task, TensorSplit
 from .recipes import DEFAULTS, PRERANK_DEFAULTS, Recipe
-from .training import forward, to_device
+from .cache import prefix_outputs
 
 #: metric name -> column title; the order of the table's columns.
 METRICS = {"logme": "LogME", "hscore": "H-score", "gbc": "GBC"}
@@ -207,14 +207,11 @@ def extract_features(backbone: Backbone, split: TensorSplit, device: torch.devic
     if backbone.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
-    chunks = []
-    for inputs, _ in split.batches(batch_size, train=False):
-        out = forward(model, to_device(inputs, device))
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"{backbone.name}.feature_extractor() returned {shape}; it must return (batch, features)")
-        chunks.append(out.float().cpu())
-    return torch.cat(chunks).numpy().astype(np.float64)
+    out = prefix_outputs(model, split, device, batch_size)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{backbone.name}.feature_extractor() returned {shape}; it must return (batch, features)")
+    return out.numpy().astype(np.float64)
 
 
 def subset(split: TensorSplit, idx: torch.Tensor) -> TensorSplit:
