@@ -391,17 +391,23 @@ class Search:
         if backbone is None:
             self.reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
             return None
-        model = backbone.build(len(self.data.label_names), pretrained=False)
-        model.load_state_dict(load_weights(path))
-        model.to(self.device)
-        if backbone.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         split = self.task.prepare(self.data, backbone, params).test
-        score = {"trial": best.number, "test_accuracy": accuracy(model, split, self.device), "test_size": len(split)}
+        score = {"trial": best.number, "test_accuracy": self.test_accuracy(best), "test_size": len(split)}
         scores = dict(self.study.user_attrs.get("test_scores", {}))
         scores[str(best.number)] = score["test_accuracy"]
         self.study.set_user_attr("test_scores", scores)
         return score
+
+    def test_accuracy(self, trial: optuna.trial.FrozenTrial) -> float:
+        """A trial's kept weights scored on the test split (which must exist, as must the weights)."""
+        params = trial.user_attrs["config"]
+        backbone = self.zoo[params["model"]]
+        model = backbone.build(len(self.data.label_names), pretrained=False)
+        model.load_state_dict(load_weights(weights_path(self.options.out, trial.number)))
+        model.to(self.device)
+        if backbone.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return accuracy(model, self.task.prepare(self.data, backbone, params).test, self.device)
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""

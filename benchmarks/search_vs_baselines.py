@@ -32,17 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 from optuna.trial import TrialState
 
 from autotl.cli import _quiet_libraries
-from autotl.files import load_weights
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
 from autotl.search import Search, SearchOptions, weights_path
-from autotl.training import accuracy
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")
@@ -93,17 +90,9 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
 
 
 def test_accuracy(search: Search, trial) -> float | None:
-    params = trial.user_attrs["config"]
-    backbone = search.zoo[params["model"]]
-    path = weights_path(search.options.out, trial.number)
-    split = search.task.prepare(search.data, backbone, params).test
-    if split is None or not path.is_file():
+    if not search.data.has_test or not weights_path(search.options.out, trial.number).is_file():
         return None
-    model = backbone.build(len(search.data.label_names), pretrained=False)
-    model.load_state_dict(load_weights(path))
-    if backbone.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return round(accuracy(model, split, torch.device("cpu")), 4)
+    return round(search.test_accuracy(trial), 4)
 
 
 def time_to(result: dict, target: float) -> float | None:
