@@ -224,6 +224,16 @@ class TensorSplit:
                 batch = self.transform(batch, train)
             yield batch, self.labels[idx]
 
+    def with_inputs(self, inputs: Inputs) -> "TensorSplit":
+        """The same samples, in the same order, with other inputs: a frozen prefix's outputs (autotl/cache.py).
+
+        Their training batches need no augmentation (the cache holds only splits without random
+        augmentation). The default batches them as :class:`TensorSplit` does, with no transform;
+        override it where batching belongs to the split: a text split that groups texts of similar
+        length and trims each batch to its longest keeps doing so over the cached hidden states.
+        """
+        return TensorSplit(inputs, self.labels, None, random_augmentation=False)
+
 
 def concat_splits(first: TensorSplit, second: TensorSplit) -> TensorSplit:
     """One split holding ``first``'s samples, then ``second``'s, with ``first``'s transform.

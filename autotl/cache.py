@@ -248,20 +248,45 @@ def _jsonable(value: Any) -> Any:
 
 
 def prefix_outputs(prefix: torch.nn.Module, split: TensorSplit, device: torch.device, batch_size: int) -> Inputs:
-    """``prefix`` over the whole split in evaluation order, on the CPU (no gradients: these are inputs)."""
+    """``prefix`` over the whole split, one row per sample in the split's order, on the CPU.
+
+    No gradients (these are inputs). A split with a ``search_order()`` (texts, longest first) is
+    run in that order, so that batches hold samples of similar size, and put back in its own order.
+    Outputs whose second dimension differs from batch to batch (hidden states of texts trimmed to
+    each batch's longest) are right-padded with zeros to the longest.
+    """
     from .training import forward, to_device
 
+    order = getattr(split, "search_order", lambda: None)()
+    run = split.take(order) if order is not None and hasattr(split, "take") else split
     chunks: list[Inputs] = []
     with torch.no_grad():  # not inference_mode: the rest of the network trains on these tensors
-        for inputs, _ in split.batches(batch_size):
+        for inputs, _ in run.batches(batch_size):
             out = forward(prefix, to_device(inputs, device))
-            chunks.append(out.float().cpu().contiguous() if isinstance(out, torch.Tensor)
-                          else {k: v.cpu().contiguous() for k, v in out.items()})
+            chunks.append(_float(out).cpu().contiguous() if isinstance(out, torch.Tensor)
+                          else {k: _float(v).cpu().contiguous() for k, v in out.items()})
     if not chunks:
         raise ValueError("an empty split has no prefix outputs")
     if isinstance(chunks[0], torch.Tensor):
-        return torch.cat(chunks)
-    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+        outputs: Inputs = _cat(chunks)
+    else:
+        outputs = {k: _cat([c[k] for c in chunks]) for k in chunks[0]}
+    if run is split:
+        return outputs
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    return outputs[back] if isinstance(outputs, torch.Tensor) else {k: v[back] for k, v in outputs.items()}
+
+
+def _float(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor  # an attention mask stays integer
+
+
+def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    if chunks[0].dim() >= 2 and len({c.shape[1] for c in chunks}) > 1:
+        width = max(c.shape[1] for c in chunks)
+        chunks = [torch.nn.functional.pad(c, (0, 0) * (c.dim() - 2) + (0, width - c.shape[1])) for c in chunks]
+    return torch.cat(chunks)
 
 
 __all__ = ["CACHE_DEFAULTS", "FeatureCache", "default_dir", "module_digest", "prefix_key", "prefix_outputs",

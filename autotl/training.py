@@ -278,7 +278,7 @@ def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, f
         key = prefix_key(backbone, freeze, split, split_name=name, context=context)
         features, source[name] = cache.get_or_compute(
             key, lambda split=split: prefix_outputs(prefix, split, device, max(batch_size, 64)))
-        splits.append(TensorSplit(features, split.labels, None, random_augmentation=False))
+        splits.append(split.with_inputs(features))
     return (rest, rest_evaluated), splits[0], splits[1], source, time.perf_counter() - started
 
 

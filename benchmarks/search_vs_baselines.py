@@ -19,6 +19,14 @@ until its incumbent was within one point of the best test accuracy any arm's inc
 with the ratio of each arm's numbers to (a)'s. The last line is one JSON object.
 
 The cache folder is a fresh temporary one (``AUTOTL_CACHE_DIR``), so (a) starts cold.
+
+``--repeats N`` runs the whole comparison N times, with seeds ``--seed`` to ``--seed + N - 1`` (the
+samplers, the splits' shuffling and every initialisation change with it; the cache starts empty
+each time): one run measures a random search's luck as much as anything. Each repeat is its own
+side-by-side comparison (its own best accuracy and target); the table shows every repeat, then
+the medians over the repeats, where an arm that never came within a point counts as slower than
+any that did. The JSON's ``*_test_acc`` and ``*_s_to_within_1pt`` are those medians (the single
+run's numbers when N is 1), and ``repeats`` holds each repeat in full.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -100,12 +110,30 @@ def time_to(result: dict, target: float) -> float | None:
                  and i["test_accuracy"] >= target), None)
 
 
+def compare(results: dict) -> dict:
+    """One repeat's verdict: the best test accuracy seen, the target, each arm's accuracy and time to it."""
+    seen = [i["test_accuracy"] for r in results.values() for i in r["incumbents"] if i["test_accuracy"] is not None]
+    best = max(seen) if seen else None
+    target = None if best is None else round(best - 0.01, 4)
+    arms = {arm: {"test_acc": r["test_accuracy"], "s_to_within_1pt": time_to(r, target) if target is not None else None,
+                  "complete": r["complete"], "pruned": r["pruned"]} for arm, r in results.items()}
+    return {"best_test_acc_seen": best, "target": target, "arms": arms}
+
+
+def median_time(values: list[float | None]) -> float | None:
+    """The median, where None (never reached) is slower than any time; None if the median itself is."""
+    m = statistics.median([math.inf if v is None else v for v in values])
+    return None if math.isinf(m) else round(m, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("--task", required=True, help="image-classification or text-classification")
     parser.add_argument("--budget", type=float, required=True, help="seconds of wall time for each arm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the comparison this many times (seeds SEED, SEED+1, ...) and report medians")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {','.join(ARMS)}")
     parser.add_argument("--out", type=Path, help="keep the arms' run folders here (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="also write the JSON result to this file")
@@ -114,48 +142,70 @@ def main() -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not set(arms) <= set(ARMS):
         parser.error(f"--arms takes {', '.join(ARMS)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     work = Path(tempfile.mkdtemp(prefix="autotl-bench-"))
     out = args.out or work
-    os.environ["AUTOTL_CACHE_DIR"] = str(work / "cache")  # (a) starts with an empty cache
     recipes = arm_recipes(args.task, work)
-    results = {}
+    first_seed = args.seed
+    repeats = []
     try:
-        for arm in arms:
-            print(f"=== arm {arm}: {args.budget:.0f} s, recipe {recipes[arm]}", file=sys.stderr, flush=True)
-            results[arm] = run_arm(arm, recipes[arm], args, out / arm)
-            print(f"=== arm {arm}: {json.dumps(results[arm])}", file=sys.stderr, flush=True)
+        for r in range(args.repeats):
+            args.seed = first_seed + r
+            os.environ["AUTOTL_CACHE_DIR"] = str(work / f"cache-{r}")  # (a) starts with an empty cache
+            results = {}
+            for arm in arms:
+                print(f"=== repeat {r + 1}/{args.repeats} (seed {args.seed}), arm {arm}: {args.budget:.0f} s, "
+                      f"recipe {recipes[arm]}", file=sys.stderr, flush=True)
+                folder = out / arm if args.repeats == 1 else out / f"seed{args.seed}" / arm
+                results[arm] = run_arm(arm, recipes[arm], args, folder)
+                print(f"=== arm {arm}: {json.dumps(results[arm])}", file=sys.stderr, flush=True)
+            shutil.rmtree(work / f"cache-{r}", ignore_errors=True)
+            repeats.append({"seed": args.seed, **compare(results), "results": results})
     finally:
-        shutil.rmtree(work / "cache", ignore_errors=True)
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    seen = [i["test_accuracy"] for r in results.values() for i in r["incumbents"] if i["test_accuracy"] is not None]
-    best = max(seen) if seen else None
-    target = None if best is None else best - 0.01
-    print(f"\n{args.data} ({args.task}), {args.budget:.0f} s per arm; best test accuracy seen {best}; "
-          f"'within 1 pt' = test accuracy >= {target if target is None else round(target, 4)}")
-    print(f"{'arm':8s} {'test acc':>9s} {'vs (a)':>7s} {'trials':>6s} {'pruned':>6s} {'s to 1pt':>9s} {'vs (a)':>7s}")
-    a = results.get("autotl")
-    a_time = time_to(a, target) if a and target is not None else None
-    summary = {}
-    for arm, r in results.items():
-        reach = time_to(r, target) if target is not None else None
-        acc_ratio = (r["test_accuracy"] / a["test_accuracy"]) if a and a["test_accuracy"] and r["test_accuracy"] else None
-        time_ratio = (reach / a_time) if reach is not None and a_time else None
-        summary[arm] = (r["test_accuracy"], reach)
-        print(f"{arm:8s} {fmt(r['test_accuracy'], 4):>9s} {fmt(acc_ratio, 3):>7s} {r['complete']:>6d} "
-              f"{r['pruned']:>6d} {fmt(reach, 1):>9s} {fmt(time_ratio, 2):>7s}")
-    final = {"data": str(args.data), "task": args.task, "budget_s": args.budget, "best_test_acc_seen": best}
+    print(f"\n{args.data} ({args.task}), {args.budget:.0f} s per arm, {len(repeats)} repeat(s); 'within 1 pt' = "
+          "test accuracy >= the repeat's best test accuracy seen, minus 0.01")
+    print(f"{'seed':>6s} {'arm':8s} {'test acc':>9s} {'vs (a)':>7s} {'trials':>6s} {'pruned':>6s} {'s to 1pt':>9s} "
+          f"{'vs (a)':>7s}")
+    for rep in repeats:
+        a = rep["arms"].get("autotl")
+        print(f"{rep['seed']:>6d} best seen {fmt(rep['best_test_acc_seen'], 4)}, target {fmt(rep['target'], 4)}")
+        for arm, v in rep["arms"].items():
+            print(row(str(rep["seed"]), arm, v["test_acc"], v["s_to_within_1pt"], a, v["complete"], v["pruned"]))
+    final = {"data": str(args.data), "task": args.task, "budget_s": args.budget, "repeats_n": len(repeats),
+             "best_test_acc_seen": statistics.median([rep["best_test_acc_seen"] for rep in repeats
+                                                       if rep["best_test_acc_seen"] is not None] or [math.nan])}
+    medians = {}
+    for arm in arms:
+        accs = [rep["arms"][arm]["test_acc"] for rep in repeats if rep["arms"][arm]["test_acc"] is not None]
+        medians[arm] = {"test_acc": round(statistics.median(accs), 4) if accs else None,
+                        "s_to_within_1pt": median_time([rep["arms"][arm]["s_to_within_1pt"] for rep in repeats])}
+    if len(repeats) > 1:
+        a = medians.get("autotl")
+        for arm, v in medians.items():
+            print(row("median", arm, v["test_acc"], v["s_to_within_1pt"], a))
     for arm in ARMS:
-        acc, reach = summary.get(arm, (None, None))
-        final[f"{arm}_test_acc"] = acc
-        final[f"{arm}_s_to_within_1pt"] = reach
-    final["arms"] = results
+        final[f"{arm}_test_acc"] = medians.get(arm, {}).get("test_acc")
+        final[f"{arm}_s_to_within_1pt"] = medians.get(arm, {}).get("s_to_within_1pt")
+    final["repeats"] = repeats
     if args.results:
         args.results.write_text(json.dumps(final, indent=1))
     print(json.dumps(final))
     return 0
+
+
+def row(seed: str, arm: str, acc, reach, a: dict | None, complete=None, pruned=None) -> str:
+    a_acc = a["test_acc"] if a else None
+    a_time = a["s_to_within_1pt"] if a else None
+    acc_ratio = acc / a_acc if acc and a_acc else None
+    time_ratio = reach / a_time if reach is not None and a_time else None
+    counts = (f"{complete:>6d} {pruned:>6d}" if complete is not None else f"{'':>6s} {'':>6s}")
+    return (f"{seed:>6s} {arm:8s} {fmt(acc, 4):>9s} {fmt(acc_ratio, 3):>7s} {counts} {fmt(reach, 1):>9s} "
+            f"{fmt(time_ratio, 2):>7s}")
 
 
 def fmt(value, digits: int) -> str:

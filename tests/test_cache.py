@@ -73,23 +73,61 @@ def test_a_network_whose_modules_do_not_run_in_turn_is_not_cut():
     assert backbone.split(model, 2) is None  # position embeddings are added between its modules
 
 
-def test_the_text_backbone_cuts_before_the_head_only():
+@pytest.fixture(scope="module")
+def tiny_text_backbone(tmp_path_factory):
+    import tinybert
     from autotl_transformers import TransformersFamily
-    from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    backbone = TransformersFamily().get("all-MiniLM-L6-v2")
-    model = backbone._classifier(BertModel(config), 3)
+    return TransformersFamily().get(str(tinybert.save_tiny_bert(tmp_path_factory.mktemp("tinybert") / "m", layers=3)))
+
+
+def test_the_text_backbone_cuts_between_layers_and_before_the_head(tiny_text_backbone):
+    backbone = tiny_text_backbone
+    model = backbone.build(3)
     torch.nn.init.normal_(model.classifier.weight)
-    n = len(backbone.layer_groups(model))
-    assert backbone.split(model, n - 2) is None
-    prefix, rest = backbone.split(model, n - 1)
-    ids = torch.randint(1, 50, (3, 7))
+    groups = backbone.layer_groups(model)
+    assert len(groups) == 5  # embeddings, three layers, the head
+    ids = torch.randint(5, 40, (3, 9))
     mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # a padded text: the rest must mask the same positions
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(rest.eval()(prefix(input_ids=ids, attention_mask=mask)), model(ids, mask), atol=1e-6)
+        want = model(ids, mask)
+        for k in range(1, len(groups)):
+            prefix, rest = backbone.split(model, k)
+            frozen = {id(p) for g in groups[:k] for name in g for p in model.get_submodule(name).parameters()}
+            assert {id(p) for p in prefix.parameters()} == frozen, k
+            out = prefix(input_ids=ids, attention_mask=mask)
+            got = rest.eval()(**out) if isinstance(out, dict) else rest.eval()(out)
+            assert torch.allclose(got, want, atol=1e-5), k
+    assert len(list(model.transformer.encoder.layer)) == 3  # the views left the network whole
+
+
+def test_a_text_encoder_with_a_final_norm_is_cut_before_the_head_only(tiny_text_backbone):
+    from autotl_transformers._model import layer_cut
+
+    model = tiny_text_backbone.build(2)
+    model.transformer.final_norm = torch.nn.LayerNorm(model.transformer.config.hidden_size)  # an "after" group
+    assert layer_cut(model, 2) is None
+
+
+@pytest.mark.parametrize("freeze", [2, 4])  # between two layers; before the head (a linear probe)
+def test_a_cached_text_trial_trains_the_same_network_as_an_uncached_one(tiny_text_backbone, tmp_path, freeze):
+    import tinybert
+    from autotl_text import TextClassification
+
+    task = TextClassification()
+    data = task.load(tinybert.make_text_folder(tmp_path / "d", per_class=20), seed=0, val_fraction=0.25, options={})
+    params = {"freeze": freeze, "lora_rank": 0, "lr": 3e-3, "epochs": 2, "batch_size": 4, "max_length": 32}
+    split = task.prepare(data, tiny_text_backbone, params)
+    results = [train(tiny_text_backbone, params, split.train, split.val, 2, device=CPU, seed=0, cache=cache,
+                     cache_context={"task": task.name, "fingerprint": data.fingerprint})
+               for cache in (None, FeatureCache(directory=tmp_path / "c"))]
+    plain, cached = results
+    assert cached.cache == {"train": "computed", "val": "computed"}
+    assert cached.curve == pytest.approx(plain.curve, abs=1e-6)
+    for key, value in plain.best_state.items():
+        assert torch.allclose(cached.best_state[key].float(), value.float(), atol=1e-4), key
 
 
 # -- training on cached prefix outputs -------------------------------------------------------------

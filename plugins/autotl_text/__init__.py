@@ -193,7 +193,8 @@ class TextSplit(TensorSplit):
             idx = groups[g]
             if len(idx) < 2 and n >= 2:
                 continue  # a batch of one adds only noise
-            batch = {key: value[idx] for key, value in self.inputs.items()}
+            batch = (self.inputs[idx] if isinstance(self.inputs, torch.Tensor)
+                     else {key: value[idx] for key, value in self.inputs.items()})
             if self.transform is not None:
                 batch = self.transform(batch, train)
             yield batch, self.labels[idx]
@@ -206,6 +207,16 @@ class TextSplit(TensorSplit):
         """
         return None if self.lengths is None else torch.argsort(self.lengths, descending=True, stable=True)
 
+    def with_inputs(self, inputs: Inputs) -> TensorSplit:
+        """Cached hidden states and their attention masks, batched and trimmed as the texts were.
+
+        Pooled vectors (one tensor: a linear probe's features) are grouped the same way, untrimmed,
+        so that a trial draws the same batches cached or not.
+        """
+        if isinstance(inputs, torch.Tensor) or "attention_mask" not in inputs:
+            return TextSplit(inputs, self.labels, None, random_augmentation=False, lengths=self.lengths)
+        return TextSplit(dict(inputs), self.labels, self.transform, random_augmentation=False, lengths=self.lengths)
+
     def take(self, idx: torch.Tensor) -> "TextSplit":
         """The texts at ``idx``, in that order."""
         return TextSplit({key: value[idx] for key, value in self.inputs.items()}, self.labels[idx], self.transform,
@@ -213,13 +224,21 @@ class TextSplit(TensorSplit):
 
 
 def trim_transform(left: bool):
-    """Cut a batch to its longest text (on the padding side) and give the model ``long`` tensors."""
+    """Cut a batch to its longest text (on the padding side) and give the model ``long`` token tensors.
+
+    Floating-point tensors of the batch (the hidden states a frozen prefix cached) are cut the same
+    way and passed on as they are.
+    """
 
     def transform(batch: Mapping[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
         mask = batch["attention_mask"]
         longest = max(1, int(mask.sum(1).max())) if mask.numel() else 1
         cut = slice(-longest, None) if left else slice(0, longest)
-        return {"input_ids": batch["input_ids"][:, cut].long(), "attention_mask": mask[:, cut].long()}
+        out = {"input_ids": batch["input_ids"][:, cut].long()} if "input_ids" in batch else {}
+        out.update({key: value[:, cut] for key, value in batch.items()
+                    if value.is_floating_point() and value.dim() >= 2})
+        out["attention_mask"] = mask[:, cut].long()
+        return out
 
     return transform
 

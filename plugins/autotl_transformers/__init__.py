@@ -32,8 +32,8 @@ from torch import nn
 from autotl import Backbone, BackboneFamily, hookimpl
 from autotl.errors import ModelUnavailableError, UsageError
 
-from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_groups,
-                     layer_stack, linear_leaves_fallback, lora_targets)
+from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_cut,
+                     layer_groups, layer_stack, linear_leaves_fallback, lora_targets)
 from ._source import OFFLINE_ZOO, Source, is_repo_id, load_state_file, read_config_json, resolve, zoo_entry
 
 LORA_ENV = "AUTOTL_TRANSFORMERS_LORA_TARGETS"
@@ -196,14 +196,20 @@ class TransformersBackbone(Backbone):
         return layer_groups(model)
 
     def split(self, model: nn.Module, freeze: int) -> tuple[nn.Module, nn.Module] | None:
-        """Cut before the head only: a linear probe trains its head on cached pooled features.
+        """Cut after the frozen groups: before the head (pooled features), or between two layers.
 
-        A cut between transformer layers would hand the attention mask to layers whose call
-        differs from one architecture (and transformers version) to the next; not cut there.
+        Between layers the prefix returns the hidden states and the attention mask; the rest runs
+        the later layers through the encoder's own forward (``inputs_embeds``), so the model builds
+        its attention mask as always. Right-padded tokenizers only: the cache pads the hidden
+        states of a split on the right. ``None`` where the cut does not reproduce the network.
         """
-        if not isinstance(model, TextClassifier) or freeze != len(layer_groups(model)) - 1:
+        if not isinstance(model, TextClassifier):
             return None
-        return Features(model), Head(model)
+        if freeze == len(layer_groups(model)) - 1:
+            return Features(model), Head(model)
+        if getattr(self._tokenizer, "padding_side", "right") == "left":
+            return None
+        return layer_cut(model, freeze)
 
     def lora_targets(self, model: nn.Module) -> list[str]:
         if self._lora_override:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
@@ -65,15 +68,18 @@ def pooled_features(transformer: nn.Module, norm: nn.Module, pooling: str, input
         attention_mask = torch.ones_like(input_ids)
     extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
     out = transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
+    return norm(pool(out, attention_mask, pooling))
+
+
+def pool(out: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per text from an encoder's output (see :class:`TextClassifier`'s ``pooling``)."""
     if pooling == "pooler":
-        pooled = out.pooler_output
-    elif pooling == "cls":
-        pooled = out[0][:, 0]
-    else:
-        states = out[0]
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return norm(pooled)
+        return out.pooler_output
+    if pooling == "cls":
+        return out[0][:, 0]
+    states = out[0]
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 class Features(nn.Module):
@@ -102,6 +108,118 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.head(features)
+
+
+class LayerPrefix(nn.Module):
+    """The embeddings and the first layers of a :class:`TextClassifier`'s encoder (see :func:`layer_cut`).
+
+    Returns the hidden states after its last layer and the attention mask, the inputs of
+    :class:`LayerRest`. ``transformer`` is a view of the encoder holding only those modules.
+    """
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return {"hidden_states": out[0], "attention_mask": attention_mask}
+
+
+class LayerRest(nn.Module):
+    """The later layers, the pooling and the head of a :class:`TextClassifier`, on :class:`LayerPrefix`'s outputs.
+
+    ``transformer`` is a view of the encoder whose embeddings hand on the hidden states they are
+    given (as ``inputs_embeds``): the model's own forward builds the attention mask as always.
+    """
+
+    def __init__(self, model: TextClassifier, transformer: nn.Module):
+        super().__init__()
+        self.model = model  # registered: train() and eval() reach every module
+        self.transformer = transformer  # the view's own (shallow-copied) modules carry a training flag too
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(inputs_embeds=hidden_states, attention_mask=attention_mask)
+        return self.model.head(self.model.norm(pool(out, attention_mask, self.model.pooling)))
+
+
+class _Given(nn.Module):
+    """Stands for the embeddings in :class:`LayerRest`: returns the hidden states it is handed."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        given = kwargs.get("inputs_embeds")
+        if given is None:  # DistilBERT-like: embeddings(input_ids, inputs_embeds) by position
+            given = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+        if given is None:
+            raise ValueError("the rest of a cut text encoder takes hidden states as inputs_embeds")
+        return given
+
+
+def _view(root: nn.Module, replace: Mapping[str, nn.Module]) -> nn.Module:
+    """A shallow copy of ``root`` whose submodules at the dotted names of ``replace`` are replaced.
+
+    Every other module (and every parameter) is ``root``'s own; only the modules on the way down to
+    a replaced one are copied, so that ``root`` itself stays whole.
+    """
+    clone = copy.copy(root)
+    clone._modules = dict(root._modules)
+    deeper: dict[str, dict[str, nn.Module]] = {}
+    for name, module in replace.items():
+        head, _, tail = name.partition(".")
+        if tail:
+            deeper.setdefault(head, {})[tail] = module
+        else:
+            clone._modules[head] = module
+    for head, sub in deeper.items():
+        clone._modules[head] = _view(root._modules[head], sub)
+    return clone
+
+
+def layer_cut(model: TextClassifier, freeze: int) -> tuple[LayerPrefix, LayerRest] | None:
+    """``model`` cut after its first ``freeze`` layer groups (the embeddings, then ``freeze - 1`` layers).
+
+    Cuts where the groups are one embeddings module, the layer stack and the head (BERT, RoBERTa,
+    DistilBERT, MiniLM, ...); ``None`` elsewhere (several modules before the stack, a final norm
+    after it) and wherever running the two parts on a small input does not give the network's own
+    output: a model whose forward does not go through every layer of its stack in order, say.
+    """
+    stack, n = layer_stack(model.transformer)
+    groups = layer_groups(model)
+    if len(groups) != n + 2 or len(groups[0]) != 1 or not 1 <= freeze <= n:
+        return None
+    embeddings = groups[0][0].removeprefix(f"{ENCODER}.")
+    layers = list(model.transformer.get_submodule(stack))
+    cut = freeze - 1
+    prefix = LayerPrefix(_view(model.transformer, {stack: nn.ModuleList(layers[:cut])}))
+    rest = LayerRest(model, _view(model.transformer, {stack: nn.ModuleList(layers[cut:]), embeddings: _Given()}))
+    return (prefix, rest) if _same(model, prefix, rest) else None
+
+
+def _same(model: TextClassifier, prefix: nn.Module, rest: nn.Module) -> bool:
+    """Whether ``rest(prefix(x))`` is ``model(x)`` on two short texts (one padded), in eval mode."""
+    modes = [(m, m.training) for m in (*model.modules(), *prefix.modules(), *rest.modules())]
+    vocab = int(getattr(model.transformer.config, "vocab_size", 100) or 100)
+    ids = (torch.arange(16).view(2, 8) * 7 + 5) % max(vocab, 2)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    try:
+        device = next(model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        for m, _ in modes:
+            m.training = False
+        with torch.no_grad():
+            want = model(ids, mask)
+            got = rest(**prefix(ids, mask))
+        return got.shape == want.shape and bool(torch.allclose(got, want, atol=1e-4, rtol=1e-4))
+    except Exception:
+        return False
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def layer_stack(encoder: nn.Module) -> tuple[str, int]:
