@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
 import shutil
 import statistics
 import sys
