@@ -332,3 +332,26 @@ def test_other_weights_under_the_same_model_name_are_another_key(tiny_backbone, 
     other = Retrained.__new__(Retrained)
     other.__dict__.update(tiny_backbone.__dict__)
     assert run(other, data, cache).cache == {"train": "computed", "val": "computed"}
+
+
+@pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
+def test_other_bert_like_encoders_are_cut_between_layers(architecture):
+    from autotl_transformers._model import TextClassifier, layer_cut, layer_groups
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    if architecture == "roberta":  # position ids made from the input ids, in the embeddings
+        encoder = RobertaModel(RobertaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                             intermediate_size=32, max_position_embeddings=40, pad_token_id=1))
+    else:  # embeddings(input_ids, inputs_embeds) by position, its stack under transformer.layer
+        encoder = DistilBertModel(DistilBertConfig(vocab_size=60, dim=16, n_layers=3, n_heads=2, hidden_dim=32,
+                                                   max_position_embeddings=40))
+    model = TextClassifier(encoder, 3).eval()
+    torch.nn.init.normal_(model.classifier.weight)
+    ids = torch.randint(3, 60, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        want = model(ids, mask)
+        for k in range(1, len(layer_groups(model)) - 1):
+            prefix, rest = layer_cut(model, k)
+            assert torch.allclose(rest.eval()(**prefix(ids, mask)), want, atol=1e-5), k
