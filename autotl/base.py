@@ -8,7 +8,7 @@ imports a plugin. A task and a backbone that serve the same ``modality`` (``"ima
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, Union
 
@@ -223,6 +223,31 @@ class TensorSplit:
             if self.transform is not None:
                 batch = self.transform(batch, train)
             yield batch, self.labels[idx]
+
+    def take(self, idx: torch.Tensor) -> "TensorSplit":
+        """The samples at ``idx``, in that order: every per-sample tensor field (and mapping of them) indexed.
+
+        Fields of a subclass (a text split's lengths) are indexed too; the transform is kept.
+        """
+        n = len(self)
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+                return value[idx]
+            if isinstance(value, Mapping):
+                return {key: pick(v) for key, v in value.items()}
+            return value
+
+        return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "transform"})
+
+    def search_order(self) -> torch.Tensor | None:
+        """An order to run the samples through a network in, samples of similar size together, or ``None``.
+
+        ``None`` (the default): the split's own order is as good as any. A text split returns its
+        texts longest first, so that batches carry little padding; the frozen-prefix cache computes
+        in this order and puts the outputs back in the split's.
+        """
+        return None
 
     def with_inputs(self, inputs: Inputs) -> "TensorSplit":
         """The same samples, in the same order, with other inputs: a frozen prefix's outputs (autotl/cache.py).

@@ -257,8 +257,8 @@ def prefix_outputs(prefix: torch.nn.Module, split: TensorSplit, device: torch.de
     """
     from .training import forward, to_device
 
-    order = getattr(split, "search_order", lambda: None)()
-    run = split.take(order) if order is not None and hasattr(split, "take") else split
+    order = split.search_order()
+    run = split if order is None else split.take(order)
     chunks: list[Inputs] = []
     with torch.no_grad():  # not inference_mode: the rest of the network trains on these tensors
         for inputs, _ in run.batches(batch_size):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -214,20 +214,6 @@ def extract_features(backbone: Backbone, split: TensorSplit, device: torch.devic
     return out.numpy().astype(np.float64)
 
 
-def subset(split: TensorSplit, idx: torch.Tensor) -> TensorSplit:
-    """The samples at ``idx`` of a split: every per-sample tensor field (and mapping of them) indexed."""
-    n = len(split)
-
-    def take(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-            return value[idx]
-        if isinstance(value, Mapping):
-            return {key: take(v) for key, v in value.items()}
-        return value
-
-    return replace(split, **{f.name: take(getattr(split, f.name)) for f in fields(split) if f.name != "transform"})
-
-
 def feature_params(recipe: Recipe, model: str) -> dict[str, Any]:
     """The trial parameters the features of ``model`` are computed with: its preprocessing as a trial's.
 
@@ -291,7 +277,7 @@ def rank_models(task: Task, data: LoadedData, zoo: Mapping[str, Backbone], recip
             if chosen is None:
                 chosen = _sample(len(split), int(settings["max_samples"]), seed)
             if chosen is not None and len(chosen) < len(split):
-                split = subset(split, chosen)
+                split = split.take(chosen)
             features = extract_features(backbone, split, device, int(settings["batch_size"]))
             labels = split.labels.numpy()
             row.samples, row.features = features.shape

@@ -27,7 +27,6 @@ import torch
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
 from autotl.training import train
-from autotl.transfer import subset
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     prepared = task.prepare(data, backbone, params)
     train_split = prepared.train
     if args.max_train:
-        train_split = subset(train_split, torch.arange(min(args.max_train, len(train_split))))
+        train_split = train_split.take(torch.arange(min(args.max_train, len(train_split))))
     device = torch.device(args.device)
     print(f"{params['model']}: {args.epochs} epochs, train {len(train_split)}, val {len(prepared.val)}, "
           f"device {device}{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}", flush=True)

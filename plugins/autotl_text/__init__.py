@@ -217,11 +217,6 @@ class TextSplit(TensorSplit):
             return TextSplit(inputs, self.labels, None, random_augmentation=False, lengths=self.lengths)
         return TextSplit(dict(inputs), self.labels, self.transform, random_augmentation=False, lengths=self.lengths)
 
-    def take(self, idx: torch.Tensor) -> "TextSplit":
-        """The texts at ``idx``, in that order."""
-        return TextSplit({key: value[idx] for key, value in self.inputs.items()}, self.labels[idx], self.transform,
-                         lengths=None if self.lengths is None else self.lengths[idx])
-
 
 def trim_transform(left: bool):
     """Cut a batch to its longest text (on the padding side) and give the model ``long`` token tensors.
