@@ -14,6 +14,10 @@ start point's model::
     python benchmarks/prefix_cache.py ../shared/datasets/image/fashion_mnist_100shot --task image-classification
     python benchmarks/prefix_cache.py ../shared/datasets/text/fine_foods --task text-classification --epochs 5
     python benchmarks/prefix_cache.py DATA --task image-classification --freeze 4 --lr 3e-3
+    python benchmarks/prefix_cache.py ../shared/datasets/text/fine_foods --task text-classification --freeze 4 --epochs 2 --lr 3e-4 --set max_length=256
+
+Every other trial parameter (resolution, max length, batch size...) is the recipe's first start
+point's, or what ``--set KEY=VALUE`` says.
 
 The last line is one JSON object.
 """
@@ -27,11 +31,19 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from autotl.cache import FeatureCache
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
 from autotl.training import train
+
+
+def setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. max_length=256")
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -43,6 +55,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
+                        help="another trial parameter, e.g. max_length=256 (repeatable; the value is read as YAML)")
     args = parser.parse_args()
 
     registry = get_registry()
@@ -55,7 +69,7 @@ def main() -> None:
     groups = len(backbone.layer_groups(backbone.build(2, pretrained=False)))
     freeze = groups - 1 if args.freeze is None else args.freeze
     params = {**recipe.fixed, **start, "model": name, "freeze": freeze, "lora_rank": 0, "lr": args.lr,
-              "epochs": args.epochs, "augment": "none"}
+              "epochs": args.epochs, "augment": "none", **dict(args.set)}
     data = task.load(args.data, seed=args.seed, val_fraction=recipe.val_fraction, options=recipe.data)
     prepared = task.prepare(data, backbone, params)
     context = {"task": task.name, "fingerprint": data.fingerprint}

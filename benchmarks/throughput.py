@@ -3,7 +3,7 @@
     python benchmarks/throughput.py ../shared/datasets/image/fashion_mnist_100shot --task image-classification
     python benchmarks/throughput.py ../shared/datasets/text/fine_foods --task text-classification --epochs 1
 
-Runs the recipe's first start point (full fine-tune) for ``--epochs`` epochs through
+Runs the recipe's first full fine-tune start point (nothing frozen, no LoRA) for ``--epochs`` epochs through
 ``autotl.training.train`` and prints, from the timings the trial records itself: samples per second
 while training, and the shares of the wall time spent in forward/backward/optimizer steps, in
 validation, in fetching, transforming and moving batches, and in building the network. The share
@@ -41,7 +41,10 @@ def main() -> None:
     registry = get_registry()
     task = registry.tasks[args.task]
     recipe = load_recipe(args.task)
-    params = {**recipe.fixed, **recipe.start_with[0], "epochs": args.epochs}
+    full = [p for p in recipe.start_with if not p.get("freeze") and not p.get("lora_rank")]
+    if not full:
+        raise SystemExit(f"the {args.task} recipe has no full fine-tune start point (freeze 0, lora_rank 0)")
+    params = {**recipe.fixed, **full[0], "epochs": args.epochs}
     family = next(f for f in registry.families_for(task) if f.owns(params["model"]))
     backbone = family.get(params["model"])
     data = task.load(args.data, seed=0, val_fraction=recipe.val_fraction, options=recipe.data)
