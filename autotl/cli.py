@@ -202,8 +202,8 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         weights=_parse_weights(weights), trials=trials, time_budget=time_budget, seed=seed, storage=storage,
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
-        data_options=_parse_data_options(data_options), max_failures=max_failures, prerank=not no_prerank,
-        cache=not no_cache,
+        data_options=parse_key_values(data_options, "--data-option", "-d text_column=review"),
+        max_failures=max_failures, prerank=not no_prerank, cache=not no_cache,
     )
     _run_search(options, out)
 
@@ -508,7 +508,8 @@ def _console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=200)
 
 
-def _parse_data_options(values) -> dict:
+def parse_key_values(values, option: str, example: str) -> dict:
+    """``KEY=VALUE`` strings as a mapping, each value read as YAML (``lr=3e-4`` is a float)."""
     import yaml
 
     from .errors import UsageError
@@ -517,7 +518,7 @@ def _parse_data_options(values) -> dict:
     for value in values:
         key, sep, raw = value.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--data-option {value!r} is not KEY=VALUE, e.g. -d text_column=review")
+            raise UsageError(f"{option} {value!r} is not KEY=VALUE, e.g. {example}")
         parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return parsed
 

@@ -31,19 +31,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from autotl.cache import FeatureCache
+from autotl.cli import parse_key_values
+from autotl.errors import UsageError
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
 from autotl.training import train
-
-
-def setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. max_length=256")
-    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -55,9 +49,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another trial parameter, e.g. max_length=256 (repeatable; the value is read as YAML)")
     args = parser.parse_args()
+    try:
+        settings = parse_key_values(args.set, "--set", "--set max_length=256")
+    except UsageError as error:
+        parser.error(str(error))
 
     registry = get_registry()
     task = registry.tasks[args.task]
@@ -69,7 +67,7 @@ def main() -> None:
     groups = len(backbone.layer_groups(backbone.build(2, pretrained=False)))
     freeze = groups - 1 if args.freeze is None else args.freeze
     params = {**recipe.fixed, **start, "model": name, "freeze": freeze, "lora_rank": 0, "lr": args.lr,
-              "epochs": args.epochs, "augment": "none", **dict(args.set)}
+              "epochs": args.epochs, "augment": "none", **settings}
     data = task.load(args.data, seed=args.seed, val_fraction=recipe.val_fraction, options=recipe.data)
     prepared = task.prepare(data, backbone, params)
     context = {"task": task.name, "fingerprint": data.fingerprint}
