@@ -324,6 +324,7 @@ def best(run, storage, study, within, as_json):
     from .export import find_trial_weights
     from .leaderboard import best_summary, choose_trial
     from .runs import load_study, locate
+    from .trial_weights import owner_problem
 
     location = locate(run, storage, study)
     loaded = load_study(location)
@@ -344,8 +345,10 @@ def best(run, storage, study, within, as_json):
         click.echo(f"  parameters: {f'{count:,}' if count else '-'}; latency per item: "
                    + (f"{latency['batch1_ms']:.2f} ms at batch 1, {latency['batched_ms']:.2f} ms at batch "
                       f"{latency['batch_size']} ({latency['device']})" if latency else "not measured"))
-    if find_trial_weights(location, loaded.user_attrs, choice.trial) is None:
-        click.echo("  its weights were not kept (only the top --keep-top trials keep theirs): "
+    weights = find_trial_weights(location, loaded.user_attrs, choice.trial)
+    problem = weights and owner_problem(weights, loaded.study_name, choice.trial.number)
+    if weights is None or problem:
+        click.echo(f"  {problem or 'its weights were not kept (only the top --keep-top trials keep theirs)'}: "
                    "`autotl export --refit` trains it again")
     for key, value in summary["params"].items():
         click.echo(f"  {key}: {value}")

@@ -33,10 +33,11 @@ from .bundle import (CARD, CONFIG, FORMAT, FORMAT_VERSION, ONNX, TORCHSCRIPT, WE
 from .errors import DataError, PluginError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import BATCH, CPU_THREADS, count_parameters, cpu_threads, first, measure_model, sample_inputs, time_call
-from .leaderboard import choose_trial
+from .leaderboard import choose_trial, rank_key
 from .recipes import parse_recipe
 from .runs import RunLocation, load_study, redact
 from .training import forward
+from .trial_weights import WEIGHTS_ATTR, owner_problem, recorded_weights
 
 FORMATS = ("onnx", "torchscript")
 #: the largest absolute difference of any class probability the ONNX and TorchScript files may show
@@ -109,7 +110,7 @@ def export_bundle(location: RunLocation, options: ExportOptions,
             state, refit_info = _refit(task, data, backbone, params, trial, int(attrs.get("seed", 0)), device,
                                        num_classes, say)
         else:
-            state = load_weights(_trial_weights(location, attrs, trial))
+            state = load_weights(_trial_weights(location, attrs, trial, study.study_name))
         _check_merged(state)
         save_weights(tmp / WEIGHTS, state, {"format": FORMAT, "model": params["model"], "trial": str(trial.number)})
         backbone_config = backbone.bundle_files(tmp)
@@ -181,24 +182,25 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def find_trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial) -> Path | None:
-    """The saved weights of ``trial``: in the run folder given, else where the search wrote them."""
-    rel = trial.user_attrs.get("weights") or f"trials/{trial.number:04d}/model.safetensors"
-    for root in (location.folder, attrs.get("out")):
-        if root and (Path(root) / rel).is_file():
-            return Path(root) / rel
-    return None
+    """The saved weights ``trial`` recorded: in the run folder given, else where the search wrote them.
+
+    Check them with :func:`autotl.trial_weights.owner_problem` before use."""
+    return recorded_weights(trial, [location.folder, attrs.get("out")])
 
 
-def _trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial) -> Path:
+def _trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial, study_name: str) -> Path:
     found = find_trial_weights(location, attrs, trial)
     if found is not None:
+        problem = owner_problem(found, study_name, trial.number)
+        if problem:
+            raise RunError(f"{problem}; add --refit to train trial {trial.number}'s configuration again")
         return found
-    rel = trial.user_attrs.get("weights") or f"trials/{trial.number:04d}/model.safetensors"
-    roots = [r for r in (location.folder, attrs.get("out")) if r]
-    where = " or ".join(str(Path(r) / rel) for r in roots) or rel
-    if not trial.user_attrs.get("weights"):
+    rel = trial.user_attrs.get(WEIGHTS_ATTR)
+    if not rel:
         raise RunError(f"the weights of trial {trial.number} were not kept (only the top --keep-top trials keep "
                        "theirs); add --refit to train its configuration again")
+    roots = [r for r in (location.folder, attrs.get("out")) if r]
+    where = " or ".join(str(Path(r) / rel) for r in roots) or rel
     raise RunError(f"the weights of trial {trial.number} are not at {where} (only the top --keep-top trials keep "
                    "theirs; a moved run needs its folder named); add --refit to train its configuration again")
 
@@ -260,8 +262,8 @@ def _config(study: optuna.Study, attrs: Mapping[str, Any], trial: FrozenTrial, r
         if t.state.name.lower() in states:
             states[t.state.name.lower()] += 1
         if t.state == TrialState.COMPLETE:
-            complete.append(t.value)
-    rank = 1 + sum(v > trial.value for v in complete)
+            complete.append(t)
+    rank = 1 + sum(rank_key(t) < rank_key(trial) for t in complete)
     recipe = attrs.get("recipe") or {}
     test = (attrs.get("test_scores") or {}).get(str(trial.number))
     weights = tmp / WEIGHTS

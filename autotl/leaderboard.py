@@ -17,11 +17,21 @@ PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA")
 EXTRA_COLUMNS = (("resolution", "res"), ("max_length", "max len"), ("epochs", "epochs"), ("batch_size", "batch"))
 
 
+def rank_key(trial: FrozenTrial) -> tuple[float, int]:
+    """How completed trials rank, everywhere: the higher validation accuracy first; on a tie, the lower trial
+    number (the trial asked first). Sort by it, ascending; storages order tied values as they please."""
+    return (-trial.value, trial.number)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial by :func:`rank_key` (never ``study.best_trial``, whose pick among ties the
+    storage decides); ``None`` before any trial completed."""
+    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=rank_key, default=None)
+
+
 def best_number(study: optuna.Study) -> int | None:
-    try:
-        return study.best_trial.number
-    except ValueError:
-        return None
+    best = best_trial(study)
+    return None if best is None else best.number
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -93,10 +103,11 @@ class Choice:
 
 
 def choose_trial(study: optuna.Study, *, number: int | None = None, within: float | None = None) -> Choice:
-    """The trial ``number``; else the fastest one within ``within`` of the best validation accuracy; else the best.
+    """The trial ``number``; else the fastest one within ``within`` of the best validation accuracy; else the best
+    (:func:`best_trial`: ties go to the lower trial number).
 
     "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
-    user attribute); ties go to the higher accuracy, then the earlier trial. Trials without a
+    user attribute); ties go to the higher accuracy, then the lower trial number. Trials without a
     measured latency are never picked for speed.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -109,7 +120,7 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         return Choice(found, f"named with --trial {number}")
     if not complete:
         raise RunError("no trial of the study has completed yet")
-    best = max(complete, key=lambda t: (t.value, -t.number))
+    best = min(complete, key=rank_key)
     if within is None:
         return Choice(best, f"the best validation accuracy ({best.value:.4f}) of {len(complete)} completed trials")
     if within < 0:

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .errors import UsageError
-from .leaderboard import EXTRA_COLUMNS, PARAM_COLUMNS, _fmt, _fmt_count, _fmt_ms, best_number, trial_rows
+from .leaderboard import EXTRA_COLUMNS, PARAM_COLUMNS, _fmt, _fmt_count, _fmt_ms, best_number, best_trial, trial_rows
 from .runs import RunLocation, load_study, redact
 
 #: misclassified samples shown at most.
@@ -369,16 +369,19 @@ def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | No
     from .plugins import get_registry
     from .recipes import parse_recipe
     from .training import predict_logits
+    from .trial_weights import owner_problem
 
     attrs = study.user_attrs
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = best_trial(study)
+    if best is None:
         return None, "No trial has completed: no best trial to score."
     weights = find_trial_weights(location, attrs, best)
     if weights is None:
         return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot draw its "
                       "confusion matrix (only the top --keep-top trials keep their weights, in the run folder).")
+    problem = owner_problem(weights, study.study_name, best.number)
+    if problem:
+        return None, f"No confusion matrix: {problem}."
     registry = get_registry()
     task = registry.tasks.get(attrs.get("task"))
     params = dict(best.user_attrs.get("config") or best.params)

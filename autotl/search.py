@@ -25,12 +25,15 @@ from .cache import FeatureCache
 from .errors import ModelUnavailableError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
+from .leaderboard import best_trial, rank_key
 from .progress import Reporter
 from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
 from .runs import (RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file,
                    write_run_file)
 from .space import suggest
 from .training import accuracy, configure_threads, train
+from .trial_weights import (WEIGHTS_ATTR, drop_outside_top, owner_problem, recorded_weights, weights_metadata,
+                            weights_path)
 from .transfer import prerank_study, sampled_models
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -237,7 +240,8 @@ class Search:
                         optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
                     continue
                 waiting = False
-                self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                                    callbacks=[self._keep_top_weights])
                 ran += 1
                 last = self._last_trial()
                 if last is not None and last.state == TrialState.FAIL:
@@ -329,28 +333,48 @@ class Search:
             trial.set_user_attr("error", "interrupted (Ctrl-C)")
             raise
         except Exception as exc:
-            message = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-            trial.set_user_attr("error", message)
-            self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
+            self._record_failure(trial, exc, started)
             raise
-        if result.stopped:
-            trial.set_user_attr("stopped", result.stopped)
-        trial.set_user_attr("best_epoch", result.best_epoch + 1)
-        trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
-        trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
-        _record_stats(trial, {"timing": result.timing, "cache": result.cache})
-        trial.set_user_attr("trainable_params", result.adapted.trainable_params)
-        trial.set_user_attr("total_params", result.adapted.total_params)
-        state = result.merged_state(backbone, len(self.data.label_names))
-        self._record_cost(trial, backbone, state, trial_data.val)
-        if self._in_top(result.best_accuracy):
-            path = weights_path(self.options.out, trial.number)
-            save_weights(path, state, {"model": params["model"], "trial": str(trial.number)})
-            trial.set_user_attr("weights", str(path.relative_to(self.options.out)))
-            self._drop_weights_outside_top(result.best_accuracy, trial.number)
-        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
-                                     result.stopped)
+        step = "recording the result"  # what failed, if anything does after training
+        try:
+            if result.stopped:
+                trial.set_user_attr("stopped", result.stopped)
+            trial.set_user_attr("best_epoch", result.best_epoch + 1)
+            trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
+            trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
+            _record_stats(trial, {"timing": result.timing, "cache": result.cache})
+            trial.set_user_attr("trainable_params", result.adapted.trainable_params)
+            trial.set_user_attr("total_params", result.adapted.total_params)
+            step = "merging the weights"
+            state = result.merged_state(backbone, len(self.data.label_names))
+            step = "measuring the cost"
+            self._record_cost(trial, backbone, state, trial_data.val)
+            if self._in_top(result.best_accuracy, trial.number):
+                # Weights outside the top are dropped by _keep_top_weights, once Optuna has recorded this trial.
+                step = "saving the weights"
+                study_name = self.location.study_name
+                path = weights_path(self.options.out, trial.number, study_name)
+                save_weights(path, state, weights_metadata(study_name, trial.number, params["model"]))
+                trial.set_user_attr(WEIGHTS_ATTR, str(path.relative_to(self.options.out)))
+            step = "reporting the result"
+            self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
+                                         result.stopped)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise
+        except Exception as exc:
+            self._record_failure(trial, exc, started, f"after training, {step}")
+            raise
         return result.best_accuracy
+
+    def _record_failure(self, trial: optuna.Trial, exc: Exception, started: float, during: str = "") -> None:
+        """Record why the trial failed (its ``error`` attribute, which the leaderboard shows) and say so."""
+        text = str(exc).strip()
+        message = f"{exc.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}"
+        if during:
+            message = f"{during} failed: {message}"
+        trial.set_user_attr("error", message)
+        self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
 
     def _record_cost(self, trial: optuna.Trial, backbone: Backbone, state: dict, val) -> None:
         """Parameter count and inference latency of the merged network (see autotl/latency.py)."""
@@ -362,28 +386,28 @@ class Search:
         for key, value in cost.items():
             trial.set_user_attr(key, value)
 
-    def _in_top(self, value: float) -> bool:
-        values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        return sum(v >= value for v in values) < self.options.keep_top
-
-    def _drop_weights_outside_top(self, value: float, number: int) -> None:
+    def _in_top(self, value: float, number: int) -> bool:
+        """Whether trial ``number``, scoring ``value``, ranks among the top --keep-top completed trials."""
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ranked = sorted([(t.value, t.number) for t in done] + [(value, number)], key=lambda vn: -vn[0])
-        for _, n in ranked[self.options.keep_top:]:
-            weights_path(self.options.out, n).unlink(missing_ok=True)
+        return sum(rank_key(t) < (-value, number) for t in done) < self.options.keep_top
+
+    def _keep_top_weights(self, study: optuna.Study, finished: optuna.trial.FrozenTrial) -> None:
+        """Optuna's callback once it has recorded a trial: keep the weights of the top --keep-top completed
+        trials only, and none of a trial that did not complete. A kill or database error before the new
+        result is recorded thus never leaves the best completed trial without its weights."""
+        also = [] if finished.state == TrialState.COMPLETE else [finished]
+        drop_outside_top(study, self.options.out, self.options.keep_top, also=also)
 
     # -- after the search ----------------------------------------------------------------------
     def score_best_on_test(self) -> dict[str, Any] | None:
         """Score the best trial on the test split, which chose nothing; stored on the study."""
-        try:
-            best = self.study.best_trial
-        except ValueError:
+        best = best_trial(self.study)
+        if best is None:
             return None
         if not self.data.has_test:
             self.reporter.message("No test/ split: the best trial is reported with its validation score only.")
             return None
-        path = weights_path(self.options.out, best.number)
-        if not path.is_file():
+        if self.kept_weights(best) is None:
             self.reporter.message(f"Weights of trial {best.number} are not in {self.options.out}; no test score.")
             return None
         params = best.user_attrs["config"]
@@ -402,18 +426,27 @@ class Search:
         """A trial's kept weights scored on the test split (which must exist, as must the weights)."""
         params = trial.user_attrs["config"]
         backbone = self.zoo[params["model"]]
+        path = self.kept_weights(trial)
+        if path is None:
+            raise RunError(f"the weights of trial {trial.number} are not kept in {self.options.out}")
         model = backbone.build(len(self.data.label_names), pretrained=False)
-        model.load_state_dict(load_weights(weights_path(self.options.out, trial.number)))
+        model.load_state_dict(load_weights(path))
         model.to(self.device)
         if backbone.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return accuracy(model, self.task.prepare(self.data, backbone, params).test, self.device)
 
+    def kept_weights(self, trial: optuna.trial.FrozenTrial) -> Path | None:
+        """The weights ``trial`` recorded, if they are in the run folder and are its own."""
+        path = recorded_weights(trial, [self.options.out])
+        if path is None or owner_problem(path, self.location.study_name, trial.number):
+            return None
+        return path
+
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""
-        try:
-            best = self.study.best_trial
-        except ValueError:
+        best = best_trial(self.study)
+        if best is None:
             return None
         params = dict(best.user_attrs["config"], freeze=0, lora_rank=0)
         backbone = self.zoo[params["model"]]
@@ -438,10 +471,6 @@ def _record_stats(trial: optuna.Trial, stats: dict[str, Any]) -> None:
         trial.set_user_attr("timing", {k: round(v, 3) for k, v in stats["timing"].items()})
     if stats.get("cache"):
         trial.set_user_attr("cache", stats["cache"])
-
-
-def weights_path(out: Path, number: int) -> Path:
-    return Path(out) / "trials" / f"{number:04d}" / "model.safetensors"
 
 
 def _find_task(registry: Registry, name: str) -> Task:

@@ -49,7 +49,7 @@ from autotl.cli import _quiet_libraries
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
-from autotl.search import Search, SearchOptions, weights_path
+from autotl.search import Search, SearchOptions
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")
@@ -100,7 +100,7 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
 
 
 def test_accuracy(search: Search, trial) -> float | None:
-    if not search.data.has_test or not weights_path(search.options.out, trial.number).is_file():
+    if not search.data.has_test or search.kept_weights(trial) is None:
         return None
     return round(search.test_accuracy(trial), 4)
 

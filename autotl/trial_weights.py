@@ -1,0 +1,102 @@
+"""The weights a search keeps for its trials: where they are written, found, checked and pruned.
+
+A trial saves its weights (LoRA merged) under the run folder at
+``trials/<study>/<NNNN>/model.safetensors`` (:func:`weights_path`), so that several studies can share
+one run folder, and records that path, relative to the run folder, in its ``weights`` user
+attribute. Every reader takes the recorded path: a run written before weights were keyed by study
+(``trials/NNNN/model.safetensors``) still opens. The file's safetensors metadata names the study
+and the trial (:func:`weights_metadata`); a file whose metadata names another is never read as,
+nor deleted for, this trial (:func:`owner_problem`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .leaderboard import rank_key
+from .runs import DEFAULT_STUDY
+
+#: the trial user attribute holding the path of its saved weights, relative to the run folder.
+WEIGHTS_ATTR = "weights"
+
+
+def study_folder(study: str) -> str:
+    """The folder name of ``study``'s trial weights: the name itself where it is a plain lower-case file name,
+    else its safe characters and a short digest of the name (two names that read alike stay apart, also on
+    a file system that ignores case)."""
+    safe = re.sub(r"[^a-z0-9_.-]+", "_", study.lower()).strip("._-")[:60] or "study"
+    if safe == study:
+        return safe
+    return f"{safe}-{hashlib.sha256(study.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def weights_path(out: Path, number: int, study: str = DEFAULT_STUDY) -> Path:
+    """Where trial ``number`` of ``study`` writes its weights in run folder ``out``.
+
+    Only for writing: readers take the path the trial recorded (:func:`recorded_weights`)."""
+    return Path(out) / "trials" / study_folder(study) / f"{number:04d}" / "model.safetensors"
+
+
+def weights_metadata(study: str, number: int, model: str) -> dict[str, str]:
+    """The safetensors metadata of a trial's weights: whose they are."""
+    return {"model": model, "study": study, "trial": str(number)}
+
+
+def recorded_weights(trial: FrozenTrial, roots: Iterable[Path | str | None]) -> Path | None:
+    """The weights ``trial`` recorded, in the first of ``roots`` (run folders) that holds them; ``None`` if it
+    recorded none (its weights were never kept) or no root holds them (deleted by keep-top, or moved)."""
+    rel = trial.user_attrs.get(WEIGHTS_ATTR)
+    if not rel:
+        return None
+    for root in roots:
+        if root and (Path(root) / rel).is_file():
+            return Path(root) / rel
+    return None
+
+
+def owner_problem(path: Path, study: str, number: int) -> str | None:
+    """Why the weights file ``path`` is not trial ``number``'s of ``study`` (its metadata names another trial or
+    study), or ``None``. A file without that metadata (written before it was recorded) is taken as it is."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception:  # an unreadable file: its reader says so
+        return None
+    named_study, named_trial = meta.get("study"), meta.get("trial")
+    if (named_study is not None and named_study != study) or (named_trial is not None and named_trial != str(number)):
+        whose = f"trial {named_trial}" + (f" of study {named_study!r}" if named_study is not None else "")
+        return f"{path} holds the weights of {whose}, not of trial {number} of study {study!r}"
+    return None
+
+
+def drop_outside_top(study: optuna.Study, out: Path, keep_top: int, *, also: Iterable[FrozenTrial] = ()) -> list[int]:
+    """Delete the weights, in run folder ``out``, of the completed trials of ``study`` outside the top
+    ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of the trials in ``also``.
+
+    Call it only once Optuna has recorded the trials it ranks (an Optuna callback): a trial whose result is not
+    recorded yet is neither ranked nor displaces one. Only files recorded by trials of this study, whose
+    metadata names no other trial, are deleted. Returns the numbers of the trials whose weights went."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=rank_key)
+    dropped = []
+    for trial in [*complete[keep_top:], *also]:
+        path = recorded_weights(trial, [out])
+        if path is None or owner_problem(path, study.study_name, trial.number):
+            continue
+        try:
+            path.unlink()
+        except OSError:  # gone already, or not ours to delete: the next trial's pruning tries again
+            continue
+        dropped.append(trial.number)
+    return dropped
+
+
+__all__ = ["WEIGHTS_ATTR", "drop_outside_top", "owner_problem", "recorded_weights", "study_folder",
+           "weights_metadata", "weights_path"]
