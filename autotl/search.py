@@ -393,10 +393,9 @@ class Search:
 
     def _keep_top_weights(self, study: optuna.Study, finished: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback once it has recorded a trial: keep the weights of the top --keep-top completed
-        trials only, and none of a trial that did not complete. A kill or database error before the new
-        result is recorded thus never leaves the best completed trial without its weights."""
-        also = [] if finished.state == TrialState.COMPLETE else [finished]
-        drop_outside_top(study, self.options.out, self.options.keep_top, also=also)
+        trials only (none of a failed trial). A kill or database error before the new result is recorded
+        thus never leaves the best completed trial without its weights."""
+        drop_outside_top(study, self.options.out, self.options.keep_top)
 
     # -- after the search ----------------------------------------------------------------------
     def score_best_on_test(self) -> dict[str, Any] | None:

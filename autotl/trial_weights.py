@@ -77,16 +77,18 @@ def owner_problem(path: Path, study: str, number: int) -> str | None:
     return None
 
 
-def drop_outside_top(study: optuna.Study, out: Path, keep_top: int, *, also: Iterable[FrozenTrial] = ()) -> list[int]:
+def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]:
     """Delete the weights, in run folder ``out``, of the completed trials of ``study`` outside the top
-    ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of the trials in ``also``.
+    ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of its failed trials (a failure after
+    the weights were saved, or a trial failed under a paused worker).
 
     Call it only once Optuna has recorded the trials it ranks (an Optuna callback): a trial whose result is not
     recorded yet is neither ranked nor displaces one. Only files recorded by trials of this study, whose
     metadata names no other trial, are deleted. Returns the numbers of the trials whose weights went."""
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=rank_key)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     dropped = []
-    for trial in [*complete[keep_top:], *also]:
+    for trial in [*complete[keep_top:], *failed]:
         path = recorded_weights(trial, [out])
         if path is None or owner_problem(path, study.study_name, trial.number):
             continue

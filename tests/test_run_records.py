@@ -225,6 +225,27 @@ def test_a_failure_after_training_records_its_reason(tiny_folder, tiny_weights, 
     assert "No space left on device" in output and "heartbeats" not in output
 
 
+def test_a_trial_that_fails_after_saving_its_weights_says_why_and_leaves_none(tiny_folder, tiny_weights, tmp_path,
+                                                                              monkeypatch):
+    from autotl.progress import ConsoleReporter
+
+    real = ConsoleReporter.trial_finished
+
+    def broken(self, number, state, *args, **kwargs):
+        if state == "COMPLETE":
+            raise ValueError("simulated: the progress display broke")
+        return real(self, number, state, *args, **kwargs)
+
+    monkeypatch.setattr(ConsoleReporter, "trial_finished", broken)
+    out = tmp_path / "run"
+    code, output = search(tiny_folder, out, tiny_weights, "--trials", 1, "--max-failures", 1)
+    assert code == 8, output
+    (row,) = json.loads(run_cli("trials", out, "--json")[1])
+    assert row["state"] == "FAIL"
+    assert row["note"] == "after training, reporting the result failed: ValueError: simulated: the progress display broke"
+    assert row["weights"] and not (out / row["weights"]).exists()  # saved, then dropped: a failed trial keeps none
+
+
 def test_study_names_give_safe_distinct_weights_folders():
     from autotl.trial_weights import study_folder, weights_path
 
