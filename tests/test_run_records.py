@@ -11,7 +11,6 @@ import sqlite3
 from pathlib import Path
 
 import optuna
-import pytest
 import torch
 import yaml
 from click.testing import CliRunner
