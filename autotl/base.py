@@ -148,6 +148,21 @@ class BackboneFamily(ABC):
             how to supply its weights.
         """
 
+    def architecture(self, name: str, weights: str | None = None) -> Backbone:
+        """Return the backbone ``name`` as :meth:`get` would, without reading or checking its pretrained weights.
+
+        What ``autotl export`` (without ``--refit``) and ``autotl report`` use to load weights a search
+        saved: ``build(num_classes, pretrained=False)`` must give the architecture ``get(name, weights)``
+        gave, and ``preprocessing()``, ``describe()`` and ``bundle_files()`` must say what they said
+        then; ``build(pretrained=True)`` is never called. So a checkpoint that moved, a missing offline
+        weights package or an unreachable hub must not fail here. ``weights`` is the checkpoint the
+        search was given (it may no longer exist), for the description only.
+
+        The default calls :meth:`get`: a plugin that does not override it needs the pretrained
+        weights at export as at the search.
+        """
+        return self.get(name, weights)
+
     def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
         """Rebuild the backbone ``name`` from a bundle, with no network and no original weights.
 

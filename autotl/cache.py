@@ -17,7 +17,11 @@ Bounds: ``memory_mb`` for the features kept in this process (least recently used
 and ``disk_mb`` for the folder (``$AUTOTL_CACHE_DIR``, else ``~/.cache/autotl/features``), shared by
 the processes of one machine. A trial whose features alone exceed the memory bound runs uncached.
 Files are written under a temporary name and renamed, so a reader never sees half a file; a lock
-file per key lets one process compute while another waiting for the same key reads its result.
+file per key lets one process compute while another waiting for the same key reads its result. A
+write that fails (a full disk) leaves no temporary file, and the trial goes on with the features in
+memory. Eviction deletes only the cache's own entries: ``XX/<key>.safetensors`` (``XX`` the key's
+first two characters) whose header carries the cache's marker and that key; other files in the
+folder (a bundle's ``model.safetensors``, say) are never touched.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 import weakref
 from collections import OrderedDict
@@ -39,6 +44,9 @@ from .base import Backbone, Inputs, TensorSplit
 from .recipes import CACHE_DEFAULTS
 
 FORMAT = 1  # bump when what a file holds changes
+#: the header metadata that marks a file as an entry this cache wrote (with ``key``: the entry's key).
+MARKER = {"autotl_cache": "frozen-prefix outputs"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_dir() -> Path:
@@ -55,6 +63,7 @@ class CacheStats:
     computed: int = 0
     compute_s: float = 0.0
     evicted: int = 0
+    write_failures: int = 0
 
 
 class FeatureCache:
@@ -105,7 +114,10 @@ class FeatureCache:
                     return features, "disk"
                 features = self._computed(key, compute)
                 if _nbytes(features) <= self.disk_bytes:
-                    _write(path, features)
+                    problem = _write(path, features, key)
+                    if problem:
+                        self.stats.write_failures += 1
+                        return features, f"computed (not kept on disk: {problem})"
                     self._evict_disk(keep=path)
                 return features, "computed"
             finally:
@@ -134,8 +146,11 @@ class FeatureCache:
         return self.directory / key[:2] / f"{key}.safetensors"
 
     def _evict_disk(self, keep: Path) -> None:
+        """Delete the least recently used of the cache's own entries until the folder's are within the bound."""
         files = []
         for path in self.directory.glob("*/*.safetensors"):
+            if not _is_entry(path):
+                continue  # not written by this cache: never counted, never deleted
             try:
                 stat = path.stat()
             except FileNotFoundError:  # another process evicted it
@@ -174,17 +189,44 @@ def _read(path: Path) -> Inputs | None:
     return {key.removeprefix("features."): value for key, value in tensors.items()}
 
 
-def _write(path: Path, features: Inputs) -> None:
+def _write(path: Path, features: Inputs, key: str) -> str | None:
+    """Write an entry; ``None``, or why it could not be written (the features then stay in memory only)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
+
+    from .files import atomic_write
 
     tensors = ({"features": features} if isinstance(features, torch.Tensor)
                else {f"features.{k}": v for k, v in features.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {"format": str(FORMAT), **MARKER, "key": key}
+    try:  # the temporary file is removed whatever fails
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), sync=False)
+    except (OSError, SafetensorError) as exc:  # a full or read-only disk (safetensors raises its own error)
+        first = str(exc).strip().splitlines()
+        return f"{exc.__class__.__name__}: {first[0][:200] if first else ''}".rstrip(": ")
+    return None
+
+
+def _is_entry(path: Path) -> bool:
+    """Whether ``path`` is an entry this cache wrote: its folder and its header's marker and key (see the module).
+
+    Entries written before the marker (format 1, metadata ``{"format": "1"}`` alone) count when their
+    name is a SHA-256 and they hold nothing but features.
+    """
+    if path.parent.name != path.stem[:2]:
+        return False
+    from safetensors import safe_open
+
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": str(FORMAT)})
-        os.replace(tmp, path)
-    except OSError:  # a full or read-only disk: the features stay in memory only
-        tmp.unlink(missing_ok=True)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata, names = handle.metadata() or {}, list(handle.keys())
+    except Exception:  # unreadable: not provably ours
+        return False
+    if metadata.get("key") == path.stem and all(metadata.get(k) == v for k, v in MARKER.items()):
+        return True
+    return (metadata == {"format": "1"} and bool(_SHA256.fullmatch(path.stem)) and bool(names)
+            and all(n == "features" or n.startswith("features.") for n in names))
 
 
 # -- keys --------------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ def export_bundle(location: RunLocation, options: ExportOptions,
     if family is None:
         raise PluginError(f"no installed backbone family serving {task_name!r} knows model {params['model']!r}")
     weight_files = {**(attrs.get("weights_files") or {}), **options.weights}
-    backbone = family.get(params["model"], weight_files.get(params["model"]))
+    # the saved trial weights replace every pretrained one: without --refit only the architecture is needed
+    get_backbone = family.get if options.refit else family.architecture
+    backbone = get_backbone(params["model"], weight_files.get(params["model"]))
     recipe = parse_recipe(attrs.get("recipe") or {"task": task_name, "fixed": {"lr": 0}}, attrs.get("recipe_source", "?"))
     data, data_note = _load_data(task, attrs, recipe, options.data, needed_for="--refit" if options.refit else
                                  "--format" if options.formats else None)

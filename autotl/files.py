@@ -5,25 +5,48 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+def atomic_write(path: Path, write: Callable[[Path], None], *, sync: bool = True) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the mode the umask gives any new file (``0666 & ~umask``), not the private 0600 of
+    :func:`tempfile.mkstemp` (or of safetensors, which writes through a temporary file of its own),
+    so that in a shared run folder other users can read it. Whatever ``write`` raises (a full disk,
+    its library's own error), the temporary file is removed. ``sync=False`` skips the fsync (the
+    frozen-prefix cache: a damaged entry is computed again).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        mode = stat.S_IMODE(tmp.stat().st_mode)  # what creating a file here gives: 0666 less the umask
+        write(tmp)
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            tmp.chmod(mode)
+        if sync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp(path: Path) -> Path:
+    """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path``, created as ``open()`` creates files (umask applies)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -403,7 +403,8 @@ def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | No
             return None, (f"The task plugin {task.name!r} does not give the raw items of a split (Task.split_items), "
                           "so the report cannot score the test split.")
         raw, labels = items
-        backbone = family.get(params["model"], (attrs.get("weights_files") or {}).get(params["model"]))
+        # the saved weights replace every pretrained one: the architecture alone, never the source checkpoint
+        backbone = family.architecture(params["model"], (attrs.get("weights_files") or {}).get(params["model"]))
         model = backbone.build(len(attrs["label_names"]), pretrained=False)
         model.load_state_dict(load_weights(weights), strict=True)
         dev = resolve_device(device)

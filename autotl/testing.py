@@ -44,7 +44,8 @@ The checks, for each backbone (see :data:`CHECKS`):
     The export path of ``autotl export``: the weights as ``model.safetensors``, ``bundle_files`` (JSON
     settings, none of the core's file names), the task's ``export_settings``, then
     :func:`autotl.bundle.load` rebuilds the network through ``from_bundle`` and predicts what the
-    original network predicts on the same raw inputs.
+    original network predicts on the same raw inputs; ``family.architecture(name)`` (what ``autotl
+    export`` without ``--refit`` and ``autotl report`` build) takes the same weights and predicts the same.
 
 Each failure is an :class:`AssertionError` whose message starts with ``family/model [check]`` and
 says what broke.
@@ -565,6 +566,7 @@ class _Subject:
         labels = [f"class_{i}" for i in range(NUM_CLASSES)]
         split = self.split(c)
         expected = predict_logits(model, split, torch.device("cpu"))
+        self.check_architecture(c, backbone, state, split, expected)
         with tempfile.TemporaryDirectory(prefix="autotl-kit-") as tmp:
             folder = Path(tmp)
             save_weights(folder / WEIGHTS, state)
@@ -610,6 +612,26 @@ class _Subject:
             raise self.fail(c, f"the network rebuilt from the bundle predicts differently from the exported one "
                                f"(largest logit difference {diff}): from_bundle() must rebuild the same "
                                "architecture and preprocessing")
+
+
+    def check_architecture(self, c: str, backbone: Backbone, state: dict, split, expected) -> None:
+        """``family.architecture`` (export without --refit, the report) loads the saved weights into the same network."""
+        from .training import predict_logits
+
+        try:
+            skeleton = self.family.architecture(self.name, self.shared.weights.get(self.name))
+            rebuilt = skeleton.build(NUM_CLASSES, pretrained=False)
+            rebuilt.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise self.fail(c, f"family.architecture({self.name!r}) must build get()'s network with random weights, "
+                               f"into which its saved weights load (strict=True): {_describe(exc)}") from exc
+        if skeleton.describe() != backbone.describe():
+            raise self.fail(c, f"family.architecture({self.name!r}).describe() is {skeleton.describe()!r}, but get() "
+                               f"gave {backbone.describe()!r}: a bundle's card would name another source")
+        got = predict_logits(rebuilt, split, torch.device("cpu"))
+        if got.shape != expected.shape or not torch.allclose(expected, got, atol=ATOL, rtol=1e-3):
+            raise self.fail(c, f"family.architecture({self.name!r}) builds a network that predicts differently from "
+                               "get()'s with the same weights")
 
 
 def _first_calls(model: nn.Module, groups: list[list[str]], inputs) -> list[int | None]:

@@ -281,6 +281,19 @@ def test_the_default_folder_follows_autotl_cache_dir_then_xdg(monkeypatch, tmp_p
     assert default_dir() == tmp_path / "x" / "autotl" / "features"
 
 
+def test_an_entry_written_before_the_marker_is_still_the_caches_own(tmp_path):
+    from safetensors.torch import save_file
+
+    key = "ab" + "0" * 62
+    old = tmp_path / key[:2] / f"{key}.safetensors"
+    old.parent.mkdir()
+    save_file({"features": torch.zeros(2**16)}, str(old), metadata={"format": "1"})  # as autotl wrote it before
+    os.utime(old, (0, 0))
+    cache = FeatureCache(memory_mb=0, disk_mb=4 * 2**16 * 1.5 / 2**20, directory=tmp_path)
+    cache.get_or_compute("cd" + "1" * 62, lambda: torch.zeros(2**16))
+    assert not old.exists() and cache.stats.evicted == 1
+
+
 # -- recipe and command line ------------------------------------------------------------------------------
 @pytest.mark.parametrize("cache, message", [
     ({"memory_mb": -1}, "cache.memory_mb: must be a number of MiB"),
@@ -314,6 +327,67 @@ def test_a_search_records_how_the_cache_served_each_trial_and_no_cache_turns_it_
     assert all(set(a["timing"]) == {"setup", "prefix", "data", "step", "eval"} for a in cached)
     assert list((tmp_path / "cache").rglob("*.safetensors"))
     assert all("cache" not in a for a in search(tmp_path / "plain", "--no-cache"))
+
+
+def cached_search(tmp_path, tiny_folder, tiny_weights, cache: str, trials: int = 2) -> list[optuna.trial.FrozenTrial]:
+    """A tiny search through the CLI whose trials freeze 3 groups without augmentation: the cache serves them."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "task: image-classification\ndata: {val_fraction: 0.25}\nspace:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+        "fixed: {resolution: 32, epochs: 1, batch_size: 8, augment: none, freeze: 3, lora_rank: 0}\n"
+        f"pruner: {{name: none}}\ncache: {cache}\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["search", "--task", "image-classification", str(tiny_folder), "--out", str(out),
+                                      "--recipe", str(recipe), "--models", TINY, "--weights", f"{TINY}={tiny_weights}",
+                                      "--trials", str(trials), "--device", "cpu", "--no-prerank"])
+    assert result.exit_code == 0, result.output
+    return optuna.load_study(study_name="autotl", storage=f"sqlite:///{out / 'study.db'}").trials
+
+
+def test_eviction_never_deletes_files_the_cache_did_not_write(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "shared"  # AUTOTL_CACHE_DIR pointed at a folder that holds other things too
+    monkeypatch.setenv("AUTOTL_CACHE_DIR", str(folder))
+    big = {"weight": torch.zeros(2**19)}  # 2 MiB each: far over the cache's 1 MiB bound
+    foreign = [folder / "bundle" / "model.safetensors", folder / "mine" / "features.safetensors",
+               folder / "ab" / f"ab{'0' * 62}.safetensors"]  # a bundle, a file of the user's, one named like an entry
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(big, str(path), metadata={"format": "1"})
+        os.utime(path, (0, 0))  # the least recently used of all
+    (folder / "bundle" / "config.json").write_text("{}")
+    trials = cached_search(tmp_path, tiny_folder, tiny_weights, "{disk_mb: 1}")
+    assert trials[0].user_attrs["cache"] == {"train": "computed", "val": "computed"}
+    entries = [p for p in folder.glob("*/*.safetensors") if p not in foreign]
+    assert len(entries) == 2  # the cache's own (train and val), within its bound
+    assert all(path.is_file() for path in foreign)
+    assert (folder / "bundle" / "config.json").is_file()
+
+
+def test_a_failed_cache_write_leaves_no_temporary_file_and_the_trial_goes_on(tiny_folder, tiny_weights, tmp_path,
+                                                                           monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    folder = tmp_path / "cache"
+    save_file = safetensors.torch.save_file
+
+    def disk_full(tensors, filename, metadata=None):
+        if not str(filename).startswith(str(folder)):
+            return save_file(tensors, filename, metadata=metadata)  # the trial's own weights: written
+        Path(filename).write_bytes(b"\0" * 1000)  # half written, then the disk is full
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    trials = cached_search(tmp_path, tiny_folder, tiny_weights, f"{{dir: {json.dumps(str(folder))}}}")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    served = trials[0].user_attrs["cache"]
+    assert served["train"].startswith("computed (not kept on disk: SafetensorError: ") and "No space left" in \
+        served["train"]
+    assert trials[1].user_attrs["cache"] == {"train": "memory", "val": "memory"}  # the features stayed in memory
+    assert not [p for p in folder.rglob("*") if p.suffix in (".tmp", ".safetensors")]
 
 
 def test_other_weights_under_the_same_model_name_are_another_key(tiny_backbone, image_task, loaded, tmp_path):

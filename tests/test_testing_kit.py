@@ -110,6 +110,11 @@ class BrokenFamily(TimmFamily):
         backbone.how = self.how
         return backbone
 
+    def architecture(self, name, weights=None):
+        if self.how == "architecture of another model":
+            return TimmBackbone("mobilenetv2_100", source=("hub", None))
+        return super().architecture(name, weights)
+
 
 @pytest.mark.parametrize("how, check, message", [
     ("head missing", "layer_groups", r"timm/autotl_tiny_effnet \[layer_groups\]: .*parameter\(s\) lie in no layer group "
@@ -123,6 +128,8 @@ class BrokenFamily(TimmFamily):
     ("fixed head", "forward", r"\[forward\]: logits have shape \(3, 7\), expected \(batch, num_classes\) = \(3, 3\)"),
     ("bundle pools differently", "bundle", r"\[bundle\]: the network rebuilt from the bundle predicts "
                                                 r"differently .*largest logit difference"),
+    ("architecture of another model", "bundle", r"\[bundle\]: family\.architecture\('autotl_tiny_effnet'\) must "
+                                                r"build get\(\)'s network .*Error"),
 ])
 def test_a_broken_family_fails_with_a_message_naming_backbone_and_fault(how, check, message, tiny_weights):
     with pytest.raises(AssertionError, match=message):

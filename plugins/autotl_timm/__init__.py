@@ -40,10 +40,7 @@ class TimmFamily(BackboneFamily):
         return timm.is_model(name)
 
     def get(self, name: str, weights: str | None = None) -> Backbone:
-        if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-            hint = f" (close: {', '.join(close)})" if close else ""
-            raise ModelUnavailableError(f"unknown timm model {name!r}{hint}; `timm.list_models()` lists them")
+        _check_known(name)
         if weights is not None:
             path = Path(weights)
             if not path.is_file():
@@ -63,6 +60,18 @@ class TimmFamily(BackboneFamily):
             )
         return TimmBackbone(name, source=("hub", None))
 
+    def architecture(self, name: str, weights: str | None = None) -> Backbone:
+        """As :meth:`get`, but the weights are neither read nor checked (timm builds the network from its name).
+
+        A checkpoint that moved, an offline weights package that is not installed here, or an
+        unreachable hub do not matter; a model of the offline zoo keeps its package's preprocessing.
+        """
+        _check_known(name)
+        if weights is not None:
+            return TimmBackbone(name, source=("file", str(Path(weights))))
+        offline = OFFLINE_ZOO.get(name)
+        return TimmBackbone(name, source=("package", offline) if offline is not None else ("hub", None))
+
     def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
         """The architecture ``config["architecture"]``, built by timm with random weights; no network."""
         architecture = str(config.get("architecture") or name)
@@ -72,6 +81,13 @@ class TimmFamily(BackboneFamily):
                 f"bundle (written with timm {config.get('timm_version', '?')}); install that timm version"
             )
         return TimmBackbone(architecture, source=("bundle", dict(config)))
+
+
+def _check_known(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ModelUnavailableError(f"unknown timm model {name!r}{hint}; `timm.list_models()` lists them")
 
 
 class TimmBackbone(Backbone):

@@ -34,8 +34,11 @@ from autotl.errors import ModelUnavailableError, UsageError
 
 from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_cut,
                      layer_groups, layer_stack, linear_leaves_fallback, lora_targets)
-from ._source import OFFLINE_ZOO, Source, is_repo_id, load_state_file, read_config_json, resolve, zoo_entry
+from ._source import (OFFLINE_ZOO, Source, checkpoint_source, is_repo_id, load_state_file, read_config_json, resolve,
+                      zoo_entry)
 
+#: what a ``--weights`` checkpoint file is named; a missing path without one of these may have been a model folder.
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 LORA_ENV = "AUTOTL_TRANSFORMERS_LORA_TARGETS"
 POOLING_ENV = "AUTOTL_TRANSFORMERS_POOLING"
 #: the default max length when a recipe names none: long enough for most sentences, cheap on a CPU.
@@ -68,6 +71,20 @@ class TransformersFamily(BackboneFamily):
     def get(self, name: str, weights: str | None = None) -> Backbone:
         source = resolve(name, weights)
         return TransformersBackbone(name, source)
+
+    def architecture(self, name: str, weights: str | None = None) -> Backbone:
+        """As :meth:`get`, but a ``--weights`` checkpoint file is neither read nor needed.
+
+        The config and tokenizer come from the model's own source, as at the search (the offline
+        package, the local hub cache, a folder). A saved model folder given with ``--weights`` holds
+        the config and tokenizer themselves, so it must still be there; so must a missing path that
+        is not named like a checkpoint file (it may have been such a folder).
+        """
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if path.is_file() or (not path.exists() and path.suffix.lower() in CHECKPOINT_SUFFIXES):
+                return TransformersBackbone(name, checkpoint_source(name, path))
+        return self.get(name, weights)
 
     def from_bundle(self, name: str, config: Mapping[str, Any], directory: Path) -> Backbone:
         """The encoder's config from ``backbone/`` and the tokenizer from ``tokenizer/`` of the bundle.

