@@ -663,7 +663,7 @@ def test_the_table_covers_both_tasks_and_the_cli():
 
 # -- data cases that are not refusals: what is read, and how ----------------------------------------------
 
-def test_a_fixed_number_written_as_yaml_reads_it_a_string_is_the_number(tmp_path, tiny_weights):
+def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
     """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
     text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
                                             "fixed: {lr: 1e-3, ")

@@ -184,8 +184,9 @@ _SHOWN_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".gif")
 
 
 def _is_image_name(path: Path) -> bool:
-    """Whether the file's extension is one of a format the search decodes (:data:`_folder.RASTER_FORMATS`)."""
-    return Image.registered_extensions().get(path.suffix.lower()) in RASTER_FORMATS
+    """Whether the file's extension is one of a format the search decodes (:data:`_folder.RASTER_FORMATS`;
+    ``.mpo``, a phone camera's multi-picture JPEG, opens as JPEG)."""
+    return Image.registered_extensions().get(path.suffix.lower()) in (*RASTER_FORMATS, "MPO")
 
 
 def _augment(x: torch.Tensor, how: str) -> torch.Tensor:
