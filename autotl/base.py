@@ -408,7 +408,8 @@ class Task(ABC):
         ``transform`` applied (``train=False``), equal what the search validated on for the same
         inputs: the bundle's promise is that predicting the validation split reproduces the
         trial's validation accuracy exactly. Raise :class:`autotl.errors.DataError` for an item
-        that cannot be read, naming it.
+        that cannot be read, naming it; for items ``autotl predict`` may skip (an image that does
+        not decode), one :class:`autotl.errors.UnreadableInputs` listing every one of them.
 
         :raises ExportUnsupportedError: by default.
         """

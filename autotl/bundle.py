@@ -17,12 +17,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import torch
 
 from .base import Backbone, Registry, Task, TensorSplit
-from .errors import AutotlError, UsageError
+from .errors import AutotlError, UnreadableInputs, UsageError
 from .training import predict_logits
 
 FORMAT = "autotl-bundle"
@@ -171,35 +171,56 @@ class Bundle:
         return list(self.iter_predict(named, top_k=top_k, batch_size=batch_size))
 
     def predict_files(self, sources: Sequence[str], *, stdin: TextIO | None = None, top_k: int = 1,
-                      batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
-        """Predict what ``autotl predict`` takes: files and folders (images), a CSV or ``-`` for stdin (text)."""
-        named = self.task.read_inputs([str(s) for s in sources], stdin=stdin)
-        return list(self.iter_predict(named, top_k=top_k, batch_size=batch_size))
+                      batch_size: int = DEFAULT_BATCH,
+                      on_skip: Callable[[str, str], None] | None = None) -> list[Prediction]:
+        """Predict what ``autotl predict`` takes: files and folders (images), a CSV or ``-`` for stdin (text).
 
-    def iter_predict(self, named: Sequence[tuple[str, Any]], *, top_k: int = 1,
-                     batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
-        """Predictions for ``(name, item)`` pairs, preprocessed a few batches at a time."""
+        ``on_skip``: as for :meth:`iter_predict`.
+        """
+        named = self.task.read_inputs([str(s) for s in sources], stdin=stdin)
+        return list(self.iter_predict(named, top_k=top_k, batch_size=batch_size, on_skip=on_skip))
+
+    def iter_predict(self, named: Sequence[tuple[str, Any]], *, top_k: int = 1, batch_size: int = DEFAULT_BATCH,
+                     on_skip: Callable[[str, str], None] | None = None) -> Iterator[Prediction]:
+        """Predictions for ``(name, item)`` pairs, preprocessed a few batches at a time.
+
+        An input the task cannot read (an image that does not decode) raises
+        :class:`~autotl.errors.UnreadableInputs`; with ``on_skip`` it is skipped instead:
+        ``on_skip(name, reason)`` is called and the other inputs are predicted.
+        """
         if top_k < 1:
             raise UsageError(f"top_k must be at least 1, not {top_k}")
         labels = self.label_names
         k = min(top_k, len(labels))
         names = [name for name, _ in named]
-        done = 0
-        for count, probs in self._chunks([item for _, item in named], batch_size):
+        skip = None if on_skip is None else (lambda index, reason: on_skip(names[index], reason))
+        for kept, probs in self._chunks([item for _, item in named], batch_size, skip):
             values, indices = probs.topk(k, dim=-1)
-            for row in range(count):
+            for row, index in enumerate(kept):
                 top = [(labels[int(i)], float(v)) for v, i in zip(values[row], indices[row])]
-                yield Prediction(names[done + row], top[0][0], top[0][1], top)
-            done += count
+                yield Prediction(names[index], top[0][0], top[0][1], top)
 
-    def _chunks(self, items: list[Any], batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    def _chunks(self, items: list[Any], batch_size: int,
+                on_skip: Callable[[int, str], None] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """The indices of ``items`` predicted, a few batches at a time, and their probabilities."""
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {batch_size}")
         step = batch_size * CHUNK_BATCHES
         for start in range(0, len(items), step):
-            part = items[start : start + step]
-            logits = self.logits(self.split(part), batch_size)
-            yield len(part), torch.softmax(logits.float(), dim=-1)
+            kept = list(range(start, min(start + step, len(items))))
+            split = None
+            while kept and split is None:
+                try:
+                    split = self.split([items[i] for i in kept])
+                except UnreadableInputs as exc:
+                    if on_skip is None or not exc.problems:
+                        raise
+                    bad = {kept[at]: reason for at, reason in exc.problems}
+                    for index, reason in bad.items():
+                        on_skip(index, reason)
+                    kept = [i for i in kept if i not in bad]
+            if kept:
+                yield kept, torch.softmax(self.logits(split, batch_size).float(), dim=-1)
 
 
 def load(path: str | Path, *, device: str | torch.device = "auto", engine: str = "torch",

@@ -169,7 +169,8 @@ def trial_loop_options(func):
 @click.option("--weights", "-w", multiple=True, metavar="[NAME=]FILE",
               help="Local checkpoint for a model (safetensors or torch state dict); repeatable.")
 @trial_loop_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and training.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the sampler, the split and training.")
 @storage_options
 @click.option("--scratch-baseline", is_flag=True,
               help="After the search, train the best trial's network from random weights and show both scores.")
@@ -416,6 +417,8 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
     \b
     INPUT: image files or folders for an image bundle; a CSV file, or `-` / nothing for lines on
     standard input, for a text bundle. Prints input, label and probability, one line each.
+    An image that cannot be read is skipped and listed on stderr after the predictions (exit code
+    0; 3 when no input can be read).
     """
     import csv
 
@@ -429,9 +432,13 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
     if not inputs and stdin.isatty():
         raise UsageError("give inputs to predict (files, folders, a CSV), or pipe them on standard input")
     named = loaded.task.read_inputs(list(inputs), stdin=stdin)
-    predictions = loaded.iter_predict(named, top_k=top_k, batch_size=batch_size)
+    skipped: list[tuple[str, str]] = []
+    predictions = loaded.iter_predict(named, top_k=top_k, batch_size=batch_size,
+                                      on_skip=lambda name, reason: skipped.append((name, reason)))
     if as_json:
-        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+        rows = [p.as_dict() for p in predictions]
+        _report_skipped(skipped, len(named), predicted=len(rows))
+        click.echo(json.dumps(rows, indent=2))
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -441,9 +448,28 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
         writer.writerow(header)
         for p in predictions:
             writer.writerow([p.input] + [x for label, prob in p.top for x in (label, f"{prob:.6f}")])
+    else:
+        for p in predictions:
+            click.echo("\t".join([p.input] + [f"{label}\t{prob:.4f}" for label, prob in p.top]))
+    _report_skipped(skipped, len(named), predicted=len(named) - len(skipped))
+
+
+def _report_skipped(skipped: list[tuple[str, str]], given: int, predicted: int) -> None:
+    """The inputs `autotl predict` could not read, listed on stderr after the predictions (exit code 0);
+    when none could be read, one ``Error:`` line (exit code 3)."""
+    if not skipped:
         return
-    for p in predictions:
-        click.echo("\t".join([p.input] + [f"{label}\t{prob:.4f}" for label, prob in p.top]))
+    if not predicted:
+        from .errors import DataError
+
+        name, reason = skipped[0]
+        if given == 1:
+            raise DataError(f"cannot predict on {name}: {reason}")
+        raise DataError(f"none of the {given} inputs can be read; the first, {name}: {reason}")
+    click.echo(f"Skipped {len(skipped)} unusable item(s), not predicted (repair or remove them to predict them):",
+               err=True)
+    for name, reason in skipped:
+        click.echo(f"  {name}: {reason}", err=True)
 
 
 @cli.command()
@@ -512,7 +538,8 @@ def _console(stderr: bool = False) -> Console:
 
 
 def parse_key_values(values, option: str, example: str) -> dict:
-    """``KEY=VALUE`` strings as a mapping, each value read as YAML (``lr=3e-4`` is a float)."""
+    """``KEY=VALUE`` strings as a mapping, each value read as YAML (``lr=3e-4`` is a float), or as text where it
+    is not YAML (``text_column=[x``)."""
     import yaml
 
     from .errors import UsageError
@@ -522,7 +549,10 @@ def parse_key_values(values, option: str, example: str) -> dict:
         key, sep, raw = value.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"{option} {value!r} is not KEY=VALUE, e.g. {example}")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # `-d text_column=[x`: not YAML, so the text as it stands
+            parsed[key.strip()] = raw
     return parsed
 
 

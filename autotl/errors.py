@@ -55,3 +55,15 @@ class RunError(AutotlError):
     """A run folder or study is missing, or does not match the command."""
 
     exit_code = 6
+
+
+class UnreadableInputs(DataError):
+    """Some inputs given to predict cannot be read (an image that does not decode, a broken link).
+
+    ``problems`` holds ``(index, reason)`` for each, indices into the items given. ``autotl predict``
+    skips them, lists them and predicts the rest; the Python API raises this (a :class:`DataError`).
+    """
+
+    def __init__(self, message: str, problems: list[tuple[int, str]]):
+        super().__init__(message)
+        self.problems = problems

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import RunError, UsageError
@@ -146,7 +147,7 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     console = console or Console()
     rows = trial_rows(study)
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
-    table = Table(title=f"autotl leaderboard: {study.user_attrs.get('task', '?')} - {location.describe()}",
+    table = Table(title=escape(f"autotl leaderboard: {study.user_attrs.get('task', '?')} - {location.describe()}"),
                   title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("#", justify="right")
@@ -165,15 +166,15 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     for r in order:
         p = r["params"]
         cells = ["★" if r["best"] else "", str(r["number"])]
-        cells += [_fmt(p.get(k)) for k, _ in PARAM_COLUMNS + tuple(extras)]
+        cells += [escape(_fmt(p.get(k))) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
         latency = r["latency"] or {}
         cells += [_fmt(r["value"], 4), _fmt_count(r["inference_params"]), _fmt_ms(latency.get("batch1_ms")),
                   _fmt_ms(latency.get("batched_ms"))]
         cells += [f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
         if workers:
-            cells.append(r["worker"] or "-")
+            cells.append(escape(r["worker"] or "-"))
         state = {"COMPLETE": "[green]complete[/]", "PRUNED": "[yellow]pruned[/]", "FAIL": "[red]failed[/]"}
-        note = f" ({r['note']})" if r["note"] else ""
+        note = escape(f" ({r['note']})") if r["note"] else ""
         cells.append(state.get(r["state"], r["state"].lower()) + note)
         table.add_row(*cells, style="bold" if r["best"] else None)
     console.print(table)

@@ -1,4 +1,8 @@
-"""Live progress of a search: a budget bar, the running trial's epochs, one line per finished trial."""
+"""Live progress of a search: a budget bar, the running trial's epochs, one line per finished trial.
+
+What comes from the user (file names, paths, model names, failure reasons) is printed as text, never
+read as rich markup: a file named ``x[/b].png`` is shown as it is.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
@@ -40,7 +45,7 @@ class ConsoleReporter(Reporter):
         self._budget_s: float | None = None
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, markup=False)
 
     def data_report(self, report: dict[str, Any]) -> None:
         counts = report.get("counts", {})
@@ -53,7 +58,7 @@ class ConsoleReporter(Reporter):
             self.console.print(f"[yellow]Skipped {len(skipped)} unusable item(s)[/] (all listed in data_report.json; "
                                "repair or remove them to use them or to silence this):")
             for item in skipped[:5]:
-                self.console.print(f"  {item['file']}: {item['reason']}", highlight=False)
+                self.console.print(f"  {item['file']}: {item['reason']}", highlight=False, markup=False)
             if len(skipped) > 5:
                 self.console.print(f"  ... and {len(skipped) - 5} more", highlight=False)
 
@@ -64,7 +69,7 @@ class ConsoleReporter(Reporter):
         if trials:
             limits.append(f"{trials} trials")
         self.console.print(f"Searching {location.describe()} over {len(models)} model(s): {', '.join(models)}; "
-                           f"{' and '.join(limits) or 'no limit (Ctrl-C stops)'}", highlight=False)
+                           f"{' and '.join(limits) or 'no limit (Ctrl-C stops)'}", highlight=False, markup=False)
         self._started = time.time()
         self._budget_s = budget_s
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -81,7 +86,7 @@ class ConsoleReporter(Reporter):
         self._tick()
         if self._trial is not None:
             self.progress.remove_task(self._trial)
-        desc = f"trial {number}: {_describe(params)}"
+        desc = escape(f"trial {number}: {_describe(params)}")
         self._trial = self.progress.add_task(desc, total=int(params.get("epochs", 1)))
 
     def epoch(self, number, epoch, epochs, loss, val_accuracy) -> None:
@@ -103,7 +108,7 @@ class ConsoleReporter(Reporter):
         value_s = f"{value:.4f}" if value is not None else "-"
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(state, "white")
         self.console.print(f"trial {number:>3} [{colour}]{state:<8}[/] val {value_s}  {duration_s:6.1f}s"
-                           f"{mark}{'  ' + note if note else ''}", highlight=False)
+                           f"{mark}{'  ' + escape(note) if note else ''}", highlight=False)
         if state == "COMPLETE" and self.progress is not None and self._overall is not None and not self._budget_s:
             self.progress.advance(self._overall)
 
@@ -111,7 +116,7 @@ class ConsoleReporter(Reporter):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        self.console.print(f"Search stopped: {reason}", highlight=False)
+        self.console.print(f"Search stopped: {reason}", highlight=False, markup=False)
 
     def _tick(self) -> None:
         if self.progress is not None and self._overall is not None and self._budget_s:

@@ -6,7 +6,9 @@ The built-in recipes live in the repository's ``recipes/`` folder (installed as 
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +28,16 @@ _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_w
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
+#: the core parameters that are whole numbers, and their least value.
+_WHOLE_PARAMS = {"epochs": 1, "batch_size": 1, "freeze": 0, "lora_rank": 0}
+#: the core parameters that are numbers of 0 or more.
+_REAL_PARAMS = ("lr", "weight_decay", "label_smoothing", "warmup_epochs", "ema_decay")
+#: the core parameters that take one of a few words.
+_WORD_PARAMS = {"precision": ("auto", "fp32", "bf16"), "head_init": ("zeros", "default")}
+#: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/search.py).
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
+PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
+           "none": "NopPruner"}
 
 
 @dataclass(frozen=True)
@@ -119,12 +131,15 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         fail("models", "must be a list of model names")
     space = {name: _param_spec(name, spec, fail) for name, spec in (raw.get("space") or {}).items()}
+    fixed = {name: _core_value(name, value, f"fixed.{name}", fail) for name, value in (raw.get("fixed") or {}).items()}
     for name in ("lr",):
         if name not in space and name not in (raw.get("fixed") or {}):
             fail("space", f"`{name}` must be searched or fixed")
     start_with = raw.get("start_with") or []
     if not isinstance(start_with, list) or not all(isinstance(s, dict) for s in start_with):
         fail("start_with", "must be a list of parameter mappings")
+    start_with = [{name: _core_value(name, value, f"start_with[{i}].{name}", fail) for name, value in point.items()}
+                  for i, point in enumerate(start_with)]
     val_fraction = (raw.get("data") or {}).get("val_fraction", 0.2)
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         fail("data.val_fraction", f"must be a number between 0 and 1, not {val_fraction!r}")
@@ -135,10 +150,10 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         models=models,
         data=dict(raw.get("data") or {}),
         space=space,
-        fixed=dict(raw.get("fixed") or {}),
+        fixed=fixed,
         start_with=start_with,
-        sampler=dict(raw.get("sampler") or {}),
-        pruner=dict(raw.get("pruner") or {}),
+        sampler=_optuna_section("sampler", raw.get("sampler") or {}, SAMPLERS, "tpe", fail),
+        pruner=_optuna_section("pruner", raw.get("pruner") or {}, PRUNERS, "median", fail),
         prerank=_prerank(raw.get("prerank") or {}, fail),
         cache=_cache(raw.get("cache") or {}, fail),
         raw=raw,
@@ -184,6 +199,47 @@ def _cache(spec: dict, fail) -> dict[str, Any]:
     return settings
 
 
+def _optuna_section(name: str, spec: dict, classes: dict[str, str], default: str, fail) -> dict[str, Any]:
+    """The ``sampler`` or ``pruner`` section: a known ``name`` and only the arguments its Optuna class takes."""
+    import optuna
+
+    kind = spec.get("name", default)
+    if kind not in classes:
+        fail(f"{name}.name", f"unknown {name} {kind!r}; use one of {', '.join(classes)}")
+    cls = getattr(optuna.samplers if name == "sampler" else optuna.pruners, classes[kind])
+    known = [p for p in inspect.signature(cls).parameters if p not in ("self", "seed")]
+    unknown = sorted(set(spec) - {"name", *known})
+    if unknown:
+        fail(f"{name}.{unknown[0]}", f"unknown key for the {kind} {name}; known keys are "
+                                     f"{', '.join(['name', *known])}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls(**{k: v for k, v in spec.items() if k != "name"})
+    except (TypeError, ValueError) as exc:
+        fail(name, f"{exc}; see Optuna's {classes[kind]}")
+    return dict(spec)
+
+
+def _core_value(name: str, value: Any, where: str, fail) -> Any:
+    """A value of a core parameter checked (a number, or one of its words); a number written as a string
+    (YAML reads ``1e-3`` so) is read as the number. Parameters of the task pass unchecked."""
+    if name in _WHOLE_PARAMS:
+        number = _number(value, where, fail)
+        least = _WHOLE_PARAMS[name]
+        if number is None or not float(number).is_integer() or number < least:
+            fail(where, f"must be a whole number, {least} or more, not {value!r}")
+        return int(number)
+    if name in _REAL_PARAMS:
+        number = _number(value, where, fail)
+        if number is None or number < 0 or math.isinf(number):
+            fail(where, f"must be a number, 0 or more, not {value!r}")
+        return float(number)
+    if name in _WORD_PARAMS and value not in _WORD_PARAMS[name]:
+        fail(where, f"must be one of {', '.join(_WORD_PARAMS[name])}, not {value!r}")
+    return value
+
+
 def _param_spec(name: str, spec: Any, fail) -> ParamSpec:
     where = f"space.{name}"
     if not isinstance(spec, dict):
@@ -195,7 +251,7 @@ def _param_spec(name: str, spec: Any, fail) -> ParamSpec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             fail(where, "choices must be a non-empty list")
-        return ParamSpec(name, choices=tuple(choices))
+        return ParamSpec(name, choices=tuple(_core_value(name, c, f"{where}.choices", fail) for c in choices))
     low = _number(spec.get("low"), f"{where}.low", fail)
     high = _number(spec.get("high"), f"{where}.high", fail)
     if name != "freeze" and (low is None or high is None):

@@ -17,6 +17,7 @@ table (case, input, exit code, what the user sees) to FILE.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -191,6 +192,7 @@ def text_files(ctx: Ctx, **files: str | bytes) -> Path:
 
 
 ROWS = "".join(f"{'good tea' if i % 2 else 'bad tea'} {i},{'pos' if i % 2 else 'neg'}\n" for i in range(8))
+JSONL_ROWS = "".join(f'{{"text": "tea {i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(8))
 
 
 def a_file(ctx: Ctx, name: str, content: str = "") -> Path:
@@ -244,6 +246,73 @@ def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+
+def bytes_named_file(ctx: Ctx) -> list:
+    """Resume the run after a PNG whose file name is not UTF-8 (Latin-1 caf\xe9.png) went into train/dark/."""
+    args = resume(ctx)
+    with open(os.fsencode(ctx.copied_run / "data" / "train" / "dark") + b"/caf\xe9.png", "wb") as handle:
+        handle.write(png_bytes())
+    return args
+
+
+def bytes_named_class(ctx: Ctx) -> list:
+    data = images(ctx)
+    folder = os.fsencode(data / "train") + b"/caf\xe9"
+    os.mkdir(folder)
+    for i in range(3):
+        with open(folder + f"/{i}.png".encode(), "wb") as handle:
+            handle.write(png_bytes(seed=i))
+    return image_search(ctx, data)
+
+
+def in_new_folder(path: Path, content: bytes = b"not an image") -> None:
+    """``content`` at ``path``, making its folder: ``x[/b].png`` is the file ``b].png`` in the folder ``x[``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+#: the start of an Encapsulated PostScript file: Pillow would hand it to Ghostscript to draw.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+GHOSTSCRIPT_RUNS: list = []
+
+
+def record_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    GHOSTSCRIPT_RUNS.clear()
+
+    def ghostscript(*args, **kwargs):
+        GHOSTSCRIPT_RUNS.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+
+
+def no_ghostscript(ctx: Ctx) -> None:
+    assert not GHOSTSCRIPT_RUNS, "a file reached the EPS decoder, which runs Ghostscript"
+
+
+def sparse_file(path: Path, size: int = (1 << 30) + 1) -> None:
+    """A file of ``size`` bytes that takes no disk space (and would take 1 GiB of memory if read whole)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+def recipe_with(ctx: Ctx, old: str, new: str) -> Path:
+    text = IMAGE_RECIPE.read_text()
+    assert old in text
+    return recipe(ctx, text.replace(old, new))
+
+
+def predict_with_one_broken(ctx: Ctx) -> list:
+    """`autotl predict` on a copy of the run's test/dark/ folder with one broken PNG in it (relative paths)."""
+    root = ctx.copy_run()
+    shutil.copytree(root / "data" / "train" / "dark", ctx.path("photos"))
+    (ctx.path("photos") / "broken.png").write_bytes(png_bytes()[:len(png_bytes()) // 2])
+    return ["predict", root / "bundle", "photos"]
+
+
 # -- the table --------------------------------------------------------------------------------------------
 
 CASES = [
@@ -277,7 +346,7 @@ CASES = [
          ("train/dark/cut.jpg", "truncated or corrupt"), skip=True),
     Case("image-text-named-png", "a text file named notes.png (resumed run)",
          resume_with_file("notes.png", lambda p: p.write_text("not an image\n")), 0,
-         ("train/dark/notes.png", "not in an image format Pillow knows"), skip=True),
+         ("train/dark/notes.png", "not in an image format autotl decodes"), skip=True),
     Case("image-decompression-bomb", "a PNG whose header claims 30000x30000 pixels (resumed run)",
          resume_with_file("bomb.png", lambda p: p.write_bytes(png_claiming(30000, 30000))), 0,
          ("train/dark/bomb.png", "too many pixels (900,000,000 pixels", "decompression-bomb limit",
@@ -285,6 +354,33 @@ CASES = [
     Case("image-symlink-loop", "train/dark/loop.png -> loop.png, and train/dark/again -> .. (resumed run)",
          resume_with_file("loop.png", symlink_loop), 0,
          ("train/dark/loop.png", "cannot be read (Too many levels of symbolic links)"), skip=True),
+    Case("image-file-name-not-utf8", "train/dark/caf\\xe9.png, a file name in Latin-1 (resumed run)",
+         bytes_named_file, 0, ("train/dark/caf\\xe9.png", "its name is not UTF-8; rename it"), skip=True),
+    Case("image-class-name-not-utf8", "train/caf\\xe9/, a class folder named in Latin-1",
+         bytes_named_class, DATA,
+         ("has a class folder whose name is not UTF-8 (caf\\xe9)", "rename it"), check=no_run_folder),
+    Case("image-unreadable-name-with-markup", "an unreadable train/dark/x[/b].png (resumed run)",
+         resume_with_file("x[/b].png", in_new_folder), 0,
+         ("train/dark/x[/b].png", "not in an image format autotl decodes"), skip=True),
+    Case("image-unreadable-name-with-markup-tags", "an empty train/dark/[bold]y.png (resumed run)",
+         resume_with_file("[bold]y.png", lambda p: p.write_bytes(b"")), 0,
+         ("train/dark/[bold]y.png: empty file",), skip=True),
+    Case("image-eps-named-jpg", "an EPS (PostScript) file named drawing.jpg (resumed run)",
+         resume_with_file("drawing.jpg", lambda p: p.write_bytes(EPS)), 0,
+         ("train/dark/drawing.jpg", "not in an image format autotl decodes: PNG, JPEG"), skip=True,
+         patch=record_ghostscript, check=no_ghostscript),
+    Case("image-huge-file", "a 1 GiB + 1 byte (sparse) train/dark/huge.jpg (resumed run)",
+         resume_with_file("huge.jpg", sparse_file), 0,
+         ("train/dark/huge.jpg", "larger than any image autotl decodes (at most 1 GiB); not read"), skip=True),
+    Case("image-max-side-zero", "-d max_side=0",
+         lambda c: image_search(c, images(c), "-d", "max_side=0"), USAGE,
+         ("data option max_side must be a whole number of pixels, at least 16, not 0", "-d max_side=512"),
+         check=no_run_folder),
+    Case("image-max-side-not-a-number", "-d max_side=abc",
+         lambda c: image_search(c, images(c), "-d", "max_side=abc"), USAGE,
+         ("data option max_side must be a whole number of pixels", "not 'abc'")),
+    Case("image-predict-one-unreadable", "predict BUNDLE photos/ where photos/broken.png is half a PNG",
+         predict_with_one_broken, 0, ("photos/broken.png", "truncated or corrupt"), skip=True),
     Case("image-data-changed-on-resume", "the run's data with one more image, same --out",
          data_changed_on_resume, RUN,
          ("the data in", "changed since", "start a new run with another --out or --study")),
@@ -318,6 +414,13 @@ CASES = [
          lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS, test_csv="text,label\nso so,meh\n")),
          DATA, ("test.csv line 2, column 'label': label 'meh' never occurs in train.csv",
                 "fix the label or add rows with it")),
+    Case("text-jsonl-lone-surrogate", 'train.jsonl whose line 9 is {"text": "tea \\ud800", ...}',
+         lambda c: text_search(c, text_files(c, train_jsonl=JSONL_ROWS + '{"text": "tea \\ud800", "label": "pos"}\n')),
+         DATA, ("train.jsonl line 9, column 'text': \\ud800 is half of a UTF-16 surrogate pair, not a character",
+                "write the character itself", "-d on_bad_lines=skip")),
+    Case("text-column-not-yaml", "-d text_column=[x",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS), "-d", "text_column=[x"), DATA,
+         ("train.csv line 1: no column '[x'", "-d text_column=NAME")),
 
     # models and weights
     Case("unknown-model", "--models nope",
@@ -420,6 +523,20 @@ CASES = [
     Case("cuda-without-cuda", "--device cuda on a machine without CUDA",
          lambda c: image_search(c, images(c), "--device", "cuda"), USAGE,
          ("--device cuda: no CUDA device is available here", "use --device cpu"), patch=no_cuda),
+    Case("negative-seed", "--seed -1",
+         lambda c: image_search(c, images(c), "--seed", "-1"), USAGE,
+         ("--seed", "-1 is not in the range 0<=x<=4294967295", "see `autotl search --help`"), check=no_run_folder),
+    Case("recipe-unknown-sampler-key", "a recipe with sampler: {n_startup: 5}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "n_startup_trials: 2", "n_startup: 5")), USAGE,
+         ("recipe.yaml: sampler.n_startup: unknown key for the tpe sampler", "known keys are name, ",
+          "n_startup_trials"), check=no_run_folder),
+    Case("recipe-fixed-precision-fp16", "a recipe with fixed: {precision: fp16}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "fixed: {", "fixed: {precision: fp16, ")), USAGE,
+         ("recipe.yaml: fixed.precision: must be one of auto, fp32, bf16, not 'fp16'",), check=no_run_folder),
+    Case("recipe-fixed-lr-not-a-number", "a recipe with fixed: {lr: fast} (and no lr in space)",
+         lambda c: image_search(c, images(c), recipe=recipe_with(
+             c, "  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {", "fixed: {lr: fast, ")), USAGE,
+         ("recipe.yaml: fixed.lr: must be a number, not 'fast'",), check=no_run_folder),
     Case("unknown-device", "--device tpu9",
          lambda c: image_search(c, images(c), "--device", "tpu9"), USAGE,
          ("--device 'tpu9' is not a device", "use auto, cpu, cuda or cuda:N")),
@@ -516,7 +633,7 @@ def test_bad_input(case: Case, tmp_path, request, monkeypatch):
         assert not any(line.startswith("Error:") for line in lines), stderr
         assert any(line.startswith("Skipped 1 unusable item(s)") and "repair or remove them" in line
                    for line in lines), stderr
-        shown = [line.strip() for line in lines if line.startswith("  train/")]
+        shown = [line.strip() for line in lines if line.startswith(("  train/", "  photos/"))]
         assert len(shown) == 1, stderr
         message = shown[0]
     else:
@@ -542,3 +659,121 @@ def test_the_table_covers_both_tasks_and_the_cli():
     assert sum(case.id.startswith("image-") for case in CASES) >= 8
     assert sum(case.id.startswith("text-") for case in CASES) >= 8
     assert {case.code for case in CASES} == {0, USAGE, DATA, MODEL, RUN, BUNDLE}
+
+
+# -- data cases that are not refusals: what is read, and how ----------------------------------------------
+
+def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
+    """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
+    text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
+                                            "fixed: {lr: 1e-3, ")
+    (tmp_path / "recipe.yaml").write_text(text)
+    data = make_image_folder(tmp_path / "data", classes=("dark", "light"), per_class=3, splits=("train",), size=16)
+    result = CliRunner().invoke(cli, [str(a) for a in image_search(
+        Ctx(tmp_path, None), data, recipe=tmp_path / "recipe.yaml",
+        models=("--models", TINY, "--weights", f"{TINY}={tiny_weights}"))], prog_name="autotl")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    [trial] = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert trial.user_attrs["config"]["lr"] == 0.001
+
+
+def test_hidden_sub_folders_are_neither_trained_on_nor_predicted(tmp_path, request):
+    """`train/cat/.picasaoriginals/x.png`: one rule (skip) for the search and for `autotl predict`."""
+    ctx = Ctx(tmp_path, request)
+    args = resume(ctx)
+    data = ctx.copied_run / "data"
+    hidden = data / "train" / "dark" / ".picasaoriginals"
+    hidden.mkdir()
+    (hidden / "x.png").write_bytes(png_bytes(seed=3))  # readable: trained on, it would change the data
+    (hidden / "broken.png").write_bytes(b"not an image")  # unreadable: read, it would be listed
+    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="autotl")
+    assert result.exit_code == 0, result.output  # the data's fingerprint did not change: nothing new was read
+    assert ".picasaoriginals" not in result.output
+
+    photos = ctx.path("photos")
+    shutil.copytree(data / "train" / "dark", photos)
+    result = CliRunner().invoke(cli, ["predict", str(ctx.copied_run / "bundle"), str(photos), "--json"],
+                                prog_name="autotl")
+    assert result.exit_code == 0, result.output
+    predicted = {Path(p["input"]).name for p in json.loads(result.stdout)}
+    assert predicted == {p.name for p in (data / "train" / "dark").glob("*.png")}
+    assert result.stderr == ""
+
+
+def sideways_jpeg(path: Path) -> np.ndarray:
+    """A JPEG stored 40 wide and 24 high whose EXIF says: turn 90 degrees to view (orientation 6).
+
+    Returns the upright pixels as Pillow's own ``exif_transpose`` shows them: 24 wide, 40 high.
+    """
+    rng = np.random.default_rng(7)
+    stored = np.zeros((24, 40, 3), dtype=np.uint8)
+    stored[:, :20] = 230  # a bright left half: the top once upright
+    stored += rng.integers(0, 20, stored.shape, dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    assert upright.shape == (40, 24, 3)
+    return upright
+
+
+def test_exif_orientation_is_applied_alike_in_search_and_predict(tmp_path, request):
+    """A phone photo taken sideways trains upright, and `autotl predict` sees it as the search did."""
+    import torch
+    from autotl_image import ImageClassification
+    from autotl_image._folder import pixels
+
+    from autotl.bundle import load
+
+    ctx = Ctx(tmp_path, request)
+    root = ctx.copy_run()
+    data = make_image_folder(ctx.path("data"), classes=("dark", "light"), per_class=3, splits=("train",), size=16)
+    upright = sideways_jpeg(data / "train" / "dark" / "phone.jpg")
+
+    loaded = ImageClassification().load(data, seed=0, val_fraction=0.25, options={})
+    [searched] = [np.asarray(images[paths.index("train/dark/phone.jpg")])
+                  for images, _, paths in loaded.payload.splits.values() if "train/dark/phone.jpg" in paths]
+    assert searched.shape == upright.shape and np.array_equal(searched, upright)  # the search: upright
+
+    bundle = load(root / "bundle", device="cpu")  # predict: the same pixels, resized as the search resizes
+    predicted = bundle.split([data / "train" / "dark" / "phone.jpg"]).inputs
+    assert torch.equal(predicted, pixels([Image.fromarray(upright)], int(bundle.settings["resolution"]),
+                                         str(bundle.settings["interpolation"])))
+
+    # through the command line: the sideways JPEG and its upright twin (lossless PNG) predict the same
+    Image.fromarray(upright).save(ctx.path("upright.png"))
+    result = CliRunner().invoke(cli, ["predict", str(root / "bundle"), str(data / "train" / "dark" / "phone.jpg"),
+                                      str(ctx.path("upright.png")), "--json", "--top-k", "2"], prog_name="autotl")
+    assert result.exit_code == 0, result.output
+    sideways_p, upright_p = json.loads(result.stdout)
+    assert sideways_p["top_k"] == upright_p["top_k"]
+
+
+def test_predict_skips_an_unreadable_image_and_predicts_the_rest(tmp_path, request, monkeypatch):
+    """`autotl predict BUNDLE folder/` with one broken image: the others are predicted, the broken one listed."""
+    ctx = Ctx(tmp_path, request)
+    args = predict_with_one_broken(ctx)
+    monkeypatch.chdir(tmp_path)
+    good = sorted(p.name for p in ctx.path("photos").glob("*.png") if p.name != "broken.png")
+    for extra in ([], ["--json"], ["--csv"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args] + extra, prog_name="autotl")
+        assert result.exit_code == 0, result.output
+        header, listed = result.stderr.splitlines()
+        assert header == "Skipped 1 unusable item(s), not predicted (repair or remove them to predict them):"
+        assert listed.startswith("  photos/broken.png: not a readable image, truncated or corrupt")
+        if extra == ["--json"]:
+            names = [Path(p["input"]).name for p in json.loads(result.stdout)]
+        elif extra == ["--csv"]:
+            names = [Path(line.split(",")[0]).name for line in result.stdout.splitlines()[1:]]
+        else:
+            names = [Path(line.split("\t")[0]).name for line in result.stdout.splitlines()]
+        assert names == good
+    # nothing readable at all: one Error line, exit code 3
+    result = CliRunner().invoke(cli, ["predict", str(args[1]), "photos/broken.png"], prog_name="autotl")
+    assert result.exit_code == DATA and result.stdout == ""
+    assert result.stderr.startswith("Error: cannot predict on photos/broken.png: not a readable image")
+    assert result.stderr.count("\n") == 1

@@ -4,9 +4,10 @@ Layout: ``DATA/train/<class>/<image>``, optional ``DATA/val/<class>/...`` and ``
 Every image is decoded once when the data is loaded, and resized once per resolution; epochs
 and later trials reuse the resized tensors.
 
-For bundles (``autotl export``/``predict``) the same functions decode (:func:`_folder._decode`),
-resize and crop (:func:`_folder.pixels`) and normalise (:func:`_transform`) the images to predict,
-driven by the settings :meth:`ImageClassification.export_settings` records.
+For bundles (``autotl export``/``predict``) the same functions list the files of a folder
+(:func:`_folder.image_files`), decode (:func:`_folder._decode`), resize and crop
+(:func:`_folder.pixels`) and normalise (:func:`_transform`) the images to predict, driven by the
+settings :meth:`ImageClassification.export_settings` records.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import torch
 from PIL import Image
 
 from autotl import Backbone, LoadedData, Task, TensorSplit, TrialData, hookimpl
-from autotl.errors import DataError
+from autotl.errors import DataError, UnreadableInputs, UsageError
 
-from ._folder import ImageData, _decode, load_image_folder, pixels, resize_all, to_rgb
+from ._folder import (RASTER_FORMATS, ImageData, _decode, image_files, load_image_folder, pixels, resize_all, shown,
+                      to_rgb)
 
 DEFAULT_MAX_SIDE = 512
+#: the smallest ``max_side``: an image kept smaller than this is no longer a picture of anything.
+MIN_MAX_SIDE = 16
 
 
 @hookimpl
@@ -90,23 +94,26 @@ class ImageClassification(Task):
                 continue
             path = Path(source)
             if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p)
-                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                found = [p for p in image_files(path) if _is_image_name(p)]
                 if not found:
-                    raise DataError(f"{path} holds no image file ({', '.join(_SHOWN_EXTENSIONS)}...)")
-                items.extend((str(p), p) for p in found)
+                    raise DataError(f"{shown(path)} holds no image file ({', '.join(_SHOWN_EXTENSIONS)}...)")
+                items.extend((shown(p), p) for p in found)
             elif path.is_file():
-                items.append((str(path), path))
+                items.append((shown(path), path))
             else:
-                raise DataError(f"no such image file or folder: {path}")
+                raise DataError(f"no such image file or folder: {shown(path)}")
         return items
 
     def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone,
                                settings: Mapping[str, Any]) -> TensorSplit:
-        """Items are image file paths (decoded exactly as the search decodes) or PIL images."""
+        """Items are image file paths (decoded exactly as the search decodes) or PIL images.
+
+        Files that cannot be decoded raise one :class:`~autotl.errors.UnreadableInputs` listing them all.
+        """
         max_side = int(settings.get("max_side", DEFAULT_MAX_SIDE))
         images = []
-        for item in raw:
+        problems: list[tuple[int, str]] = []
+        for index, item in enumerate(raw):
             if isinstance(item, Image.Image):
                 images.append(to_rgb(item, max_side))
                 continue
@@ -116,18 +123,33 @@ class ImageClassification(Task):
             if path.is_dir():
                 raise DataError(f"{path} is a folder: give image files (`autotl predict` and "
                                 "Bundle.predict_files expand folders)")
-            if not path.exists():
-                raise DataError(f"no such image file: {path}")
+            if not path.exists() and not path.is_symlink():
+                raise DataError(f"no such image file: {shown(path)}")
             image, problem = _decode(path, max_side)
             if image is None:
-                raise DataError(f"cannot predict on {path}: {problem}")
+                problems.append((index, problem))
+                continue
             images.append(image)
+        if problems:
+            index, problem = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UnreadableInputs(f"cannot predict on {shown(raw[index])}: {problem}{more}", problems)
         resized = pixels(images, int(settings["resolution"]), str(settings["interpolation"]))
         return TensorSplit(resized, torch.zeros(len(images), dtype=torch.long), _transform(settings, "none"))
 
 
 def _max_side(options: Mapping[str, Any]) -> int:
-    return int((options or {}).get("max_side", DEFAULT_MAX_SIDE))
+    """The ``max_side`` data option: a whole number of pixels, at least :data:`MIN_MAX_SIDE`."""
+    value = (options or {}).get("max_side", DEFAULT_MAX_SIDE)
+    try:
+        number = int(float(value)) if not isinstance(value, bool) and float(value).is_integer() else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number < MIN_MAX_SIDE:
+        raise UsageError(f"data option max_side must be a whole number of pixels, at least {MIN_MAX_SIDE}, not "
+                         f"{value!r}; e.g. -d max_side={DEFAULT_MAX_SIDE} (or `data: {{max_side: "
+                         f"{DEFAULT_MAX_SIDE}}}` in the recipe)")
+    return number
 
 
 def _settings(max_side: int, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,7 +184,9 @@ _SHOWN_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".gif")
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in Image.registered_extensions()
+    """Whether the file's extension is one of a format the search decodes (:data:`_folder.RASTER_FORMATS`;
+    ``.mpo``, a phone camera's multi-picture JPEG, opens as JPEG)."""
+    return Image.registered_extensions().get(path.suffix.lower()) in (*RASTER_FORMATS, "MPO")
 
 
 def _augment(x: torch.Tensor, how: str) -> torch.Tensor:

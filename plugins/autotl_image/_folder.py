@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -11,11 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from autotl.errors import DataError
 
 SPLITS = ("train", "val", "test")
+#: the raster formats decoded, by Pillow's names: no file reaches a decoder that runs an external
+#: program (EPS through Ghostscript) or one that is not a picture (PSD layers, FITS, MPEG...). JPEG
+#: includes the multi-picture JPEGs of phone cameras (MPO).
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "JPEG2000", "QOI")
+#: a file larger than this is skipped unread: no image under Pillow's decompression-bomb limit
+#: (about 89 million pixels) takes 1 GiB even uncompressed, at 16 bits per channel with alpha.
+MAX_IMAGE_BYTES = 1 << 30
+_FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP, PPM, TGA, ICO, JPEG 2000, QOI"
+_ORIENTATION = 0x0112  # the EXIF tag
 _INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -57,6 +66,10 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
     if not train_dir.is_dir():
         raise DataError(f"{root} has no train/ folder; lay the images out as {root}/train/<class>/<image>")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in classes:
+        if not is_utf8(name):
+            raise DataError(f"{train_dir} has a class folder whose name is not UTF-8 ({shown(name)}); rename it "
+                            "(class names become the model's labels)")
     if len(classes) < 2:
         found = f"only the class {classes[0]!r}" if classes else "no class folders"
         raise DataError(f"{train_dir} has {found}; classification needs at least two class folders")
@@ -72,7 +85,7 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
             extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes
                            and not p.name.startswith("."))
             if extra:
-                raise DataError(f"{split_dir} has class folders that train/ lacks: {', '.join(extra)}; "
+                raise DataError(f"{split_dir} has class folders that train/ lacks: {', '.join(map(shown, extra))}; "
                                 "add them to train/ or remove them")
         images, labels, paths = [], [], []
         for label, cls in enumerate(classes):
@@ -80,13 +93,11 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
             if not cls_dir.is_dir():
                 continue
             decoded = 0
-            for file in sorted(p for p in cls_dir.rglob("*") if not p.name.startswith(".")):
-                if file.is_dir():
-                    continue
+            for file in image_files(cls_dir):
                 rel = str(file.relative_to(root))
                 image, problem = _decode(file, max_side)
                 if image is None:
-                    skipped.append({"file": rel, "reason": problem})
+                    skipped.append({"file": shown(rel), "reason": problem})
                     continue
                 digest.update(f"{split}\0{cls}\0{rel}\0".encode())
                 digest.update(image.tobytes())
@@ -104,34 +115,75 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
     return ImageData(root, classes, splits, digest.hexdigest()[:16], skipped, val_from_train, max_side)
 
 
-def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
-    """Decode one image to RGB (grey, RGBA and palette images included); ``(None, why)`` if it cannot be."""
+def image_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted, but those in hidden files or folders (a name starting with a dot).
+
+    The one rule of the search (each class folder) and of ``autotl predict`` (each folder given):
+    ``train/cat/.picasaoriginals/x.jpg`` is neither trained on nor predicted.
+    """
+    return sorted(p for p in folder.rglob("*")
+                  if not any(part.startswith(".") for part in p.relative_to(folder).parts) and not p.is_dir())
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name (as :func:`os.fsdecode` gives it) is UTF-8 text: no undecodable bytes."""
     try:
-        if file.stat().st_size == 0:
-            return None, "empty file"
-        data = file.read_bytes()
-    except OSError as exc:  # a dangling link, a symlink loop, a special file
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str | Path) -> str:
+    """A file name fit to print and to write as JSON: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
+def _decode(file: Path, max_side: int) -> tuple[Image.Image | None, str]:
+    """Decode one image to upright RGB (grey, RGBA and palette images included); ``(None, why)`` if it cannot be.
+
+    The one decoding of the search and of ``autotl predict``: only :data:`RASTER_FORMATS`, files
+    whose name is UTF-8 and no larger than :data:`MAX_IMAGE_BYTES`, read from the file as Pillow
+    needs (never read whole first).
+    """
+    if not is_utf8(str(file)):
+        return None, "its name is not UTF-8; rename it"
+    try:
+        size = file.stat().st_size
+    except OSError as exc:  # a dangling link, a symlink loop
         return None, f"cannot be read ({exc.strerror or exc.__class__.__name__})"
+    if size == 0:
+        return None, "empty file"
+    if size > MAX_IMAGE_BYTES:
+        return None, (f"{size / (1 << 30):.1f} GiB, larger than any image autotl decodes (at most "
+                      f"{MAX_IMAGE_BYTES >> 30} GiB); not read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.draft("RGB", (max_side, max_side))
-            image.load()
+            with Image.open(file, formats=RASTER_FORMATS) as image:
+                image.draft("RGB", (max_side, max_side))
+                image.load()
+                return to_rgb(image, max_side), ""
+    except OSError as exc:
+        if isinstance(exc, Image.UnidentifiedImageError):
+            return None, f"not a readable image (not in an image format autotl decodes: {_FORMAT_NAMES})"
+        if exc.errno is not None:  # a special file, no permission: not the image's fault
+            return None, f"cannot be read ({exc.strerror or exc.__class__.__name__})"
+        return None, f"not a readable image, truncated or corrupt ({exc.__class__.__name__}: {str(exc)[:120]})"
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
         return None, (f"too many pixels ({count}, over Pillow's decompression-bomb limit of "
                       f"{Image.MAX_IMAGE_PIXELS:,}); shrink the image")
-    except Image.UnidentifiedImageError:
-        return None, "not a readable image (not in an image format Pillow knows)"
     except Exception as exc:  # PIL raises many types for broken files: report, never crash
         return None, f"not a readable image, truncated or corrupt ({exc.__class__.__name__}: {str(exc)[:120]})"
-    return to_rgb(image, max_side), ""
 
 
 def to_rgb(image: Image.Image, max_side: int) -> Image.Image:
-    """A decoded image as 8-bit RGB, at most ``max_side`` pixels on its longer side."""
+    """A decoded image as 8-bit RGB, upright (its EXIF orientation applied), at most ``max_side`` pixels on its
+    longer side."""
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # a phone photo taken sideways: turn it upright
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale, don't clip, to 8 bits
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)

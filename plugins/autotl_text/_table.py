@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ class Options:
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> "Options":
+        for key in ("text_column", "label_column", "on_bad_lines"):
+            if isinstance(options.get(key), (list, dict)) or (key in options and options[key] is None):
+                raise UsageError(f"data option {key} must be a name, not {options[key]!r}; e.g. -d {key}=review "
+                                 f"(or `data: {{{key}: review}}` in the recipe)")
         opts = cls(**{k: str(options[k]) for k in ("text_column", "label_column", "on_bad_lines") if k in options})
         if opts.on_bad_lines not in ("error", "skip"):
             raise UsageError(f"recipe data.on_bad_lines must be error or skip, not {opts.on_bad_lines!r}")
@@ -204,11 +209,28 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, s
             bad(line, f", column {options.label_column!r}: the label is empty", "give each row a label")
             continue
         text_value = "" if raw_text is None else raw_text if isinstance(raw_text, str) else str(raw_text)
+        surrogate = next(((column, found) for column, value in ((options.text_column, text_value),
+                                                                 (options.label_column, label))
+                          if (found := lone_surrogate(value))), None)
+        if surrogate:
+            bad(line, f", column {surrogate[0]!r}: {surrogate[1]}", SURROGATE_FIX)
+            continue
         if not text_value.strip():
             skipped.append({"file": f"{name}:{line}", "reason": "empty text"})
             continue
         rows.append(Row(line, text_value, label))
     return rows, skipped
+
+
+#: how to mend a JSON text holding half of a surrogate pair.
+SURROGATE_FIX = "write the character itself, or both halves of its pair (\\ud83d\\ude00), or remove it"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> str:
+    """``""``, or what is wrong with a text holding a lone surrogate (JSON ``"\\ud800"``): not a character."""
+    found = _SURROGATE.search(text)
+    return f"\\u{ord(found.group()):04x} is half of a UTF-16 surrogate pair, not a character" if found else ""
 
 
 def _label_str(value: Any) -> str | None:
@@ -475,6 +497,8 @@ class TableRow:
                 return ""
             if not isinstance(value, (str, int, float, bool)):
                 raise DataError(f"{self.name}: the text {column!r} is a JSON {type(value).__name__}, not a string")
+            if isinstance(value, str) and lone_surrogate(value):
+                raise DataError(f"{self.name}, key {column!r}: {lone_surrogate(value)}; {SURROGATE_FIX}")
             return value if isinstance(value, str) else str(value)
         return self.cells[self.table.position(column, self.line)]
 
