@@ -248,17 +248,17 @@ class Search:
                            f"{', '.join(differ)}, which decide the splits and the search space: leave {option} out "
                            f"to use the study's, {again}")
         recorded = list(described.get("models") or {})
-        if opts.models is not None and set(opts.models) != set(recorded):
-            raise RunError(f"--models differs from the study's ({','.join(dict.fromkeys(opts.models))} vs "
-                           f"{','.join(recorded)}): leave --models out to use the study's, {again}")
+        weights = {**(described.get("weights_files") or {}), **opts.weights} if opts.models is None else opts.weights
         keep_top = described.get("keep_top")
+        self.options = replace(opts, models=opts.models or recorded or None, weights=weights,
+                               keep_top=keep_top or opts.keep_top or KEEP_TOP)
+        self._resolve_zoo()  # first: a misspelt --models is told as such
+        if opts.models is not None and set(self.zoo) != set(recorded):
+            raise RunError(f"--models differs from the study's ({','.join(self.zoo)} vs {','.join(recorded)}): "
+                           f"leave --models out to use the study's, {again}")
         if keep_top is not None and opts.keep_top is not None and opts.keep_top != keep_top:
             raise RunError(f"--keep-top {opts.keep_top} differs from the study's ({keep_top}): leave --keep-top out "
                            f"to use the study's, {again}")
-        weights = {**(described.get("weights_files") or {}), **opts.weights} if opts.models is None else opts.weights
-        self.options = replace(opts, models=recorded or opts.models, weights=weights,
-                               keep_top=keep_top or opts.keep_top or KEEP_TOP)
-        self._resolve_zoo()
         self.split_seed = int(described.get("seed", 0))
         if self.split_seed != opts.seed:
             self.reporter.message(f"The study's split seed is {self.split_seed} (its first process's --seed); "
