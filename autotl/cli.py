@@ -152,8 +152,9 @@ def trial_loop_options(func):
         click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Stop (exit code 8) after this many trials of this process failed."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
-                     help="How many top trials keep their weights on disk."),
+        click.option("--keep-top", type=click.IntRange(min=1),
+                     help="How many top trials keep their weights on disk [default: the study's, 3 for a new "
+                          "one]. A study begun already keeps its own: a different value is refused."),
     ]):
         func = option(func)
     return func
@@ -225,27 +226,27 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
 def worker(storage, study, out, data, weights, trials, time_budget, max_failures, device, keep_top):
     """Join a search that `autotl search --storage URL --study NAME` began, and run its trials.
 
-    Takes the task, data, recipe, models and seed the study recorded; start one worker per machine
+    Takes the task, data, recipe, models, seed and --keep-top the study recorded; start one worker per machine
     (or per GPU). Workers share the study: no trial runs twice, and a trial whose worker dies is
     failed after the heartbeat grace period and run again by another worker.
     """
-    from .runs import RunLocation, load_study, sqlite_file
+    from .runs import RunLocation, load_study, recorded_description, sqlite_file
     from .search import SearchOptions
 
     if sqlite_file(storage) is not None:
         raise UsageError("autotl worker needs a storage several processes can share, not SQLite: use "
                          "--storage postgresql://USER:PASSWORD@HOST/DB (resume a local run with `autotl search` instead)")
-    attrs = load_study(RunLocation(storage, study)).user_attrs
-    if not attrs.get("task"):
+    described = recorded_description(load_study(RunLocation(storage, study)).user_attrs)  # refuses a half one
+    if described is None:
         raise RunError(f"study {study!r} was not begun by `autotl search` (it records no task); start it with "
                        f"autotl search DATA --task TASK --storage URL --study {study}")
-    recorded = dict(attrs.get("weights_files") or {})
+    recorded = dict(described.get("weights_files") or {})
     recorded.update(_parse_weights(weights))
     options = SearchOptions(
-        task=attrs["task"], data=Path(data or attrs["data"]), out=Path(out or attrs["out"]),
-        models=list(attrs.get("models") or {}) or None, weights=recorded, trials=trials, time_budget=time_budget,
-        seed=int(attrs.get("seed", 0)), storage=storage, study=study, device=device, keep_top=keep_top,
-        max_failures=max_failures, recipe_raw=attrs["recipe"],
+        task=described["task"], data=Path(data or described["data"]), out=Path(out or described["out"]),
+        models=list(described.get("models") or {}) or None, weights=recorded, trials=trials,
+        time_budget=time_budget, seed=int(described.get("seed", 0)), storage=storage, study=study, device=device,
+        keep_top=keep_top, max_failures=max_failures, recipe_raw=described["recipe"],
     )
     _run_search(options, options.out)
 

@@ -6,13 +6,14 @@ A search is resumable: the study lives in an Optuna storage (SQLite in the run f
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from .latency import measure_trial
 from .leaderboard import best_trial, rank_key
 from .progress import Reporter
 from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
-from .runs import (RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file,
-                   write_run_file)
+from .runs import (DESCRIPTION, RunLocation, StudyLock, default_storage, open_storage, recorded_description,
+                   recover_interrupted, sqlite_file, write_run_file)
 from .space import suggest
 from .training import accuracy, configure_threads, train
 from .trial_weights import (WEIGHTS_ATTR, drop_outside_top, owner_problem, recorded_weights, weights_metadata,
@@ -39,6 +40,9 @@ from .transfer import prerank_study, sampled_models
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed trials are not done
 WAIT_POLL_S = 2.0
+KEEP_TOP = 3  # --keep-top when neither the command nor the study gives one
+#: the recipe's sections that decide the splits and the search space: a later process must not differ in them
+RECIPE_DECIDES = ("data", "models", "space", "fixed", "start_with")
 
 
 @dataclass
@@ -51,12 +55,12 @@ class SearchOptions:
     weights: dict[str, str] = field(default_factory=dict)
     trials: int | None = None
     time_budget: float | None = None
-    seed: int = 0
+    seed: int = 0  # this process's sampler and training; the split's is the study's (its first process's)
     storage: str | None = None
     study: str | None = None
     device: str = "auto"
     scratch_baseline: bool = False
-    keep_top: int = 3
+    keep_top: int | None = None  # None: the study's, else KEEP_TOP
     prerank: bool = True  # rank the models by transferability before a new study's first trial
     cache: bool = True  # the frozen-prefix cache (autotl/cache.py), as the recipe's `cache` section sets it
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class Search:
 
     def __init__(self, options: SearchOptions, registry: Registry, reporter: Reporter):
         self.options = options
+        self._given = options  # as the command gave them; `open` settles what a study begun already decides
         self.registry = registry
         self.reporter = reporter
         self.task = _find_task(registry, options.task)
@@ -93,17 +98,24 @@ class Search:
         if self.device.type == "cpu":
             configure_threads()
         self.cache = FeatureCache.from_settings(self.recipe.cache) if options.cache else None
-        self.zoo = self._resolve_models()
-        self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
+        # the models are resolved by `open`, once it knows whether the study names them already
+        self.zoo: dict[str, Backbone] = {}
+        self.group_counts: dict[str, int] = {}
+        self.weight_files: dict[str, str] = {}
         self.data: LoadedData | None = None
         self.study: optuna.Study | None = None
         self.location: RunLocation | None = None
         self.deadline: float | None = None
         self.lock: StudyLock | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.split_seed = options.seed  # a study begun already: the seed it recorded (see _adopt_study)
         self._current: int | None = None
 
     # -- preparation -------------------------------------------------------------------------
+    def _resolve_zoo(self) -> None:
+        self.zoo = self._resolve_models()
+        self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
+
     def _resolve_models(self) -> dict[str, Backbone]:
         families = self.registry.families_for(self.task)
         if not families:
@@ -141,12 +153,27 @@ class Search:
         return zoo
 
     def open(self) -> RunLocation:
-        """Load and check the data, open (or resume) the study, and record what the run is."""
+        """Open (or resume) the study, load and check the data, and record what the run is.
+
+        A study begun already decides the split seed, the recipe, the models and keep_top
+        (:meth:`_adopt_study`), so it is read before the data is loaded.
+        """
         opts = self.options
-        self.reporter.message(f"Loading {self.task.name} data from {opts.data} ...")
-        self.data = self.task.load(opts.data, seed=opts.seed, val_fraction=self.recipe.val_fraction,
-                                   options=self.recipe.data)
-        self.reporter.data_report(self.data.report)
+        default = opts.storage is None
+        url = opts.storage or default_storage(opts.out)
+        self.location = RunLocation(url, opts.study or "autotl", opts.out)
+        database = sqlite_file(url)
+        storage = None
+        described = None
+        if database is None or database.is_file():  # a new run folder gets nothing before its data loads
+            if database is not None:  # SQLite: one process at a time (see StudyLock)
+                self.lock = StudyLock(database)
+                self.lock.acquire()
+            storage = open_storage(url)
+            described = self._adopt_study(_existing_attrs(storage, self.location.study_name))
+        else:
+            self._adopt_study({})
+        self._load_data()
         try:
             opts.out.mkdir(parents=True, exist_ok=True)
             probe = opts.out / ".write-test"
@@ -154,23 +181,26 @@ class Search:
             probe.unlink()
         except OSError as exc:
             raise UsageError(f"cannot write to the output folder {opts.out}: {exc.strerror or exc}; choose another --out") from exc
-        default = opts.storage is None
-        url = opts.storage or default_storage(opts.out)
-        self.location = RunLocation(url, opts.study or "autotl", opts.out)
-        database = sqlite_file(url)
-        if database is not None:  # SQLite: one process at a time (see StudyLock)
+        if database is not None and self.lock is None:
             self.lock = StudyLock(database)
             self.lock.acquire()
-        storage = open_storage(url)
-        pruner = _make_pruner(self.recipe.pruner)
+        storage = storage or open_storage(url)
         self.study = optuna.create_study(study_name=self.location.study_name, storage=storage,
-                                         sampler=_make_sampler(self.recipe.sampler, opts.seed), pruner=pruner,
-                                         direction="maximize", load_if_exists=True)
-        if self.study.user_attrs.get("task"):
+                                         sampler=_make_sampler(self.recipe.sampler, opts.seed),
+                                         pruner=_make_pruner(self.recipe.pruner), direction="maximize",
+                                         load_if_exists=True)
+        now = recorded_description(self.study.user_attrs)
+        if now is not None and now != described:  # another process began the study while this one loaded data
+            split = (self.split_seed, self.recipe.val_fraction, self.recipe.data)
+            self._adopt_study(self.study.user_attrs)
+            if split != (self.split_seed, self.recipe.val_fraction, self.recipe.data):
+                self._load_data()
+        if now is not None:
             # Resuming or joining: another seed, or this process would sample the same random start
             # points as the process(es) before it.
             existing = len(self.study.get_trials(deepcopy=False))
             self.study.sampler = _make_sampler(self.recipe.sampler, hash((opts.seed, existing, os.getpid())) % 2**31)
+            self.study.pruner = _make_pruner(self.recipe.pruner)
         if self.lock is not None:
             for number in recover_interrupted(self.study):
                 self.reporter.message(f"Trial {number} was interrupted when its process stopped (killed or crashed): "
@@ -181,41 +211,109 @@ class Search:
         write_json(opts.out / "data_report.json", self.data.report)
         return self.location
 
+    def _load_data(self) -> None:
+        opts = self.options
+        self.reporter.message(f"Loading {self.task.name} data from {opts.data} ...")
+        self.data = self.task.load(opts.data, seed=self.split_seed, val_fraction=self.recipe.val_fraction,
+                                   options=self.recipe.data)
+        self.reporter.data_report(self.data.report)
+
+    def _adopt_study(self, attrs: dict[str, Any]) -> dict[str, Any] | None:
+        """Take from a study begun already what decides its splits and space; refuse what differs.
+
+        The split seed, the recipe (its data options, space, fixed settings and start points), the
+        models and keep_top are the study's. An option given that differs from the study's is refused
+        (:class:`RunError`); one left out takes the study's. Returns the study's description (``None``
+        for a new or half-recorded study, which this process records).
+        """
+        opts = self._given
+        described = recorded_description(attrs)
+        if described is None:
+            self.options = replace(opts, keep_top=opts.keep_top or KEEP_TOP)
+            self._resolve_zoo()
+            return None
+        where = self.location.describe()
+        if described.get("task") != self.task.name:
+            raise RunError(f"{where} is a {described.get('task')} search, not {self.task.name}; "
+                           "use another --out or --study")
+        again = "or start another --study/--out"
+        if opts.recipe_raw is None and opts.recipe is None:  # the study's recipe, with this command's -d
+            raw = dict(described["recipe"])
+            if opts.data_options:
+                raw["data"] = {**(raw.get("data") or {}), **opts.data_options}
+            self.recipe = parse_recipe(raw, described.get("recipe_source") or "the study's recipe")
+            option = "--data-option"
+        else:
+            option = "--recipe" + (" / --data-option" if opts.data_options else "")
+        differ = [key for key in RECIPE_DECIDES if _decides(self.recipe.raw, key) != _decides(described["recipe"], key)]
+        if differ:
+            raise RunError(f"{option} differs from the study's recipe ({described.get('recipe_source', '?')}) in "
+                           f"{', '.join(differ)}, which decide the splits and the search space: leave {option} out "
+                           f"to use the study's, {again}")
+        recorded = list(described.get("models") or {})
+        weights = {**(described.get("weights_files") or {}), **opts.weights} if opts.models is None else opts.weights
+        keep_top = described.get("keep_top")
+        self.options = replace(opts, models=opts.models or recorded or None, weights=weights,
+                               keep_top=keep_top or opts.keep_top or KEEP_TOP)
+        self._resolve_zoo()  # first: a misspelt --models is told as such
+        if opts.models is not None and set(self.zoo) != set(recorded):
+            raise RunError(f"--models differs from the study's ({','.join(self.zoo)} vs {','.join(recorded)}): "
+                           f"leave --models out to use the study's, {again}")
+        if keep_top is not None and opts.keep_top is not None and opts.keep_top != keep_top:
+            raise RunError(f"--keep-top {opts.keep_top} differs from the study's ({keep_top}): leave --keep-top out "
+                           f"to use the study's, {again}")
+        self.split_seed = int(described.get("seed", 0))
+        if self.split_seed != opts.seed:
+            self.reporter.message(f"The study's split seed is {self.split_seed} (its first process's --seed); "
+                                  f"--seed {opts.seed} seeds this process's sampler and training")
+        if self.cache is not None:
+            self.cache = FeatureCache.from_settings(self.recipe.cache)
+        return described
+
     def _check_or_record_study(self) -> None:
         attrs = self.study.user_attrs
-        if attrs.get("task") and attrs["task"] != self.task.name:
-            raise RunError(f"{self.location.describe()} is a {attrs['task']} search, not {self.task.name}; "
-                           "use another --out or --study")
-        if attrs.get("fingerprint") and attrs["fingerprint"] != self.data.fingerprint:
-            raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
-                           f"(fingerprint {attrs['fingerprint']} -> {self.data.fingerprint}); start a new run with "
-                           "another --out or --study")
-        if attrs.get("task"):
+        described = recorded_description(attrs)
+        if described is not None:
+            if described.get("fingerprint") and described["fingerprint"] != self.data.fingerprint:
+                raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
+                               f"(fingerprint {described['fingerprint']} -> {self.data.fingerprint}); start a new "
+                               "run with another --out or --study")
+            for key, value in described.items():  # a creator stopped between the description and `created`
+                if key not in attrs:
+                    self.study.set_user_attr(key, value)
             done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
             verb = "Resuming" if self.lock is not None else "Joining"  # SQLite: this process alone; else shared
             self.reporter.message(f"{verb} {self.location.describe()}: {done} finished trial(s) kept")
             return
+        if attrs.get("task"):
+            self.reporter.message(f"{self.location.describe()} is half-recorded (the search that began it was "
+                                  "interrupted): recording it anew")
         points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
-        # ranked before `task` is recorded: a Ctrl-C while ranking leaves a study that starts anew
+        # ranked before the study is recorded: a Ctrl-C while ranking leaves a study that starts anew
         if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
             points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
-                                   self.device, seed=self.options.seed, say=self.reporter.message)
-        for key, value in {
+                                   self.device, seed=self.split_seed, say=self.reporter.message)
+        description = {
             "task": self.task.name,
             "data": str(Path(self.options.data).resolve()),
             "fingerprint": self.data.fingerprint,
             "label_names": self.data.label_names,
             "recipe": self.recipe.raw,
             "recipe_source": self.recipe.source,
-            "seed": self.options.seed,
+            "seed": self.split_seed,  # the split's: every later process loads the data with it
             "models": {name: b.describe() for name, b in self.zoo.items()},
             "weights_files": self.weight_files,  # for `autotl export --refit`
             "out": str(Path(self.options.out).resolve()),  # where trials/NNNN/ lie, for --storage
+            "keep_top": self.options.keep_top,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }.items():
-            self.study.set_user_attr(key, value)
+        }
+        for key, value in description.items():  # one by one for the readers; `created` after the description
+            if key != "created":
+                self.study.set_user_attr(key, value)
         for point in points:
             self.study.enqueue_trial(point, skip_if_exists=True)
+        self.study.set_user_attr(DESCRIPTION, description)  # last, in one step: now the study is begun
+        self.study.set_user_attr("created", description["created"])
 
     # -- the search loop -----------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -462,6 +560,22 @@ class Search:
                    "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
         self.study.set_user_attr("scratch", scratch)
         return scratch
+
+
+def _existing_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
+    """The user attributes of study ``name`` in ``storage``; empty when there is no such study."""
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    except KeyError:
+        return {}
+
+
+def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
+    """A recipe section that decides the splits or the space, as the study stores it (JSON), defaults filled in."""
+    value = json.loads(json.dumps(recipe_raw.get(key), default=str))
+    if key == "data":
+        value = {"val_fraction": 0.2, **(value or {})}
+    return value or None
 
 
 def _record_stats(trial: optuna.Trial, stats: dict[str, Any]) -> None:
