@@ -112,7 +112,9 @@ class Search:
         self._current: int | None = None
 
     # -- preparation -------------------------------------------------------------------------
-    def _resolve_zoo(self) -> None:
+    def resolve_zoo(self) -> None:
+        """Resolve the models to search from the options (``open`` does it once it knows a begun study's models;
+        call it only to use a ``Search`` without a study, as the benchmarks do)."""
         self.zoo = self._resolve_models()
         self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
 
@@ -230,7 +232,7 @@ class Search:
         described = recorded_description(attrs)
         if described is None:
             self.options = replace(opts, keep_top=opts.keep_top or KEEP_TOP)
-            self._resolve_zoo()
+            self.resolve_zoo()
             return None
         where = self.location.describe()
         if described.get("task") != self.task.name:
@@ -255,7 +257,7 @@ class Search:
         keep_top = described.get("keep_top")
         self.options = replace(opts, models=opts.models or recorded or None, weights=weights,
                                keep_top=keep_top or opts.keep_top or KEEP_TOP)
-        self._resolve_zoo()  # first: a misspelt --models is told as such
+        self.resolve_zoo()  # first: a misspelt --models is told as such
         if opts.models is not None and set(self.zoo) != set(recorded):
             raise RunError(f"--models differs from the study's ({','.join(self.zoo)} vs {','.join(recorded)}): "
                            f"leave --models out to use the study's, {again}")

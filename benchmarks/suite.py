@@ -155,6 +155,7 @@ def open_search(task: str, data: Path, seed: int, models: list[str] | None = Non
     options = SearchOptions(task=task, data=data, out=Path(tempfile.gettempdir()), seed=seed, models=models,
                             weights=dict(weights or {}))
     search = Search(options, get_registry(), Reporter())
+    search.resolve_zoo()
     search.data = search.task.load(data, seed=seed, val_fraction=search.recipe.val_fraction,
                                    options=search.recipe.data)
     return search

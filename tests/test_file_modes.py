@@ -52,7 +52,7 @@ def test_a_runs_files_get_the_mode_the_umask_gives(umask, tiny_folder, tiny_weig
     cli_run("report", run, "--out", tmp_path / "report.html")
 
     found = modes(run, tmp_path / "cache", tmp_path / "bundle", tmp_path / "report.html")
-    for name in ("run.json", "data_report.json", "study.db", "trials/0000/model.safetensors"):
+    for name in ("run.json", "data_report.json", "study.db", "trials/autotl/0000/model.safetensors"):
         assert str(run / name) in found, name
     assert list((tmp_path / "cache").rglob("*.safetensors")), "the trials wrote no cache entry"
     want = {path: (0o777 if Path(path).is_dir() else 0o666) & ~umask for path in found}

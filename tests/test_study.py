@@ -220,7 +220,7 @@ def test_a_worker_keeps_as_many_weights_as_the_study_was_asked_to(postgres_url, 
     code, output = run_cli("worker", *study, "--trials", 3)  # its own default (3) would keep all three
     assert code == 0, output
     assert len(complete(postgres_url, study[-1])) == 3
-    assert len(list((out / "trials").glob("*/model.safetensors"))) == 1
+    assert len(list((out / "trials").glob("*/*/model.safetensors"))) == 1
     code, output = run_cli("worker", *study, "--trials", 4, "--keep-top", 2)
     assert code == RunError.exit_code, output
     assert one_error_line(output) == ("Error: --keep-top 2 differs from the study's (1): leave --keep-top out to use "
