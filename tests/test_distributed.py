@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import optuna
@@ -240,13 +242,110 @@ def test_recover_interrupted_fails_running_trials_and_queues_one_retry_each():
     cut = study.ask()
     lr = cut.suggest_float("lr", 1e-3, 1e-1, log=True)
     cut.set_user_attr("config", {"lr": lr})
+    cut.set_user_attr("weights", "trials/0001/model.safetensors")
     assert recover_interrupted(study) == [cut.number]
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs["error"] == INTERRUPTED
     assert trials[2].params == {"lr": lr} and trials[2].system_attrs["failed_trial"] == cut.number
-    assert trials[2].user_attrs == {"config": {"lr": lr}}
+    # the retry starts clean: the interrupted run's attributes (its weights above all) stay with it
+    assert trials[2].user_attrs == {}
     assert recover_interrupted(study) == []  # nothing RUNNING any more
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_retried_trial_starts_clean_and_export_never_ships_the_interrupted_trials_weights(
+        image_data, tiny_weights, tmp_path):
+    out = tmp_path / "run"
+    searched = run(*search_args(image_data, out, tiny_weights), "--trials", 1)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    study = load(f"sqlite:///{out / 'study.db'}", "autotl")
+    done = study.trials[0]
+    # a trial killed after it saved and recorded its weights, before Optuna recorded it COMPLETE
+    cut = study.ask(fixed_distributions=done.distributions)
+    cut_weights = Path("trials") / f"{cut.number:04d}" / "model.safetensors"
+    (out / cut_weights).parent.mkdir(parents=True)
+    shutil.copyfile(out / done.user_attrs["weights"], out / cut_weights)
+    for key, value in {"worker": "elsewhere:1", "config": done.user_attrs["config"], "weights": str(cut_weights),
+                       "val_curve": [0.5, 0.75], "best_epoch": 2}.items():
+        cut.set_user_attr(key, value)
+    assert recover_interrupted(study) == [cut.number]
+
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == cut.number
+    assert retry.params == study.trials[cut.number].params and retry.user_attrs == {}
+    # the retry runs and scores below the keep-top: it saves no weights of its own
+    running = study.ask()
+    assert running.number == retry.number and "weights" not in study.trials[retry.number].user_attrs
+    running.set_user_attr("config", done.user_attrs["config"])
+    study.tell(running, 0.0)
+    assert study.trials[retry.number].user_attrs == {"config": done.user_attrs["config"]}
+
+    exported = run("export", out, "--trial", retry.number, "--out", tmp_path / "bundle", "--device", "cpu")
+    assert exported.returncode == 6, exported.stderr[-3000:]
+    assert f"the weights of trial {retry.number} were not kept" in exported.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bundle").exists() and "Traceback" not in exported.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_whose_heartbeat_went_stale_is_retried_clean(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "2")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}"), direction="maximize")
+    lost = study.ask()
+    lr = lost.suggest_float("lr", 1e-3, 1e-1, log=True)
+    for key, value in {"worker": "gone:1", "config": {"lr": lr}, "weights": "trials/0000/model.safetensors",
+                       "error": "", "val_curve": [0.5]}.items():
+        lost.set_user_attr(key, value)
+    study._storage.record_heartbeat(lost._trial_id)  # its last heartbeat; then its worker is lost
+
+    def failed_as_stale():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
+        return study.trials[lost.number].state == TrialState.FAIL
+
+    wait_for(failed_as_stale, 60, "the lost trial's heartbeat to go stale")
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == lost.number
+    assert retry.params == {"lr": lr} and retry.user_attrs == {}
+    assert study.trials[lost.number].user_attrs["weights"] == "trials/0000/model.safetensors"  # kept where it was
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_one_database_error_does_not_stop_the_heartbeat(tmp_path, monkeypatch, caplog):
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "3")
+    database = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{database}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    real_record = RDBStorage.record_heartbeat
+    calls = []
+
+    def flaky_record(self, trial_id):  # the database drops the connection once, then answers again
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats ...", {},
+                                                  Exception("server closed the connection unexpectedly"))
+        real_record(self, trial_id)
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", flaky_record)
+    with caplog.at_level("WARNING", logger="autotl"):
+        with get_heartbeat_thread(trial._trial_id, storage):  # Optuna's heartbeat thread, as optimize starts it
+            wait_for(lambda: len(calls) >= 3, 60, "two heartbeats after the failed one")
+    with sqlite3.connect(database) as con:
+        beats = con.execute("select count(*) from trial_heartbeats where trial_id = ?", (trial._trial_id,)).fetchone()
+    assert beats == (1,)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # alive: not taken for dead
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("autotl")]
+    assert len([m for m in messages if "did not take this worker's heartbeat" in m]) == 1, messages
+    assert "server closed the connection unexpectedly" in messages[0] and "trying again every 1s" in messages[0]
+    assert any("heartbeat again" in m for m in messages[1:]), messages
 
 
 def test_worker_refuses_sqlite_and_a_study_autotl_did_not_begin(tmp_path):
