@@ -59,14 +59,30 @@ def redact(url: str) -> str:
     ``@``, so a password that holds ``@`` is hidden whole (SQLAlchemy would read ``u:p@ss@host`` as
     password ``p`` at host ``ss@host``), and the value of every query parameter named ``password``.
     """
+    split = _split_userinfo(url)
+    if split is None:
+        return url
+    head, password, rest = split
+    return f"{head}:{HIDDEN if password else ''}@{_redact_query(rest)}" if head else _redact_query(rest)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str] | None:
+    """(``scheme://USER``, the password, what follows its ``@``) of ``url``; ``("", None, url)`` when it
+    holds no ``USER:PASSWORD@`` (a SQLite path such as ``sqlite:////a:b/c@d.db`` has none); None when
+    it is no URL."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        return None
     userinfo, at, after = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if at and colon and "/" not in user:  # not a SQLite path such as sqlite:////a:b/c@d.db
-        return f"{scheme}://{user}:{HIDDEN}@{_redact_query(after)}"
-    return f"{scheme}://{_redact_query(rest)}"
+    user, colon, password = userinfo.partition(":")
+    if at and colon and "/" not in user:
+        return f"{scheme}://{user}", password, after
+    return "", None, url
+
+
+def _password_parameter(part: str) -> bool:
+    key, equals, _ = part.partition("=")
+    return bool(equals) and unquote(key).strip().lower() in PASSWORD_PARAMETERS
 
 
 def _redact_query(text: str) -> str:
@@ -74,26 +90,15 @@ def _redact_query(text: str) -> str:
     path, question, query = text.partition("?")
     if not question:
         return text
-    parts = []
-    for part in query.split("&"):
-        key, equals, _ = part.partition("=")
-        parts.append(f"{key}={HIDDEN}" if equals and unquote(key).strip().lower() in PASSWORD_PARAMETERS else part)
+    parts = [f"{part.partition('=')[0]}={HIDDEN}" if _password_parameter(part) else part for part in query.split("&")]
     return f"{path}?{'&'.join(parts)}"
 
 
 def passwords(url: str) -> list[str]:
     """Every password ``url`` holds, as written and decoded, to scrub from a message that may echo one."""
-    found = []
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, after = rest.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if sep and at and colon and "/" not in user:
-        found.append(password)
-        rest = after
-    for part in rest.partition("?")[2].split("&"):
-        key, equals, value = part.partition("=")
-        if equals and unquote(key).strip().lower() in PASSWORD_PARAMETERS:
-            found.append(value)
+    head, password, rest = _split_userinfo(url) or ("", None, "")
+    found = [password or ""]
+    found += [part.partition("=")[2] for part in rest.partition("?")[2].split("&") if _password_parameter(part)]
     try:  # how SQLAlchemy reads it, unless that is part of one found already (u:p@ss@host: "p")
         import sqlalchemy
 
