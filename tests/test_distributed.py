@@ -124,10 +124,10 @@ def running_trial_of(url: str, name: str, pid: int):
 
 
 def search_args(data, out, weights, recipe="tiny-slow.yaml"):
-    """tiny-slow: trials of about a second; tiny-long: several seconds.
+    """tiny-slow: trials of about a second; tiny-long: several seconds, long enough to catch a worker in one.
 
-    The kill tests stop a process (SIGSTOP) and look which trial it holds before they kill it, so
-    they need no trial long enough to be hit by chance: tiny-slow serves them.
+    The kill tests stop a process (SIGSTOP) and look again which trial it holds before they kill or
+    continue it (see stopped_in_a_trial), so a trial that ends at that moment misleads none of them.
     """
     return ["search", "--task", "image-classification", data, "--out", out, "--models", TINY,
             "--weights", f"{TINY}={weights}", "--recipe", DATA / recipe]
@@ -141,7 +141,7 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
         postgres_url, image_data, tiny_weights, tmp_path):
     name = f"dist-{uuid.uuid4().hex[:8]}"
     storage = ["--storage", postgres_url, "--study", name]
-    first = start(*search_args(image_data, tmp_path / "run", tiny_weights), *storage, "--trials", 6,
+    first = start(*search_args(image_data, tmp_path / "run", tiny_weights, "tiny-long.yaml"), *storage, "--trials", 6,
                   env=FAST_HEARTBEAT)
     wait_for(lambda: (s := load(postgres_url, name)) is not None and s.user_attrs.get("task"), 120,
              "the first worker to begin the study", [first])
@@ -200,7 +200,8 @@ def test_a_worker_sigstopped_past_the_grace_period_drops_the_trial_failed_under_
     # reports that trial: it says so, drops the result and goes on with the next trial.
     name = f"pause-{uuid.uuid4().hex[:8]}"
     storage = ["--storage", postgres_url, "--study", name]
-    begun = run(*search_args(image_data, tmp_path / "run", tiny_weights), *storage, "--trials", 1, env=FAST_HEARTBEAT)
+    begun = run(*search_args(image_data, tmp_path / "run", tiny_weights, "tiny-long.yaml"), *storage, "--trials", 1,
+                env=FAST_HEARTBEAT)
     assert begun.returncode == 0, begun.stderr[-3000:]
     # The paused worker goes on to 3 trials done; the other stops at 2, so it waits (and looks for
     # stale trials) as soon as the paused one holds the second, and leaves the paused one a next trial.
@@ -273,7 +274,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it(postgres_url)
 def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_killed_trial(
         image_data, tiny_weights, tmp_path):
     out = tmp_path / "run"
-    args = [*search_args(image_data, out, tiny_weights), "--trials", 3]
+    args = [*search_args(image_data, out, tiny_weights, "tiny-long.yaml"), "--trials", 3]
     proc = start(*args)
     url = f"sqlite:///{out / 'study.db'}"
 
