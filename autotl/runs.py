@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import random
 import re
@@ -12,10 +13,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from .errors import RunError, UsageError
 from .files import write_json
@@ -29,6 +31,7 @@ GRACE_S = 120
 MAX_RETRY = 1
 # Tries at opening a storage while other workers create its tables (see open_storage).
 SCHEMA_TRIES = 10
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,9 +48,73 @@ def default_storage(folder: Path) -> str:
     return f"sqlite:///{(folder / 'study.db').resolve()}"
 
 
+HIDDEN = "***"
+# query parameters that carry a password (postgresql://u@host/db?password=..., MySQL's passwd), any case
+PASSWORD_PARAMETERS = ("password", "passwd")
+
+
 def redact(url: str) -> str:
-    """The storage URL without its password, for logs and leaderboards."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The storage URL without its password, for logs, leaderboards, run files and bundles.
+
+    Hides the password of ``scheme://USER:PASSWORD@HOST`` (an empty user name too) up to the last
+    ``@``, so a password that holds ``@`` is hidden whole (SQLAlchemy would read ``u:p@ss@host`` as
+    password ``p`` at host ``ss@host``), and the value of every query parameter named ``password``.
+    """
+    split = _split_userinfo(url)
+    if split is None:
+        return url
+    head, password, rest = split
+    return f"{head}:{HIDDEN if password else ''}@{_redact_query(rest)}" if head else _redact_query(rest)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str] | None:
+    """(``scheme://USER``, the password, what follows its ``@``) of ``url``; ``("", None, url)`` when it
+    holds no ``USER:PASSWORD@`` (a SQLite path such as ``sqlite:////a:b/c@d.db`` has none); None when
+    it is no URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    userinfo, at, after = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if at and colon and "/" not in user:
+        return f"{scheme}://{user}", password, after
+    return "", None, url
+
+
+def _password_parameter(part: str) -> bool:
+    key, equals, _ = part.partition("=")
+    return bool(equals) and unquote(key).strip().lower() in PASSWORD_PARAMETERS
+
+
+def _redact_query(text: str) -> str:
+    """``text`` with the value of each password query parameter (``?password=...``) hidden."""
+    path, question, query = text.partition("?")
+    if not question:
+        return text
+    parts = [f"{part.partition('=')[0]}={HIDDEN}" if _password_parameter(part) else part for part in query.split("&")]
+    return f"{path}?{'&'.join(parts)}"
+
+
+def passwords(url: str) -> list[str]:
+    """Every password ``url`` holds, as written and decoded, to scrub from a message that may echo one."""
+    head, password, rest = _split_userinfo(url) or ("", None, "")
+    found = [password or ""]
+    found += [part.partition("=")[2] for part in rest.partition("?")[2].split("&") if _password_parameter(part)]
+    try:  # how SQLAlchemy reads it, unless that is part of one found already (u:p@ss@host: "p")
+        import sqlalchemy
+
+        parsed = sqlalchemy.engine.make_url(url).password or ""
+        if not any(parsed in p for p in found):
+            found.append(parsed)
+    except Exception:
+        pass
+    found += [unquote(p) for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def is_redacted(url: str) -> bool:
+    """Whether ``url`` lost its password to :func:`redact` (as run.json stores it)."""
+    return HIDDEN in url
 
 
 def locate(run: str | None, storage: str | None, study: str | None) -> RunLocation:
@@ -67,7 +134,7 @@ def locate(run: str | None, storage: str | None, study: str | None) -> RunLocati
         url = default_storage(folder)  # resolved anew: the folder may have moved since
     else:
         url = meta["storage"]
-        if "***@" in url:
+        if is_redacted(url):
             raise UsageError(f"the run in {folder} uses {url}, whose password is not stored: "
                              "give --storage URL (or set AUTOTL_STORAGE)")
     return RunLocation(url, study or meta.get("study", DEFAULT_STUDY), folder)
@@ -113,10 +180,37 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats: a trial whose process died is failed and retried once."""
-    from optuna.storages import RDBStorage
+class Storage(RDBStorage):
+    """Optuna's RDB storage, whose heartbeat outlives a transient database error.
 
+    Optuna records a running trial's heartbeat from a thread that ends at its first exception, so
+    one dropped connection would stop the heartbeat for good and have a live worker's trial failed
+    as dead. Here a heartbeat the database does not take is reported once and tried again at the
+    next beat; the trial is only lost if the database stays out of reach for the grace period.
+    """
+
+    _heartbeat_lost = False
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not self._heartbeat_lost:
+                self._heartbeat_lost = True
+                text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+                for password in passwords(self.url):
+                    text = text.replace(password, HIDDEN)
+                log.warning(f"Warning: the database did not take this worker's heartbeat ({text}); trying again "
+                            f"every {self.heartbeat_interval}s. Unless it answers within {self.grace_period}s, "
+                            "other workers fail and retry this worker's trial")
+            return
+        if self._heartbeat_lost:
+            self._heartbeat_lost = False
+            log.warning("The database takes this worker's heartbeat again")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats: a trial whose process died is failed and retried once, clean."""
     interval, grace = heartbeat_settings()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
@@ -124,12 +218,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return RDBStorage(
+                    return Storage(
                         url,
                         engine_kwargs=engine_kwargs,
                         heartbeat_interval=interval,
                         grace_period=grace,
-                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                        heartbeat_stale_trial_callback=queue_retry,
                     )
             except Exception as exc:
                 # Workers started together on an empty database all create Optuna's tables; all but
@@ -163,12 +257,8 @@ def storage_problem(url: str, exc: Exception) -> str:
         return f"its database driver {name!r} is not installed; install it: pip install {package}"
     text = str(exc).strip()
     first = text.splitlines()[0][:200] if text else exc.__class__.__name__
-    try:
-        password = sqlalchemy.engine.make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        first = first.replace(str(password), "***")
+    for password in passwords(url):
+        first = first.replace(password, HIDDEN)
     forms = "give sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB"
     if isinstance(exc, sqlalchemy.exc.NoSuchModuleError):
         return f"unknown kind of database {url.split(':', 1)[0]!r}; {forms}"
@@ -240,16 +330,28 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             continue
         failed.append(trial.number)
-        # The same bookkeeping as Optuna's RetryHeartbeatStaleTrialCallback, so `retried_as` and
-        # Optuna's own retry_history read both kinds of retry alike.
-        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-        if len(system_attrs["retry_history"]) > MAX_RETRY:
-            continue
-        study.add_trial(optuna.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k != "error"}, system_attrs=system_attrs))
+        queue_retry(study, trial)
     return failed
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue an interrupted trial to run again, once, and clean: with its parameters and nothing else.
+
+    Both kinds of interruption come here: a killed local search (:func:`recover_interrupted`) and a
+    worker whose heartbeat went stale (the storage's ``heartbeat_stale_trial_callback``). The retry
+    is marked as Optuna's ``RetryHeartbeatStaleTrialCallback`` marks one (system attributes
+    ``failed_trial`` and ``retry_history``), so ``retried_as`` and Optuna's own helpers read it, but
+    unlike that callback it takes none of the interrupted trial's user attributes: its weights path,
+    error, worker, curves and costs belong to the run that was cut, and a retry that inherited
+    ``weights`` would be exported with that run's weights. False when the trial was retried enough.
+    """
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    if len(system_attrs["retry_history"]) > MAX_RETRY:
+        return False
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                        distributions=trial.distributions, system_attrs=system_attrs))
+    return True
 
 
 def retried_as(study: optuna.Study) -> dict[int, int]:

@@ -340,8 +340,20 @@ class Search:
                         optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
                     continue
                 waiting = False
-                self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                                    callbacks=[self._keep_top_weights])
+                self._current = None
+                try:
+                    self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                                        callbacks=[self._keep_top_weights])
+                except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                    dropped = self._last_trial()
+                    if dropped is None or not dropped.state.is_finished():
+                        raise
+                    # Optuna could not record the trial: another worker failed it (and queued it
+                    # again) while this one was paused or out of reach past the grace period.
+                    self.reporter.message(f"Trial {dropped.number} was failed by another worker while this one was "
+                                          "paused or lost its heartbeat; its result is dropped and this worker "
+                                          "goes on with the next trial")
+                    continue
                 ran += 1
                 last = self._last_trial()
                 if last is not None and last.state == TrialState.FAIL:

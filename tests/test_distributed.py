@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import optuna
@@ -27,8 +29,9 @@ from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, open_storage
 DATA = Path(__file__).parent / "data"
 TESTS = Path(__file__).parent
 SCRIPT = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny; from autotl.cli import main; main()"
-# Fast heartbeats, so a dead worker's trial goes stale in seconds rather than minutes.
-FAST_HEARTBEAT = {"AUTOTL_HEARTBEAT_INTERVAL": "1", "AUTOTL_HEARTBEAT_GRACE": "4"}
+# Fast heartbeats, so a dead worker's trial goes stale in seconds rather than minutes; the grace stays
+# well above the interval, so that a live worker on a busy machine is not taken for dead.
+FAST_HEARTBEAT = {"AUTOTL_HEARTBEAT_INTERVAL": "1", "AUTOTL_HEARTBEAT_GRACE": "8"}
 
 
 @pytest.fixture
@@ -48,7 +51,8 @@ def run(*args, env: dict | None = None, timeout: float = 300) -> subprocess.Comp
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def wait_for(condition, timeout: float, what: str, procs=()):
+def wait_for(condition, timeout: float, what: str, procs=(), or_false: bool = False):
+    """The condition's first true value; at the timeout an AssertionError, or False with ``or_false``."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
@@ -58,7 +62,31 @@ def wait_for(condition, timeout: float, what: str, procs=()):
             if proc.poll() is not None:
                 raise AssertionError(f"a process ended while waiting for {what}: {proc.communicate()[1][-3000:]}")
         time.sleep(0.2)
+    if or_false:
+        return False
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stopped_in_a_trial(proc: subprocess.Popen, condition, timeout: float, what: str):
+    """SIGSTOP ``proc`` at a moment ``condition()`` holds; its value, read again while ``proc`` is stopped.
+
+    A trial can end between a look at the study and the signal: the look taken after the stop is the
+    one that counts. A process caught outside the condition (between two trials) is continued and
+    stopped again later. The caller continues it (SIGCONT) or kills it.
+    """
+    deadline = time.time() + timeout
+    while True:
+        wait_for(condition, max(1.0, deadline - time.time()), what, [proc])
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            value = condition()
+        except Exception:  # stopped inside a write that keeps the study from being read (SQLite)
+            value = None
+        if value:
+            return value
+        proc.send_signal(signal.SIGCONT)
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s stopping the process at: {what}")
 
 
 def sqlite_schema_ready(path: str) -> bool:
@@ -96,7 +124,11 @@ def running_trial_of(url: str, name: str, pid: int):
 
 
 def search_args(data, out, weights, recipe="tiny-slow.yaml"):
-    """tiny-slow: trials of about a second; tiny-long: several seconds, long enough to kill a worker in one."""
+    """tiny-slow: trials of about a second; tiny-long: several seconds, long enough to catch a worker in one.
+
+    The kill tests stop a process (SIGSTOP) and look again which trial it holds before they kill or
+    continue it (see stopped_in_a_trial), so a trial that ends at that moment misleads none of them.
+    """
     return ["search", "--task", "image-classification", data, "--out", out, "--models", TINY,
             "--weights", f"{TINY}={weights}", "--recipe", DATA / recipe]
 
@@ -116,8 +148,8 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
              "the first worker to begin the study", [first])
     doomed = start("worker", *storage, "--trials", 6, env=FAST_HEARTBEAT)
     third = start("worker", *storage, "--trials", 6, env=FAST_HEARTBEAT)
-    killed = wait_for(lambda: running_trial_of(postgres_url, name, doomed.pid), 180,
-                      "the doomed worker to start a trial", [doomed])
+    killed = stopped_in_a_trial(doomed, lambda: running_trial_of(postgres_url, name, doomed.pid), 300,
+                                "the doomed worker running a trial")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=30)
     outputs = [proc.communicate(timeout=300) for proc in (first, third)]
@@ -159,6 +191,67 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
     assert sum(r["state"] == "COMPLETE" for r in rows) == complete
 
 
+def trial_state(url: str, name: str, number: int) -> TrialState | None:
+    study = load(url, name)
+    return study.trials[number].state if study is not None else None
+
+
+def test_a_worker_sigstopped_past_the_grace_period_drops_the_trial_failed_under_it_and_goes_on(
+        postgres_url, image_data, tiny_weights, tmp_path):
+    # A paused VM (SIGSTOP) sends no heartbeat: past the grace period another worker fails its trial
+    # and queues it again. Continued, the paused worker must not die with "Internal error" when it
+    # reports that trial: it says so, drops the result and goes on with the next trial.
+    name = f"pause-{uuid.uuid4().hex[:8]}"
+    storage = ["--storage", postgres_url, "--study", name]
+    begun = run(*search_args(image_data, tmp_path / "run", tiny_weights, "tiny-long.yaml"), *storage, "--trials", 1,
+                env=FAST_HEARTBEAT)
+    assert begun.returncode == 0, begun.stderr[-3000:]
+    # The paused worker goes on to 3 trials done; the other stops at 2, so it waits (and looks for
+    # stale trials) as soon as the paused one holds the second, and leaves the paused one a next trial.
+    paused = start("worker", *storage, "--trials", 3, env=FAST_HEARTBEAT)
+    other = None
+    try:
+        for _ in range(3):
+            cut = stopped_in_a_trial(paused, lambda: running_trial_of(postgres_url, name, paused.pid), 300,
+                                     "the worker to be paused running a trial")
+            other = other or start("worker", *storage, "--trials", 2, env=FAST_HEARTBEAT)
+            try:  # the other worker fails it when it next looks: before its next trial, or while it waits
+                failed = wait_for(lambda: trial_state(postgres_url, name, cut.number) == TrialState.FAIL, 300,
+                                  "the other worker to fail the paused worker's trial", [other], or_false=True)
+            finally:
+                paused.send_signal(signal.SIGCONT)
+            # Not failed: the stop caught the paused worker inside a database transaction, whose row
+            # lock held the other worker's update back; continued, it lets the update land.
+            if failed or wait_for(lambda: trial_state(postgres_url, name, cut.number) == TrialState.FAIL, 30,
+                                  "the held-back update", or_false=True):
+                break
+        else:
+            raise AssertionError("the paused worker's trial was never failed by the other worker")
+        outputs = [proc.communicate(timeout=600) for proc in (other, paused)]
+    finally:
+        for proc in (other, paused):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (_, stderr) in zip((other, paused), outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stderr and "Internal error" not in stderr, stderr[-3000:]
+    line = (f"Trial {cut.number} was failed by another worker while this one was paused or lost its heartbeat; "
+            "its result is dropped and this worker goes on with the next trial")
+    assert line in outputs[1][1], outputs[1][1][-3000:]
+    after = outputs[1][1].split(line, 1)[1]
+    assert started_trials(after) - {cut.number} and "Search stopped: " in after  # it ran a trial after
+
+    study = load(postgres_url, name)
+    failed = study.trials[cut.number]
+    assert failed.state == TrialState.FAIL and "error" not in failed.user_attrs  # nothing recorded once failed
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == cut.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == cut.params
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert states.count(TrialState.COMPLETE) == 3
+
+
 def test_workers_started_together_on_an_empty_database_all_open_it(postgres_url):
     # Every process that opens an empty database creates Optuna's tables; started at the same moment,
     # all but one used to fail with "relation already exists" / "duplicate key".
@@ -195,7 +288,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_kil
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return running_trial_of(url, "autotl", proc.pid) if done else None
 
-    killed = wait_for(second_trial_running, 240, "one complete trial and a second one running", [proc])
+    killed = stopped_in_a_trial(proc, second_trial_running, 300, "one complete trial and a second one running")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     before = {t.number: (t.value, t.datetime_complete) for t in load(url, "autotl").trials
@@ -243,13 +336,110 @@ def test_recover_interrupted_fails_running_trials_and_queues_one_retry_each():
     cut = study.ask()
     lr = cut.suggest_float("lr", 1e-3, 1e-1, log=True)
     cut.set_user_attr("config", {"lr": lr})
+    cut.set_user_attr("weights", "trials/0001/model.safetensors")
     assert recover_interrupted(study) == [cut.number]
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs["error"] == INTERRUPTED
     assert trials[2].params == {"lr": lr} and trials[2].system_attrs["failed_trial"] == cut.number
-    assert trials[2].user_attrs == {"config": {"lr": lr}}
+    # the retry starts clean: the interrupted run's attributes (its weights above all) stay with it
+    assert trials[2].user_attrs == {}
     assert recover_interrupted(study) == []  # nothing RUNNING any more
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_retried_trial_starts_clean_and_export_never_ships_the_interrupted_trials_weights(
+        image_data, tiny_weights, tmp_path):
+    out = tmp_path / "run"
+    searched = run(*search_args(image_data, out, tiny_weights), "--trials", 1)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    study = load(f"sqlite:///{out / 'study.db'}", "autotl")
+    done = study.trials[0]
+    # a trial killed after it saved and recorded its weights, before Optuna recorded it COMPLETE
+    cut = study.ask(fixed_distributions=done.distributions)
+    cut_weights = Path("trials") / f"{cut.number:04d}" / "model.safetensors"
+    (out / cut_weights).parent.mkdir(parents=True)
+    shutil.copyfile(out / done.user_attrs["weights"], out / cut_weights)
+    for key, value in {"worker": "elsewhere:1", "config": done.user_attrs["config"], "weights": str(cut_weights),
+                       "val_curve": [0.5, 0.75], "best_epoch": 2}.items():
+        cut.set_user_attr(key, value)
+    assert recover_interrupted(study) == [cut.number]
+
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == cut.number
+    assert retry.params == study.trials[cut.number].params and retry.user_attrs == {}
+    # the retry runs and scores below the keep-top: it saves no weights of its own
+    running = study.ask()
+    assert running.number == retry.number and "weights" not in study.trials[retry.number].user_attrs
+    running.set_user_attr("config", done.user_attrs["config"])
+    study.tell(running, 0.0)
+    assert study.trials[retry.number].user_attrs == {"config": done.user_attrs["config"]}
+
+    exported = run("export", out, "--trial", retry.number, "--out", tmp_path / "bundle", "--device", "cpu")
+    assert exported.returncode == 6, exported.stderr[-3000:]
+    assert f"the weights of trial {retry.number} were not kept" in exported.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bundle").exists() and "Traceback" not in exported.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_whose_heartbeat_went_stale_is_retried_clean(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "2")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}"), direction="maximize")
+    lost = study.ask()
+    lr = lost.suggest_float("lr", 1e-3, 1e-1, log=True)
+    for key, value in {"worker": "gone:1", "config": {"lr": lr}, "weights": "trials/0000/model.safetensors",
+                       "error": "", "val_curve": [0.5]}.items():
+        lost.set_user_attr(key, value)
+    study._storage.record_heartbeat(lost._trial_id)  # its last heartbeat; then its worker is lost
+
+    def failed_as_stale():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
+        return study.trials[lost.number].state == TrialState.FAIL
+
+    wait_for(failed_as_stale, 60, "the lost trial's heartbeat to go stale")
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == lost.number
+    assert retry.params == {"lr": lr} and retry.user_attrs == {}
+    assert study.trials[lost.number].user_attrs["weights"] == "trials/0000/model.safetensors"  # kept where it was
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_one_database_error_does_not_stop_the_heartbeat(tmp_path, monkeypatch, caplog):
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_GRACE", "3")
+    database = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{database}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    real_record = RDBStorage.record_heartbeat
+    calls = []
+
+    def flaky_record(self, trial_id):  # the database drops the connection once, then answers again
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats ...", {},
+                                                  Exception("server closed the connection unexpectedly"))
+        real_record(self, trial_id)
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", flaky_record)
+    with caplog.at_level("WARNING", logger="autotl"):
+        with get_heartbeat_thread(trial._trial_id, storage):  # Optuna's heartbeat thread, as optimize starts it
+            wait_for(lambda: len(calls) >= 3, 60, "two heartbeats after the failed one")
+    with sqlite3.connect(database) as con:
+        beats = con.execute("select count(*) from trial_heartbeats where trial_id = ?", (trial._trial_id,)).fetchone()
+    assert beats == (1,)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # alive: not taken for dead
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("autotl")]
+    assert len([m for m in messages if "did not take this worker's heartbeat" in m]) == 1, messages
+    assert "server closed the connection unexpectedly" in messages[0] and "trying again every 1s" in messages[0]
+    assert any("heartbeat again" in m for m in messages[1:]), messages
 
 
 def test_worker_refuses_sqlite_and_a_study_autotl_did_not_begin(tmp_path):

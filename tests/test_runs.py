@@ -13,6 +13,18 @@ from autotl.runs import RUN_FILE, RunLocation, default_storage, locate, redact, 
 def test_redact_hides_the_password_and_keeps_the_rest():
     assert redact("postgresql://autotl:s3cret@db.example:5432/runs") == "postgresql://autotl:***@db.example:5432/runs"
     assert redact("sqlite:////tmp/x/study.db") == "sqlite:////tmp/x/study.db"
+    assert redact("sqlite:////tmp/a:b/c@d/study.db") == "sqlite:////tmp/a:b/c@d/study.db"  # a path, no password
+    assert redact("postgresql://u:@db/runs") == "postgresql://u:@db/runs"
+    assert redact("postgresql://u:p@ss@db/runs?sslmode=require&Password=x") == \
+        "postgresql://u:***@db/runs?sslmode=require&Password=***"
+
+
+def test_a_run_file_whose_url_had_a_query_password_asks_for_the_url_again(tmp_path):
+    url = "postgresql://autotl@db.example/runs?password=s3cret"
+    write_run_file(RunLocation(url, "mine", tmp_path), default=False)
+    assert "s3cret" not in (tmp_path / RUN_FILE).read_text()
+    with pytest.raises(UsageError, match="password is not stored"):
+        locate(str(tmp_path), None, None)
 
 
 def test_a_run_folder_with_the_default_storage_is_found_even_after_it_moved(tmp_path):

@@ -103,14 +103,31 @@ def test_the_scan_passes_the_safe_forms(snippet):
 
 # -- storage passwords ---------------------------------------------------------------------------------
 
+#: (a storage URL whose password is SECRET, or holds it, and how it is shown): every form a user can write.
+URL_FORMS = [
+    (f"postgresql://autotl:{SECRET}@db.example:5432/runs", "postgresql://autotl:***@db.example:5432/runs"),
+    (f"postgresql://:{SECRET}@db.example:5432/runs", "postgresql://:***@db.example:5432/runs"),
+    (f"postgresql://autotl@db.example:5432/runs?password={SECRET}", "postgresql://autotl@db.example:5432/runs?password=***"),
+    (f"postgresql://autotl@db.example/runs?sslmode=prefer&PassWord={SECRET}",
+     "postgresql://autotl@db.example/runs?sslmode=prefer&PassWord=***"),
+    (f"postgresql://autotl:Qv7@{SECRET}@db.example:5432/runs", "postgresql://autotl:***@db.example:5432/runs"),
+]
+
+
 def test_redact_hides_the_password_of_every_url_form():
     for url in (f"postgresql://u:{SECRET}@db:5432/x", f"postgresql+psycopg2://u:{SECRET}@db/x",
-                f"mysql://user:{SECRET}@127.0.0.1/db?charset=utf8", f"sqlite://u:{SECRET}@//tmp/study.db"):
-        assert SECRET not in redact(url) and ":***@" in redact(url), url
+                f"mysql://user:{SECRET}@127.0.0.1/db?charset=utf8", f"sqlite://u:{SECRET}@//tmp/study.db",
+                f"postgresql://u:{SECRET}@/x?host=/var/run/postgresql", f"postgresql://u:a%40{SECRET}@db/x",
+                f"postgresql://u:{SECRET}@db/x?password={SECRET}", f"mysql://u@db/x?passwd={SECRET}"):
+        assert SECRET not in redact(url) and "***" in redact(url), url
+    for url, shown in URL_FORMS:
+        assert redact(url) == shown, url
 
 
+@pytest.mark.parametrize("url, shown", URL_FORMS, ids=["user-password", "no-user", "query", "query-any-case",
+                                                       "password-with-at"])
 def test_a_storage_password_never_reaches_output_logs_run_files_or_the_leaderboard(tmp_path, tiny_weights,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, url, shown):
     """A real search, and every command on its run, given a PostgreSQL URL with a password.
 
     Only the database connection itself is swapped for a SQLite file (no PostgreSQL server here): every
@@ -119,7 +136,6 @@ def test_a_storage_password_never_reaches_output_logs_run_files_or_the_leaderboa
     import autotl.runs
     import autotl.search
 
-    url = f"postgresql://autotl:{SECRET}@db.example:5432/runs"
     database = tmp_path / "stand-in.db"
     real_open = autotl.runs.open_storage
     opened = []
@@ -145,28 +161,38 @@ def test_a_storage_password_never_reaches_output_logs_run_files_or_the_leaderboa
                    "--storage", url, "--study", "s1")
     assert searched.exit_code == 0, searched.output
     assert opened, "the search did not open the storage it was given"
-    assert "postgresql://autotl:***@db.example:5432/runs" in searched.output  # progress and leaderboard title
+    assert shown in searched.output  # progress and leaderboard title
 
     listed = run("trials", out, "--storage", url, "--study", "s1")
-    assert listed.exit_code == 0 and "autotl:***@db.example" in listed.output and "leaderboard" in listed.output
+    assert listed.exit_code == 0 and shown in listed.output.replace("\n", "") and "leaderboard" in listed.output
     as_json = run("trials", out, "--storage", url, "--study", "s1", "--json")
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)[0]["state"] == "COMPLETE"
     assert run("best", out, "--storage", url, "--study", "s1", "--json").exit_code == 0
     exported = run("export", out, "--storage", url, "--study", "s1", "--out", tmp_path / "bundle", "--device", "cpu")
     assert exported.exit_code == 0, exported.output
+    assert json.loads((tmp_path / "bundle" / "config.json").read_text())["search"]["storage"] == shown
+    reported = run("report", out, "--storage", url, "--study", "s1", "--out", tmp_path / "report.html",
+                   "--device", "cpu")
+    assert reported.exit_code == 0, reported.output
+    assert shown in (tmp_path / "report.html").read_text(encoding="utf-8").replace("&amp;", "&")
 
     # the run folder knows the storage, not its password: commands on the folder ask for the URL again
-    assert json.loads((out / "run.json").read_text())["storage"] == redact(url)
+    assert json.loads((out / "run.json").read_text())["storage"] == shown
     again = run("trials", out)
     assert again.exit_code == 2 and "password is not stored" in again.output and "--storage URL" in again.output
 
-    for path in [*out.rglob("*"), *(tmp_path / "bundle").rglob("*"), database]:
+    for path in [*out.rglob("*"), *(tmp_path / "bundle").rglob("*"), tmp_path / "report.html", database]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"the password is stored in {path}"
 
 
-def test_a_wrong_password_is_not_echoed_back_by_the_error(tmp_path):
-    result = CliRunner().invoke(cli, ["trials", "--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"],
-                                prog_name="autotl")
+@pytest.mark.parametrize("url, shown", [
+    (f"postgresql://u:{SECRET}@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db"),
+    (f"postgresql://:{SECRET}@127.0.0.1:1/db", "postgresql://:***@127.0.0.1:1/db"),
+    (f"postgresql://u@127.0.0.1:1/db?password={SECRET}", "postgresql://u@127.0.0.1:1/db?password=***"),
+    (f"postgresql://u:{SECRET}@127.0.0.1:1/db?PASSWORD={SECRET}", "postgresql://u:***@127.0.0.1:1/db?PASSWORD=***"),
+])
+def test_a_wrong_password_is_not_echoed_back_by_the_error(tmp_path, url, shown):
+    result = CliRunner().invoke(cli, ["trials", "--storage", url], prog_name="autotl")
     assert result.exit_code == 2
-    assert SECRET not in result.output and "postgresql://u:***@127.0.0.1:1/db" in result.output
+    assert SECRET not in result.output and shown in result.output
