@@ -24,6 +24,8 @@ CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "we
 DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
 _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank",
              "cache"}
+#: the share of the training data held out for validation where the recipe's ``data`` names none.
+VAL_FRACTION = 0.2
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
@@ -85,7 +87,7 @@ class Recipe:
 
     @property
     def val_fraction(self) -> float:
-        return float(self.data.get("val_fraction", 0.2))
+        return float(self.data.get("val_fraction", VAL_FRACTION))
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -140,7 +142,7 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         fail("start_with", "must be a list of parameter mappings")
     start_with = [{name: _core_value(name, value, f"start_with[{i}].{name}", fail) for name, value in point.items()}
                   for i, point in enumerate(start_with)]
-    val_fraction = (raw.get("data") or {}).get("val_fraction", 0.2)
+    val_fraction = (raw.get("data") or {}).get("val_fraction", VAL_FRACTION)
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         fail("data.val_fraction", f"must be a number between 0 and 1, not {val_fraction!r}")
     return Recipe(

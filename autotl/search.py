@@ -28,7 +28,7 @@ from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
 from .leaderboard import best_trial, rank_key
 from .progress import Reporter
-from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
+from .recipes import VAL_FRACTION, Recipe, builtin_recipes, load_recipe, parse_recipe
 from .runs import (DESCRIPTION, RunLocation, StudyLock, default_storage, open_storage, recorded_description,
                    recover_interrupted, sqlite_file, write_run_file)
 from .space import suggest
@@ -588,7 +588,7 @@ def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
     """A recipe section that decides the splits or the space, as the study stores it (JSON), defaults filled in."""
     value = json.loads(json.dumps(recipe_raw.get(key), default=str))
     if key == "data":
-        value = {"val_fraction": 0.2, **(value or {})}
+        value = {"val_fraction": VAL_FRACTION, **(value or {})}
     return value or None
 
 
