@@ -2,6 +2,7 @@
 
 from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData, Registry, Task, TensorSplit,
                    TrialData)
+from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
 
@@ -22,11 +23,16 @@ __all__ = [
     "AutotlError",
     "Backbone",
     "BackboneFamily",
+    "DataReport",
     "ExportUnsupportedError",
+    "ImagePreprocessing",
     "LoadedData",
+    "Preprocessing",
     "Registry",
+    "SkippedItem",
     "Task",
     "TensorSplit",
+    "TextPreprocessing",
     "TrialData",
     "hookimpl",
     "load",

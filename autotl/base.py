@@ -2,7 +2,8 @@
 
 The core reaches every model family and every task type only through these classes; it never
 imports a plugin. A task and a backbone that serve the same ``modality`` (``"image"``,
-``"text"``, ...) agree between themselves on the input format and on :meth:`Backbone.preprocessing`.
+``"text"``, ...) agree between themselves on the input format and on :meth:`Backbone.preprocessing`,
+whose types for the ``image`` and ``text`` modalities are declared in :mod:`autotl.contracts`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, Union
 import torch
 from torch import nn
 
+from .contracts import DataReport, Preprocessing
 from .errors import PluginError
 
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
@@ -68,9 +70,15 @@ class Backbone(ABC):
     def lora_targets(self, model: nn.Module) -> list[str]:
         """Names of the submodules that LoRA adapters may wrap (``nn.Linear`` or ``nn.Conv2d``)."""
 
-    def preprocessing(self) -> dict[str, Any]:
-        """Input settings that travel with the weights (image size, mean and std; max length)."""
-        return {}
+    def preprocessing(self) -> Preprocessing:
+        """How the network's inputs are made, for the task of its modality: the settings that travel with the weights.
+
+        An ``image`` backbone returns an :class:`autotl.ImagePreprocessing` (input size, mean, std,
+        interpolation), a ``text`` backbone an :class:`autotl.TextPreprocessing` (its loaded tokenizer,
+        default and largest max length); see :mod:`autotl.contracts`. A plain dict with those keys
+        (the contract of earlier versions) is still converted. The default: no settings.
+        """
+        return Preprocessing()
 
     def feature_extractor(self) -> nn.Module:
         """The pretrained network without its head, in eval mode: what ranks source models before any trial.
@@ -187,16 +195,20 @@ class LoadedData:
 
     :attr label_names: class names, in the order of the model's outputs.
     :attr fingerprint: a digest of the data's content; a resumed study must see the same one.
-    :attr report: counts and skipped files, JSON-serialisable, shown to the user.
+    :attr report: classes, counts per split and skipped inputs, shown to the user and written as
+        ``data_report.json``; a plain dict (earlier tasks) is converted (:meth:`DataReport.of`).
     :attr has_test: whether a test split exists.
     :attr payload: whatever the task needs later in :meth:`Task.prepare`.
     """
 
     label_names: list[str]
     fingerprint: str
-    report: dict[str, Any]
+    report: DataReport
     has_test: bool
     payload: Any = None
+
+    def __post_init__(self) -> None:
+        self.report = DataReport.of(self.report, self.label_names)
 
 
 @dataclass

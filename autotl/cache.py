@@ -36,7 +36,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -282,7 +282,7 @@ def _jsonable(value: Any) -> Any:
         json.dumps(value)
         return value
     except TypeError:
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):  # a dict, or a typed preprocessing object (autotl.contracts)
             return {str(k): _jsonable(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [_jsonable(v) for v in value]

@@ -50,7 +50,15 @@ def _new_temp(path: Path) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8"))
+    """``data`` as indented JSON, written atomically; objects with a ``to_dict()`` (:class:`autotl.DataReport`)
+    as what it returns, anything else JSON cannot hold as its ``str``."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n",
+                                                  encoding="utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else str(value)
 
 
 def save_weights(path: Path, state: dict, metadata: dict[str, str] | None = None) -> None:

@@ -13,13 +13,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from .contracts import DataReport
+
 
 class Reporter:
     """Receives the search's events. This base class prints nothing (for the Python API and tests)."""
 
     def message(self, text: str) -> None: ...
 
-    def data_report(self, report: dict[str, Any]) -> None: ...
+    def data_report(self, report: DataReport) -> None: ...
 
     def search_started(self, location, models: list[str], budget_s: float | None, trials: int | None) -> None: ...
 
@@ -47,18 +49,17 @@ class ConsoleReporter(Reporter):
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False)
 
-    def data_report(self, report: dict[str, Any]) -> None:
-        counts = report.get("counts", {})
-        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
-        classes = report.get("classes") or report.get("labels") or []
-        note = " (val carved from train, stratified)" if report.get("val_from_train") else ""
-        self.console.print(f"Data: {len(classes)} classes; {sizes}{note}", highlight=False)
-        skipped = report.get("skipped", [])
+    def data_report(self, report: DataReport) -> None:
+        report = DataReport.of(report)
+        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in report.counts.items())
+        note = " (val carved from train, stratified)" if report.val_from_train else ""
+        self.console.print(f"Data: {len(report.classes)} classes; {sizes}{note}", highlight=False)
+        skipped = report.skipped
         if skipped:
             self.console.print(f"[yellow]Skipped {len(skipped)} unusable item(s)[/] (all listed in data_report.json; "
                                "repair or remove them to use them or to silence this):")
             for item in skipped[:5]:
-                self.console.print(f"  {item['file']}: {item['reason']}", highlight=False, markup=False)
+                self.console.print(f"  {item.file}: {item.reason}", highlight=False, markup=False)
             if len(skipped) > 5:
                 self.console.print(f"  ... and {len(skipped) - 5} more", highlight=False)
 

@@ -328,8 +328,9 @@ class _Subject:
         if not any(True for _ in model.parameters()):
             raise self.fail(c, "build() returned a network without parameters")
         pre = backbone.preprocessing()
-        if not isinstance(pre, dict):
-            raise self.fail(c, f"preprocessing() must return a dict, not a {type(pre).__name__}")
+        if not isinstance(pre, Mapping):
+            raise self.fail(c, f"preprocessing() must return an autotl.Preprocessing (ImagePreprocessing for images, "
+                               f"TextPreprocessing for texts), not a {type(pre).__name__}")
         described = backbone.describe()
         if not isinstance(described, str) or not described.strip():
             raise self.fail(c, "describe() must return a non-empty string")

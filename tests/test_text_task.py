@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tinybert
+from autotl import TextPreprocessing
 from autotl.errors import DataError, UsageError
 from autotl.plugins import get_registry
 from autotl_text import TextClassification, TextSplit, max_length_for
@@ -298,7 +299,7 @@ def test_batches_are_trimmed_to_their_longest_text_and_cover_the_split(tmp_path,
 
 
 def test_max_length_is_checked_and_capped_by_the_model():
-    pre = {"max_length": 128, "model_max_length": 512}
+    pre = TextPreprocessing(tokenizer=object(), max_length=128, model_max_length=512)
     assert max_length_for({}, pre) == 128
     assert max_length_for({"max_length": 64}, pre) == 64
     assert max_length_for({"max_length": 4096}, pre) == 512

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence, TextIO
 import torch
 from PIL import Image
 
-from autotl import Backbone, LoadedData, Task, TensorSplit, TrialData, hookimpl
+from autotl import Backbone, ImagePreprocessing, LoadedData, Task, TensorSplit, TrialData, hookimpl
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
 from ._folder import (RASTER_FORMATS, ImageData, _decode, image_files, load_image_folder, pixels, resize_all, shown,
@@ -154,16 +154,16 @@ def _max_side(options: Mapping[str, Any]) -> int:
 
 def _settings(max_side: int, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that turns an image file into the model's input, as JSON values."""
-    pre = backbone.preprocessing()
+    pre = ImagePreprocessing.of(backbone)
     return {
         "max_side": int(max_side),
         "colour": "RGB: grey and palette converted, alpha composited on white, 16-bit grey scaled to 8 bits",
         "resize": "longer side at most max_side when decoded; then shorter side to resolution, centre crop",
-        "resolution": int(params.get("resolution") or pre.get("input_size", 224)),
-        "interpolation": str(pre.get("interpolation", "bilinear")),
+        "resolution": int(params.get("resolution") or pre.input_size),
+        "interpolation": pre.interpolation,
         "scale": "pixels / 255, then (x - mean) / std per channel",
-        "mean": [float(v) for v in pre.get("mean", (0.485, 0.456, 0.406))],
-        "std": [float(v) for v in pre.get("std", (0.229, 0.224, 0.225))],
+        "mean": list(pre.mean),
+        "std": list(pre.std),
     }
 
 

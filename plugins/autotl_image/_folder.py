@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from autotl import DataReport, SkippedItem
 from autotl.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -37,7 +38,7 @@ class ImageData:
     classes: list[str]
     splits: dict[str, tuple[list[Image.Image], list[int], list[str]]]  # images, labels, relative paths
     fingerprint: str
-    skipped: list[dict[str, str]]
+    skipped: list[SkippedItem]
     val_from_train: bool
     max_side: int = 512
     _resized: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -45,18 +46,13 @@ class ImageData:
     def labels(self, split: str) -> torch.Tensor:
         return torch.tensor(self.splits[split][1], dtype=torch.long)
 
-    def report(self) -> dict:
+    def report(self) -> DataReport:
         counts = {
             split: {c: self.splits[split][1].count(i) for i, c in enumerate(self.classes)}
             for split in SPLITS if split in self.splits
         }
-        return {
-            "root": str(self.root),
-            "classes": self.classes,
-            "counts": counts,
-            "val_from_train": self.val_from_train,
-            "skipped": self.skipped,
-        }
+        return DataReport(classes=self.classes, counts=counts, val_from_train=self.val_from_train,
+                          skipped=self.skipped, root=str(self.root))
 
 
 def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: int = 512) -> ImageData:
@@ -75,7 +71,7 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
         raise DataError(f"{train_dir} has {found}; classification needs at least two class folders")
 
     digest = hashlib.sha256()
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedItem] = []
     splits: dict[str, tuple[list, list, list]] = {}
     for split in SPLITS:
         split_dir = root / split
@@ -97,7 +93,7 @@ def load_image_folder(root: Path, *, seed: int, val_fraction: float, max_side: i
                 rel = str(file.relative_to(root))
                 image, problem = _decode(file, max_side)
                 if image is None:
-                    skipped.append({"file": shown(rel), "reason": problem})
+                    skipped.append(SkippedItem(shown(rel), problem))
                     continue
                 digest.update(f"{split}\0{cls}\0{rel}\0".encode())
                 digest.update(image.tobytes())

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence, TextIO
 
 import torch
 
-from autotl import Backbone, LoadedData, Task, TensorSplit, TrialData, hookimpl
+from autotl import Backbone, LoadedData, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
 from autotl.base import Inputs
 from autotl.errors import DataError, UsageError
 
@@ -60,9 +60,9 @@ class TextClassification(Task):
 
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         texts: TextData = data.payload
-        pre = backbone.preprocessing()
+        pre = TextPreprocessing.of(backbone)
         tokenizer = tokenizer_of(backbone, pre)
-        key = pre.get("tokenizer_key") or getattr(tokenizer, "name_or_path", None) or id(tokenizer)
+        key = pre.tokenizer_key or getattr(tokenizer, "name_or_path", None) or id(tokenizer)
         max_length = max_length_for(params, pre)
         transform = trim_transform(left=getattr(tokenizer, "padding_side", "right") == "left")
 
@@ -111,7 +111,7 @@ class TextClassification(Task):
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:
         options = Options.from_mapping(data_options or {})
-        pre = backbone.preprocessing()
+        pre = TextPreprocessing.of(backbone)
         tokenizer = tokenizer_of(backbone, pre)
         return {
             "text_column": options.text_column,
@@ -238,13 +238,12 @@ def trim_transform(left: bool):
     return transform
 
 
-def tokenizer_of(backbone: Backbone, pre: Mapping[str, Any] | None = None, pad_token: str | None = None):
-    """The backbone's tokenizer, with a pad token (GPT-style ones pad with end-of-text: masked out anyway)."""
-    pre = backbone.preprocessing() if pre is None else pre
-    tokenizer = pre.get("tokenizer")
-    if tokenizer is None:
-        raise UsageError(f"backbone {backbone.name!r} gives no tokenizer in preprocessing(); it cannot serve "
-                         "text-classification")
+def tokenizer_of(backbone: Backbone, pre: TextPreprocessing | None = None, pad_token: str | None = None):
+    """The backbone's tokenizer, with a pad token (GPT-style ones pad with end-of-text: masked out anyway).
+
+    :raises autotl.errors.PluginError: where the backbone gives no tokenizer (:class:`autotl.TextPreprocessing`).
+    """
+    tokenizer = (TextPreprocessing.of(backbone) if pre is None else pre).tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = pad_token if pad_token and pad_token != "None" else \
             (tokenizer.eos_token or tokenizer.unk_token)
@@ -285,10 +284,10 @@ def _stdin_lines(stream: TextIO) -> list[tuple[str, str]]:
     return lines
 
 
-def max_length_for(params: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+def max_length_for(params: Mapping[str, Any], pre: TextPreprocessing) -> int:
     """The trial's ``max_length``, or the backbone's default; at most what the model takes."""
-    limit = int(pre.get("model_max_length") or 512)
-    value = params.get("max_length") or pre.get("max_length") or min(128, limit)
+    limit = int(pre.model_max_length or 512)
+    value = params.get("max_length") or pre.max_length or min(128, limit)
     try:
         value = int(value)
     except (TypeError, ValueError):

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from autotl import DataReport, SkippedItem
 from autotl.errors import DataError, UsageError
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +65,7 @@ class TextData:
     splits: dict[str, tuple[list[str], list[int]]]
     files: dict[str, str]
     fingerprint: str
-    skipped: list[dict[str, str]]
+    skipped: list[SkippedItem]
     skipped_counts: dict[str, int]
     val_from_train: bool
     options: Options
@@ -74,23 +75,15 @@ class TextData:
     def labels(self, split: str) -> torch.Tensor:
         return torch.tensor(self.splits[split][1], dtype=torch.long)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> DataReport:
         counts = {split: {c: self.splits[split][1].count(i) for i, c in enumerate(self.classes)}
                   for split in SPLITS if split in self.splits}
-        report = {
-            "root": str(self.root),
-            "files": self.files,
-            "text_column": self.options.text_column,
-            "label_column": self.options.label_column,
-            "classes": self.classes,
-            "counts": counts,
-            "val_from_train": self.val_from_train,
-            "skipped": self.skipped[:MAX_LISTED_SKIPS],
-            "skipped_counts": self.skipped_counts,
-        }
+        details: dict[str, Any] = {"files": self.files, "text_column": self.options.text_column,
+                                   "label_column": self.options.label_column, "skipped_counts": self.skipped_counts}
         if "test" in self.splits:
-            report["test_texts_also_in_train"] = self.test_in_train
-        return report
+            details["test_texts_also_in_train"] = self.test_in_train
+        return DataReport(classes=self.classes, counts=counts, val_from_train=self.val_from_train,
+                          skipped=self.skipped[:MAX_LISTED_SKIPS], root=str(self.root), details=details)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -108,7 +101,7 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
         raise DataError(f"{root} has no train.csv, train.tsv or train.jsonl; put the labelled texts there "
                         f"(columns {options.text_column},{options.label_column})")
 
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedItem] = []
     skipped_counts: dict[str, int] = {}
     rows: dict[str, list[Row]] = {}
     digest = hashlib.sha256(f"{options.text_column}\0{options.label_column}\0".encode())
@@ -117,8 +110,8 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
         skipped.extend(split_skips)
         skipped_counts[split] = len(split_skips)
         if not split_rows:
-            why = (f": every one of its {len(split_skips)} rows was skipped ({split_skips[0]['reason']} on line "
-                   f"{split_skips[0]['file'].rsplit(':', 1)[1]}, ...)" if split_skips else " has no rows")
+            why = (f": every one of its {len(split_skips)} rows was skipped ({split_skips[0].reason} on line "
+                   f"{split_skips[0].file.rsplit(':', 1)[1]}, ...)" if split_skips else " has no rows")
             raise DataError(f"{path.name}{why}; it needs one row per text under a header line "
                             f"`{options.text_column},{options.label_column}`")
         rows[split] = split_rows
@@ -170,7 +163,7 @@ def _sorted_labels(counts: Counter) -> list[str]:
         return sorted(labels)
 
 
-def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, str]]]:
+def read_rows(path: Path, options: Options) -> tuple[list[Row], list[SkippedItem]]:
     """The usable rows of one file, and the lines skipped (empty texts; bad lines with ``on_bad_lines: skip``)."""
     data = path.read_bytes()
     name = path.name
@@ -186,11 +179,11 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, s
     except UnicodeDecodeError as exc:
         _raise_not_utf8(path, data, exc, options)
     rows: list[Row] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedItem] = []
 
     def bad(line: int, problem: str, fix: str) -> None:
         if options.on_bad_lines == "skip":
-            skipped.append({"file": f"{name}:{line}", "reason": problem.lstrip(", ")})
+            skipped.append(SkippedItem(f"{name}:{line}", problem.lstrip(", ")))
             return
         raise DataError(f"{name} line {line}{problem if problem.startswith(',') else ': ' + problem}; {fix} "
                         "(or skip such lines: -d on_bad_lines=skip, or `data: {on_bad_lines: skip}` in the recipe)")
@@ -216,7 +209,7 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[dict[str, s
             bad(line, f", column {surrogate[0]!r}: {surrogate[1]}", SURROGATE_FIX)
             continue
         if not text_value.strip():
-            skipped.append({"file": f"{name}:{line}", "reason": "empty text"})
+            skipped.append(SkippedItem(f"{name}:{line}", "empty text"))
             continue
         rows.append(Row(line, text_value, label))
     return rows, skipped

@@ -16,7 +16,8 @@ import torch
 from timm.models import group_modules
 from torch import nn
 
-from autotl import Backbone, BackboneFamily, hookimpl
+from autotl import Backbone, BackboneFamily, ImagePreprocessing, hookimpl
+from autotl.contracts import IMAGENET_MEAN, IMAGENET_STD
 from autotl.errors import ModelUnavailableError
 from autotl.files import check_weights_file
 
@@ -149,21 +150,18 @@ class TimmBackbone(Backbone):
         if not body or not 0 < freeze < len(groups):
             return None
         modules = dict(model.named_modules())
-        order = _call_order(model, body, self.preprocessing()["input_size"])
+        order = _call_order(model, body, self.preprocessing().input_size)
         if order is None or set(order[: len(frozen)]) != frozen:
             return None
         prefix = nn.Sequential(*(modules[name] for name in order[: len(frozen)]))
         rest = _Rest(nn.Sequential(*(modules[name] for name in order[len(frozen):])), model)
         return prefix, rest
 
-    def preprocessing(self) -> dict[str, Any]:
+    def preprocessing(self) -> ImagePreprocessing:
         size = self._cfg.get("input_size", (3, 224, 224))
-        return {
-            "input_size": int(size[-1]),
-            "mean": tuple(self._cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(self._cfg.get("std", (0.229, 0.224, 0.225))),
-            "interpolation": self._cfg.get("interpolation", "bilinear"),
-        }
+        return ImagePreprocessing(input_size=int(size[-1]), mean=self._cfg.get("mean", IMAGENET_MEAN),
+                                  std=self._cfg.get("std", IMAGENET_STD),
+                                  interpolation=self._cfg.get("interpolation", "bilinear"))
 
     def bundle_files(self, directory: Path) -> dict[str, Any]:
         """timm builds the network from its name alone: no file; the settings name it and its inputs."""
@@ -171,8 +169,8 @@ class TimmBackbone(Backbone):
         return {
             "architecture": self.name,
             "timm_version": timm.__version__,
-            "preprocessing": {"input_size": [3, pre["input_size"], pre["input_size"]], "mean": list(pre["mean"]),
-                              "std": list(pre["std"]), "interpolation": pre["interpolation"]},
+            "preprocessing": {"input_size": [3, pre.input_size, pre.input_size], "mean": list(pre.mean),
+                              "std": list(pre.std), "interpolation": pre.interpolation},
             "pretrained_source": self.describe(),
         }
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from autotl import Backbone, BackboneFamily, hookimpl
+from autotl import Backbone, BackboneFamily, TextPreprocessing, hookimpl
 from autotl.errors import ModelUnavailableError, UsageError
 
 from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_cut,
@@ -235,14 +235,10 @@ class TransformersBackbone(Backbone):
         targets = lora_targets(model, leaves) if leaves else []
         return targets or linear_leaves_fallback(model)
 
-    def preprocessing(self) -> dict[str, Any]:
+    def preprocessing(self) -> TextPreprocessing:
         limit = model_max_length(self.config, self._tokenizer)
-        return {
-            "tokenizer": self._tokenizer,
-            "tokenizer_key": self.source.key,
-            "max_length": min(DEFAULT_MAX_LENGTH, limit),
-            "model_max_length": limit,
-        }
+        return TextPreprocessing(tokenizer=self._tokenizer, tokenizer_key=self.source.key,
+                                 max_length=min(DEFAULT_MAX_LENGTH, limit), model_max_length=limit)
 
     def describe(self) -> str:
         return f"{self.name} ({self.source.origin}; {self.config.model_type}, {self.pooling} pooling)"

@@ -28,7 +28,7 @@ import torchvision
 from torch import nn
 from torchvision import models
 
-from autotl import Backbone, BackboneFamily, hookimpl
+from autotl import Backbone, BackboneFamily, ImagePreprocessing, hookimpl
 from autotl.errors import ModelUnavailableError
 from autotl.files import read_state_dict
 
@@ -133,8 +133,8 @@ class TorchvisionBackbone(Backbone):
                 if not any(name == h or name.startswith(h + ".") for h in head)
                 and (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1))]
 
-    def preprocessing(self) -> dict[str, Any]:
-        return {"input_size": 224, "mean": MEAN, "std": STD, "interpolation": ARCHITECTURES[self.arch]}
+    def preprocessing(self) -> ImagePreprocessing:
+        return ImagePreprocessing(input_size=224, mean=MEAN, std=STD, interpolation=ARCHITECTURES[self.arch])
 
     def describe(self) -> str:
         kind, where = self.source
