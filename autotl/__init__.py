@@ -5,6 +5,7 @@ from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData,
 from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
+from .utils import is_under, load_without_head, numbered_records, stratified_split
 
 __version__ = "0.1.0"
 
@@ -35,5 +36,9 @@ __all__ = [
     "TextPreprocessing",
     "TrialData",
     "hookimpl",
+    "is_under",
     "load",
+    "load_without_head",
+    "numbered_records",
+    "stratified_split",
 ]

@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import Backbone
 from .errors import UsageError
+from .utils import is_under
 
 
 @dataclass
@@ -58,7 +59,7 @@ def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0,
     lora_modules = 0
     if lora_rank and lora_rank > 0:
         open_names = [name for group in groups[freeze:-1] for name in group]
-        targets = [t for t in backbone.lora_targets(model) if _under_any(t, open_names)]
+        targets = [t for t in backbone.lora_targets(model) if is_under(t, open_names)]
         if not targets:
             raise UsageError(
                 f"LoRA has nothing to adapt in {backbone.name} with freeze={freeze}: "
@@ -90,7 +91,3 @@ def merged(model: nn.Module) -> nn.Module:
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
-
-
-def _under_any(name: str, prefixes: list[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)

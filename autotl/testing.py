@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from .base import Backbone, BackboneFamily, Registry, Task
+from .utils import is_under
 
 #: the checks, in the order they run.
 CHECKS = ("build", "forward", "layer_groups", "freeze", "lora", "split", "bundle")
@@ -368,7 +369,7 @@ class _Subject:
                     raise self.fail(c, f"group {i} names {name!r}, which is not a submodule of the network "
                                        f"(model.named_modules())")
             for pname, _ in model.named_parameters():
-                if any(_under(pname, m) for m in group):
+                if any(is_under(pname, m) for m in group):
                     if pname in owner and owner[pname] != i:
                         raise self.fail(c, f"parameter {pname!r} lies in group {owner[pname]} and in group {i}: "
                                            "groups must not overlap")
@@ -393,7 +394,7 @@ class _Subject:
         if not varying:
             raise self.fail(c, "no parameter changes shape with num_classes: build(num_classes) must add a new "
                                "head of num_classes outputs")
-        outside = [k for k in varying if not any(_under(k, m) for m in groups[-1])]
+        outside = [k for k in varying if not any(is_under(k, m) for m in groups[-1])]
         if outside:
             raise self.fail(c, f"the last layer group must be the new head, but {outside[0]!r} (whose shape depends "
                                f"on num_classes) is outside it ({_show(groups[-1])})")
@@ -412,7 +413,7 @@ class _Subject:
             except Exception as exc:
                 raise self.fail(c, f"adapt(freeze={k}) raised {_describe(exc)}") from exc
             frozen_prefixes = [m for g in groups[:k] for m in g]
-            expected = {p for p, _ in model.named_parameters() if not any(_under(p, m) for m in frozen_prefixes)}
+            expected = {p for p, _ in model.named_parameters() if not any(is_under(p, m) for m in frozen_prefixes)}
             actual = {p for p, t in model.named_parameters() if t.requires_grad}
             if expected != actual:
                 extra, lacking = sorted(actual - expected), sorted(expected - actual)
@@ -423,9 +424,9 @@ class _Subject:
             if k != n - 1:
                 continue
             frozen_state = {name: t.detach().clone() for name, t in model.state_dict().items()
-                            if any(_under(name, m) for m in frozen_prefixes)}
+                            if any(is_under(name, m) for m in frozen_prefixes)}
             head = {name: t.detach().clone() for name, t in model.named_parameters()
-                    if any(_under(name, m) for m in groups[-1])}
+                    if any(is_under(name, m) for m in groups[-1])}
             self.train_step(c, model, inputs, adapted)
             now = model.state_dict()
             changed = [name for name, before in frozen_state.items() if not torch.equal(before, now[name])]
@@ -457,7 +458,7 @@ class _Subject:
                 raise self.fail(c, f"LoRA target {name!r} is a {type(module).__name__ if module is not None else 'missing module'}"
                                    ", not an nn.Linear or nn.Conv2d")
         body = [m for g in groups[:-1] for m in g]
-        if not any(any(_under(t, m) for m in body) for t in targets):
+        if not any(any(is_under(t, m) for m in body) for t in targets):
             raise self.fail(c, "no LoRA target lies outside the head group: LoRA would never adapt the body")
         inputs = self.inputs(c)
         try:
@@ -652,7 +653,7 @@ def _first_calls(model: nn.Module, groups: list[list[str]], inputs) -> list[int 
 
     for name, module in model.named_modules():
         for i, group in enumerate(groups):
-            if any(_under(name, m) for m in group):
+            if any(is_under(name, m) for m in group):
                 handles.append(module.register_forward_pre_hook(hook_for(i)))
                 break
     model.eval()
@@ -663,10 +664,6 @@ def _first_calls(model: nn.Module, groups: list[list[str]], inputs) -> list[int 
         for handle in handles:
             handle.remove()
     return first
-
-
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def _show(group: list[str]) -> str:

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from autotl import DataReport, SkippedItem
 from autotl.errors import DataError
+from autotl.utils import stratified_split
 
 SPLITS = ("train", "val", "test")
 #: the raster formats decoded, by Pillow's names: no file reaches a decoder that runs an external
@@ -195,23 +196,17 @@ def to_rgb(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def _stratified_split(train, classes, val_fraction, seed, train_dir):
-    """Hold out ``val_fraction`` of each class (at least one image, never the last one), seeded."""
+    """Hold out ``val_fraction`` of each class (at least one image, never the last one), seeded
+    (:func:`autotl.utils.stratified_split`)."""
     images, labels, paths = train
-    labels_arr = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val_idx: list[int] = []
-    for label, cls in enumerate(classes):
-        members = np.flatnonzero(labels_arr == label)
-        if len(members) < 2:
-            raise DataError(f"class {cls!r} in {train_dir} has {len(members)} readable image(s); a validation "
-                            "split needs at least 2 per class: add images or give a val/ folder")
-        n_val = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
-        val_idx.extend(rng.permutation(members)[:n_val].tolist())
-    val_set = set(val_idx)
-    train_idx = [i for i in range(len(labels)) if i not in val_set]
+
+    def too_few(label: int, members: list[int]) -> str:
+        return (f"class {classes[label]!r} in {train_dir} has {len(members)} readable image(s); a validation "
+                "split needs at least 2 per class: add images or give a val/ folder")
+
+    train_idx, val_idx = stratified_split(labels, len(classes), val_fraction, seed, too_few=too_few)
 
     def take(idx):
-        idx = sorted(idx)
         return [images[i] for i in idx], [labels[i] for i in idx], [paths[i] for i in idx]
 
     return take(train_idx), take(val_idx)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 
 from autotl import DataReport, SkippedItem
 from autotl.errors import DataError, UsageError
+from autotl.utils import numbered_records, stratified_split
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".csv", ".tsv", ".jsonl")
@@ -138,7 +138,7 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
               for split, split_rows in rows.items()}
     val_from_train = "val" not in splits
     if val_from_train:
-        splits["train"], splits["val"] = stratified_split(rows["train"], classes, index, val_fraction, seed,
+        splits["train"], splits["val"] = split_validation(rows["train"], classes, index, val_fraction, seed,
                                                           train_name)
     test_in_train = 0
     if "test" in splits:
@@ -267,15 +267,9 @@ def _delimited_records(path: Path, text: str, options: Options):
     reader = _csv_reader(text, tsv)
     header: list[str] | None = None
     text_at = label_at = 0
-    previous = 0
-    while True:
-        start = previous + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            previous = reader.line_num
+    for start, record in numbered_records(reader):
+        if isinstance(record, csv.Error):
+            exc = record
             if header is None:
                 raise DataError(f"{path.name} line {start}: the header line cannot be read ({exc})") from exc
             if "unexpected end of data" in str(exc):
@@ -286,7 +280,6 @@ def _delimited_records(path: Path, text: str, options: Options):
                 fix = "put texts that hold commas or quotes in double quotes, doubling the quotes inside (\"\")"
             yield start, None, problem, fix
             continue
-        previous = reader.line_num
         if header is None:
             if not record or not any(cell.strip() for cell in record):
                 raise DataError(f"{path.name} line {start}: the first line must be the header, e.g. "
@@ -365,27 +358,22 @@ def _raise_not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, options: O
 
 # -- validation split --------------------------------------------------------------------------------
 
-def stratified_split(rows: list[Row], classes: list[str], index: dict[str, int], val_fraction: float, seed: int,
+def split_validation(rows: list[Row], classes: list[str], index: dict[str, int], val_fraction: float, seed: int,
                      train_name: str):
-    """Hold out ``val_fraction`` of each label (at least one row, never the last one), seeded."""
-    labels = np.asarray([index[r.label] for r in rows])
-    rng = np.random.default_rng(seed)
-    val_idx: list[int] = []
-    for label, name in enumerate(classes):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 2:
-            line = rows[int(members[0])].line
-            raise DataError(f"{train_name} line {line}: label {name!r} has only this one row; a validation split "
-                            "needs at least 2 rows per label: add rows, or give a val file of your own")
-        n_val = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
-        val_idx.extend(rng.permutation(members)[:n_val].tolist())
-    val_set = set(val_idx)
+    """Hold out ``val_fraction`` of each label (at least one row, never the last one), seeded
+    (:func:`autotl.utils.stratified_split`)."""
+    labels = [index[r.label] for r in rows]
+
+    def too_few(label: int, members: list[int]) -> str:
+        return (f"{train_name} line {rows[members[0]].line}: label {classes[label]!r} has only this one row; a "
+                "validation split needs at least 2 rows per label: add rows, or give a val file of your own")
+
+    train_idx, val_idx = stratified_split(labels, len(classes), val_fraction, seed, too_few=too_few)
 
     def take(idx):
-        idx = sorted(idx)
-        return [rows[i].text for i in idx], [int(labels[i]) for i in idx]
+        return [rows[i].text for i in idx], [labels[i] for i in idx]
 
-    return take([i for i in range(len(rows)) if i not in val_set]), take(val_idx)
+    return take(train_idx), take(val_idx)
 
 
 # -- tokenisation --------------------------------------------------------------------------------------
@@ -569,19 +557,12 @@ def _delimited_table(source: str, text: str, tsv: bool) -> list[tuple[str, Table
     reader = _csv_reader(text, tsv)
     table: Table | None = None
     items: list[tuple[str, TableRow]] = []
-    previous = 0
-    while True:
-        start = previous + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            return items
-        except csv.Error as exc:
-            problem = ("a double quote opens a text that is never closed" if "unexpected end of data" in str(exc)
-                       else f"not valid CSV ({exc})")
+    for start, record in numbered_records(reader):
+        if isinstance(record, csv.Error):
+            problem = ("a double quote opens a text that is never closed" if "unexpected end of data" in str(record)
+                       else f"not valid CSV ({record})")
             raise DataError(f"{source} line {start}: {problem}; put texts that hold commas, quotes or line breaks "
-                            "in double quotes, doubling the quotes inside (\"\")") from exc
-        previous = reader.line_num
+                            "in double quotes, doubling the quotes inside (\"\")") from record
         if table is None:
             if not record or not any(cell.strip() for cell in record):
                 raise DataError(f"{source} line {start}: the first line must be the header naming the columns "
@@ -597,6 +578,7 @@ def _delimited_table(source: str, text: str, tsv: bool) -> list[tuple[str, Table
                             + ("remove tabs inside texts" if tsv else "put texts that hold commas in double quotes"))
         row = TableRow(table, start, record)
         items.append((row.name, row))
+    return items
 
 
 def _jsonl_table(source: str, text: str) -> list[tuple[str, TableRow]]:

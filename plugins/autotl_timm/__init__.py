@@ -20,6 +20,7 @@ from autotl import Backbone, BackboneFamily, ImagePreprocessing, hookimpl
 from autotl.contracts import IMAGENET_MEAN, IMAGENET_STD
 from autotl.errors import ModelUnavailableError
 from autotl.files import check_weights_file
+from autotl.utils import is_under, load_without_head
 
 from ._offline import OFFLINE_ZOO, OfflineWeights
 from ._weights import hub_source_ready, load_checkpoint
@@ -119,13 +120,14 @@ class TimmBackbone(Backbone):
                 state = where.state_dict(model)
             else:
                 state = load_checkpoint(Path(where))
-            _load_backbone_weights(model, state, self.name, where if kind == "file" else where.package)
+            load_without_head(model, state, _head_names(model), model_name=f"timm model {self.name!r}",
+                              origin=where if kind == "file" else where.package)
         return model
 
     def layer_groups(self, model: nn.Module) -> list[list[str]]:
         groups = [list(names) for names in group_modules(model, model.group_matcher(coarse=True)).values()]
         head = _head_names(model)
-        body = [[n for n in g if not _is_under(n, head)] for g in groups]
+        body = [[n for n in g if not is_under(n, head)] for g in groups]
         return [g for g in body if g] + [head]
 
     def lora_targets(self, model: nn.Module) -> list[str]:
@@ -133,7 +135,7 @@ class TimmBackbone(Backbone):
         return [
             name
             for name, module in model.named_modules()
-            if not _is_under(name, head)
+            if not is_under(name, head)
             and (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1))
         ]
 
@@ -204,7 +206,7 @@ def _collapsed(model: nn.Module, names: list[str]) -> list[str]:
 
     def in_group(prefix: str) -> bool:
         params = [n.rsplit(".", 1)[0] for n, _ in model.get_submodule(prefix).named_parameters(prefix=prefix)]
-        return bool(params) and all(_is_under(p, list(inside)) for p in params)
+        return bool(params) and all(is_under(p, list(inside)) for p in params)
 
     out: list[str] = []
     for name in names:
@@ -214,8 +216,8 @@ def _collapsed(model: nn.Module, names: list[str]) -> list[str]:
             ancestor = ".".join(parts[:i])
             if in_group(ancestor):
                 best = ancestor
-        if best not in out and not any(_is_under(best, [o]) for o in out):
-            out = [o for o in out if not _is_under(o, [best])] + [best]
+        if best not in out and not any(is_under(best, [o]) for o in out):
+            out = [o for o in out if not is_under(o, [best])] + [best]
     return out
 
 
@@ -263,23 +265,6 @@ def _head_names(model: nn.Module) -> list[str]:
     names = [classifier] if isinstance(classifier, str) else list(classifier)
     modules = dict(model.named_modules())
     return [n for n in names if n in modules]
-
-
-def _is_under(name: str, prefixes: list[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def _load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> None:
-    head = _head_names(model)
-    state = {k: v for k, v in state.items() if not _is_under(k.rsplit(".", 1)[0], head)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not _is_under(k.rsplit(".", 1)[0], head)]
-    if missing or result.unexpected_keys:
-        bad = (missing + list(result.unexpected_keys))[:4]
-        raise ModelUnavailableError(
-            f"weights from {origin} do not fit timm model {name!r}: "
-            f"{len(missing)} missing and {len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(bad)})"
-        )
 
 
 __all__ = ["TimmFamily", "TimmBackbone", "register_backbone_families"]

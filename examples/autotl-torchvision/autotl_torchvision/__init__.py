@@ -31,6 +31,7 @@ from torchvision import models
 from autotl import Backbone, BackboneFamily, ImagePreprocessing, hookimpl
 from autotl.errors import ModelUnavailableError
 from autotl.files import read_state_dict
+from autotl.utils import is_under, load_without_head
 
 PREFIX = "torchvision/"
 RANDOM_ENV = "AUTOTL_TORCHVISION_RANDOM_WEIGHTS"
@@ -106,7 +107,8 @@ class TorchvisionBackbone(Backbone):
             raise ModelUnavailableError(f"{self.name!r} was rebuilt from a bundle: it has no pretrained weights")
         model = models.get_model(self.arch, weights=None, num_classes=num_classes)
         if pretrained and kind == "file":
-            _load_body(model, read_state_dict(Path(where)), self.name, where, self.head_names(model))
+            load_without_head(model, read_state_dict(Path(where)), self.head_names(model), model_name=repr(self.name),
+                              origin=where, hint=f"give a checkpoint of torchvision.models.{self.arch}")
         return model
 
     def head_names(self, model: nn.Module) -> list[str]:
@@ -130,7 +132,7 @@ class TorchvisionBackbone(Backbone):
     def lora_targets(self, model: nn.Module) -> list[str]:
         head = self.head_names(model)
         return [name for name, module in model.named_modules()
-                if not any(name == h or name.startswith(h + ".") for h in head)
+                if not is_under(name, head)
                 and (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1))]
 
     def preprocessing(self) -> ImagePreprocessing:
@@ -172,24 +174,6 @@ def cached_checkpoint(arch: str) -> Path | None:
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
-
-
-def _load_body(model: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str, head: list[str]) -> None:
-    """Every weight but the head's, which is new; anything else missing or extra is an error."""
-    def in_head(key: str) -> bool:
-        return any(key.startswith(h + ".") for h in head)
-
-    state = {k: v for k, v in state.items() if not in_head(k)}
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    result = model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
-    missing = [k for k in result.missing_keys if not in_head(k)]
-    if missing or result.unexpected_keys or wrong:
-        bad = (wrong + missing + list(result.unexpected_keys))[:3]
-        raise ModelUnavailableError(
-            f"weights from {origin} do not fit {name!r}: {len(wrong)} of another shape, {len(missing)} missing and "
-            f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(bad)}); give a checkpoint of "
-            f"torchvision.models.{name[len(PREFIX):]}")
 
 
 __all__ = ["ARCHITECTURES", "PREFIX", "TorchvisionBackbone", "TorchvisionFamily", "register_backbone_families"]
