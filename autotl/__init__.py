@@ -5,7 +5,7 @@ from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData,
 from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
-from .utils import is_under, load_without_head, numbered_records, stratified_split
+from .utils import is_under, json_lines, load_without_head, numbered_records, stratified_split
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "TrialData",
     "hookimpl",
     "is_under",
+    "json_lines",
     "load",
     "load_without_head",
     "numbered_records",

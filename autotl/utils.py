@@ -14,6 +14,8 @@ For tasks:
   split (``Task.load`` without a validation split of its own).
 - :func:`numbered_records`: the records of a :func:`csv.reader` with the line each starts on (a
   quoted text may span lines), and the records that are not valid CSV, for messages that name the line.
+- :func:`json_lines`: the JSON objects of a JSON Lines text with their line numbers, and the lines that
+  are not a JSON object.
 
 Every name here is exported from :mod:`autotl` and documented in docs/plugins.md; the built-in plugins
 and ``examples/autotl-torchvision`` use them.
@@ -22,7 +24,8 @@ and ``examples/autotl-torchvision`` use them.
 from __future__ import annotations
 
 import csv
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+import json
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -119,4 +122,21 @@ def numbered_records(reader) -> Iterator[tuple[int, list[str] | csv.Error]]:
         yield start, record
 
 
-__all__ = ["is_under", "load_without_head", "numbered_records", "stratified_split"]
+def json_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``(line, object)`` for each non-blank line of a JSON Lines text, lines counted from 1.
+
+    A line that is not a JSON object comes as ``(line, why)``, ``why`` a short string (``not valid
+    JSON (Expecting value at character 1)``, ``a JSON list, not an object``); the caller raises or skips.
+    """
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, f"not valid JSON ({exc.msg} at character {exc.colno})"
+            continue
+        yield number, obj if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+
+
+__all__ = ["is_under", "json_lines", "load_without_head", "numbered_records", "stratified_split"]

@@ -12,7 +12,7 @@ from torch import nn
 
 import tiny
 from autotl import (DataReport, ImagePreprocessing, LoadedData, Preprocessing, SkippedItem, TextPreprocessing,
-                    is_under, load_without_head, numbered_records, stratified_split)
+                    is_under, json_lines, load_without_head, numbered_records, stratified_split)
 from autotl.errors import DataError, ModelUnavailableError, PluginError
 from autotl.files import write_json
 from autotl_image import ImageClassification
@@ -87,6 +87,12 @@ def test_numbered_records_give_the_line_each_record_starts_on_and_go_on_after_ba
     got = list(numbered_records(csv.reader(io.StringIO(text, newline=""), strict=True)))
     assert [line for line, _ in got] == [1, 2, 4, 5]
     assert got[1][1] == ["two\nlines", "a"] and isinstance(got[-1][1], csv.Error)
+
+
+def test_json_lines_give_each_object_with_its_line_and_say_what_the_other_lines_are():
+    got = list(json_lines('{"a": 1}\n\n[1]\n{oops\n'))
+    assert got[0] == (1, {"a": 1}) and got[1] == (3, "a JSON list, not an object")
+    assert got[2][0] == 4 and got[2][1].startswith("not valid JSON (")
 
 
 # -- the typed contracts ------------------------------------------------------------------------------------

@@ -30,11 +30,6 @@ DEFAULT_MAX_SIDE = 512
 MIN_MAX_SIDE = 16
 
 
-@hookimpl
-def register_tasks(register):
-    register(ImageClassification())
-
-
 class ImageClassification(Task):
     name = "image-classification"
     modality = "image"
@@ -204,6 +199,11 @@ def _augment(x: torch.Tensor, how: str) -> torch.Tensor:
         cols = (torch.arange(w) + dx[:, None])[:, None, None, :]
         x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
     return x
+
+
+@hookimpl
+def register_tasks(register):
+    register(ImageClassification())
 
 
 __all__ = ["ImageClassification", "register_tasks"]

@@ -32,11 +32,6 @@ MIN_MAX_LENGTH = 8
 BUCKET_BATCHES = 20
 
 
-@hookimpl
-def register_tasks(register):
-    register(TextClassification())
-
-
 class TextClassification(Task):
     name = "text-classification"
     modality = "text"
@@ -295,6 +290,11 @@ def max_length_for(params: Mapping[str, Any], pre: TextPreprocessing) -> int:
     if value < MIN_MAX_LENGTH:
         raise UsageError(f"max_length={value} is too short; use at least {MIN_MAX_LENGTH} tokens")
     return min(value, limit)
+
+
+@hookimpl
+def register_tasks(register):
+    register(TextClassification())
 
 
 __all__ = ["TextClassification", "TextSplit", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]

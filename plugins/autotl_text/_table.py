@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 
 from autotl import DataReport, SkippedItem
 from autotl.errors import DataError, UsageError
-from autotl.utils import numbered_records, stratified_split
+from autotl.utils import json_lines, numbered_records, stratified_split
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".csv", ".tsv", ".jsonl")
@@ -301,19 +300,11 @@ def _delimited_records(path: Path, text: str, options: Options):
 
 def _jsonl_records(path: Path, text: str, options: Options):
     first = True
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"not valid JSON ({exc.msg} at character {exc.colno})", \
-                "write one JSON object per line"
-            continue
-        if not isinstance(obj, dict):
-            yield number, None, f"a JSON {type(obj).__name__}, not an object", \
-                f'write one object per line, such as {{"{options.text_column}": "...", ' \
-                f'"{options.label_column}": "..."}}'
+    for number, obj in json_lines(text):
+        if isinstance(obj, str):
+            yield number, None, obj, ("write one JSON object per line" if obj.startswith("not valid") else
+                                      f'write one object per line, such as {{"{options.text_column}": "...", '
+                                      f'"{options.label_column}": "..."}}')
             continue
         keys = [options.text_column, options.label_column]
         for i, wanted in enumerate(keys):
@@ -584,17 +575,11 @@ def _delimited_table(source: str, text: str, tsv: bool) -> list[tuple[str, Table
 def _jsonl_table(source: str, text: str) -> list[tuple[str, TableRow]]:
     table = Table(source, [])
     items: list[tuple[str, TableRow]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source} line {number}: not valid JSON ({exc.msg} at character {exc.colno}); write "
-                            "one JSON object per line") from exc
-        if not isinstance(obj, dict):
-            raise DataError(f"{source} line {number}: a JSON {type(obj).__name__}, not an object; write one object "
-                            'per line, such as {"text": "..."}')
+    for number, obj in json_lines(text):
+        if isinstance(obj, str):
+            fix = "write one JSON object per line" if obj.startswith("not valid") else \
+                'write one object per line, such as {"text": "..."}'
+            raise DataError(f"{source} line {number}: {obj}; {fix}")
         row = TableRow(table, number, obj)
         items.append((row.name, row))
     return items

@@ -26,11 +26,6 @@ from ._offline import OFFLINE_ZOO, OfflineWeights
 from ._weights import hub_source_ready, load_checkpoint
 
 
-@hookimpl
-def register_backbone_families(register):
-    register(TimmFamily())
-
-
 class TimmFamily(BackboneFamily):
     name = "timm"
     modality = "image"
@@ -265,6 +260,11 @@ def _head_names(model: nn.Module) -> list[str]:
     names = [classifier] if isinstance(classifier, str) else list(classifier)
     modules = dict(model.named_modules())
     return [n for n in names if n in modules]
+
+
+@hookimpl
+def register_backbone_families(register):
+    register(TimmFamily())
 
 
 __all__ = ["TimmFamily", "TimmBackbone", "register_backbone_families"]

@@ -47,11 +47,6 @@ DEFAULT_MAX_LENGTH = 128
 BUNDLE_CONFIG_DIR, BUNDLE_TOKENIZER_DIR = "backbone", "tokenizer"
 
 
-@hookimpl
-def register_backbone_families(register):
-    register(TransformersFamily())
-
-
 class TransformersFamily(BackboneFamily):
     name = "transformers"
     modality = "text"
@@ -366,6 +361,11 @@ def _load_encoder_weights(encoder: nn.Module, path: Path, name: str) -> None:
     if missing:
         raise ModelUnavailableError(f"weights file {path} does not fit transformers model {name!r}: {len(missing)} "
                                     f"missing keys (e.g. {', '.join(missing[:3])})")
+
+
+@hookimpl
+def register_backbone_families(register):
+    register(TransformersFamily())
 
 
 __all__ = ["TransformersFamily", "TransformersBackbone", "register_backbone_families", "HEAD", "ENCODER"]
