@@ -311,3 +311,49 @@ def test_autotl_plugins_json_parses_and_holds_the_zoo():
     assert listing["timm"]["default_zoo"] == {"timm": OFFLINE_ZOO}
     assert listing["image_classification"]["registers"] == ["task image-classification"]
     assert "default_zoo" not in listing["image_classification"]
+
+
+# -- the typed contracts (autotl/contracts.py) at the CLI ------------------------------------------
+
+REPORT_PLUGIN = """
+    from autotl import hookimpl
+    from autotl_image import ImageClassification
+
+
+    class BadReport(ImageClassification):
+        name = "bad-report-classification"
+
+        def load(self, path, *, seed, val_fraction, options):
+            data = super().load(path, seed=seed, val_fraction=val_fraction, options=options)
+            data.report = {report!r}
+            return data
+
+
+    @hookimpl
+    def register_tasks(register):
+        register(BadReport())
+"""
+
+
+@pytest.mark.parametrize("report, message", [
+    (["a list"], "a task's LoadedData.report is a list; make it an autotl.DataReport"),
+    ({"skipped": ["x.png"]}, "a data report's skipped item must be an autotl.SkippedItem(file, reason)"),
+])
+def test_a_data_report_that_breaks_the_contract_is_one_plugin_error_line(installed_plugin, tmp_path, tiny_folder,
+                                                                         tiny_weights, report, message):
+    import tiny
+
+    installed_plugin("bad_report", REPORT_PLUGIN.replace("{report!r}", repr(report)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((Path(__file__).parent / "data" / "tiny-image.yaml").read_text()
+                      .replace("task: image-classification", "task: bad-report-classification"))
+    get_registry.cache_clear()  # the registry with the plugin just installed, and without it afterwards
+    try:
+        result = CliRunner().invoke(cli, ["search", str(tiny_folder), "--task", "bad-report-classification", "--out",
+                                          str(tmp_path / "run"), "--recipe", str(recipe), "--trials", "1", "--device",
+                                          "cpu", "--models", tiny.TINY, "--weights", f"{tiny.TINY}={tiny_weights}"])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == 5, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
