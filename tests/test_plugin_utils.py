@@ -139,3 +139,21 @@ def test_a_data_report_is_typed_keeps_its_json_and_converts_an_earlier_tasks_dic
         DataReport.of({"skipped": ["just a name"]})
     with pytest.raises(PluginError, match="LoadedData.report is a list"):
         DataReport.of([])
+
+
+def test_the_image_settings_a_bundle_records_are_those_of_earlier_versions():
+    """What autotl 6f673bc wrote into config.json for this model, key for key (the typed contract changes no JSON)."""
+    from autotl_timm import TimmFamily
+
+    backbone = TimmFamily().architecture("tf_efficientnet_lite0")
+    settings = ImageClassification().export_settings({}, backbone, {})
+    assert json.dumps(settings) == json.dumps({
+        "max_side": 512,
+        "colour": "RGB: grey and palette converted, alpha composited on white, 16-bit grey scaled to 8 bits",
+        "resize": "longer side at most max_side when decoded; then shorter side to resolution, centre crop",
+        "resolution": 224, "interpolation": "bicubic", "scale": "pixels / 255, then (x - mean) / std per channel",
+        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    assert backbone.bundle_files(None)["preprocessing"] == {
+        "input_size": [3, 224, 224], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"}
+    rebuilt = TimmFamily().from_bundle("tf_efficientnet_lite0", backbone.bundle_files(None), None)
+    assert rebuilt.preprocessing() == backbone.preprocessing()
