@@ -99,8 +99,8 @@ class Preprocessing(_MappingView):
         value = backbone.preprocessing()
         if isinstance(value, cls):
             return value
-        if isinstance(value, Mapping) and not isinstance(value, Preprocessing):
-            return cls.from_mapping(value, owner)
+        if type(value) is Preprocessing or (isinstance(value, Mapping) and not isinstance(value, Preprocessing)):
+            return cls.from_mapping(value, owner)  # the base default (no settings) or an earlier plugin's dict
         raise PluginError(f"{owner}: preprocessing() returned a {type(value).__name__}; a {cls.modality} task "
                           f"needs an autotl.{cls.__name__}")
 

@@ -122,6 +122,7 @@ def test_a_plain_dict_of_an_earlier_backbone_is_converted_and_a_bad_one_refused_
     text = TextPreprocessing.of(_OldBackbone({"tokenizer": "tok", "max_length": "64", "extra": 1}))
     assert (text.tokenizer, text.max_length, text.model_max_length) == ("tok", 64, None)
     assert Preprocessing() == {}
+    assert ImagePreprocessing.of(_OldBackbone(Preprocessing())) == ImagePreprocessing()  # Backbone's default
 
 
 def test_a_data_report_is_typed_keeps_its_json_and_converts_an_earlier_tasks_dict(tmp_path):
