@@ -143,7 +143,6 @@ def check_backbone_family(family: BackboneFamily, names: Sequence[str] | None = 
         raise AssertionError(f"{len(failures)} conformance check(s) failed:\n- " + "\n- ".join(failures))
 
 
-
 # -- the checks, grouped by what they check (autotl/kit/) ------------------------------------------------
 
 class _BundleChecks(Subject):
@@ -238,7 +237,6 @@ class _BundleChecks(Subject):
         if got.shape != expected.shape or not torch.allclose(expected, got, atol=ATOL, rtol=1e-3):
             raise self.fail(c, f"family.architecture({self.name!r}) builds a network that predicts differently from "
                                "get()'s with the same weights")
-
 
 
 class _Subject(StructureChecks, AdaptationChecks, _BundleChecks):
