@@ -263,7 +263,7 @@ class _Subject:
         return batch
 
     def logits(self, check: str, model: nn.Module, inputs, train: bool = False) -> torch.Tensor:
-        from .training import forward
+        from .inference import forward
 
         model.train(train)
         try:
@@ -285,7 +285,7 @@ class _Subject:
 
     def train_step(self, check: str, model: nn.Module, inputs, adapted) -> None:
         """One SGD step on a cross-entropy loss, in the search's training mode (frozen groups in eval)."""
-        from .training import forward
+        from .inference import forward
 
         adapted.train_mode()
         try:
@@ -502,7 +502,8 @@ class _Subject:
     def check_split(self) -> None:
         """``Backbone.split`` (the frozen-prefix cache): where it cuts, ``rest(prefix(x))`` is the network."""
         from .adapt import adapt
-        from .training import forward, unwrapped
+        from .inference import forward
+        from .training import unwrapped
 
         c = "split"
         backbone = self.backbone(c)
@@ -550,9 +551,10 @@ class _Subject:
 
     def check_bundle(self) -> None:
         from .base import ExportUnsupportedError
-        from .bundle import CARD, CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS, load, sha256_file
+        from .bundle import load, sha256_file
+        from .bundle_config import CARD, CONFIG, WEIGHTS, BackboneInfo, BundleConfig, WeightsInfo
         from .files import save_weights
-        from .training import predict_logits
+        from .inference import predict_logits
 
         c = "bundle"
         backbone = self.backbone(c)
@@ -587,16 +589,14 @@ class _Subject:
                     json.dumps(value)
                 except (TypeError, ValueError) as exc:
                     raise self.fail(c, f"{what} returned settings that are not JSON-serialisable: {exc}") from exc
-            config = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "task": task.name, "label_names": labels,
-                "backbone": {"family": self.family.name, "name": self.name, "modality": backbone.modality,
-                             "description": backbone.describe(), "config": backbone_config},
-                "preprocessing": settings,
-                "weights": {"file": WEIGHTS, "sha256": weights_sha},
-                "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-                          if p.is_file() and p.name != WEIGHTS},
-            }
-            (folder / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+            BundleConfig(
+                task=task.name, label_names=labels,
+                backbone=BackboneInfo(family=self.family.name, name=self.name, modality=backbone.modality,
+                                      description=backbone.describe(), config=backbone_config),
+                preprocessing=settings, weights=WeightsInfo(sha256=weights_sha),
+                files={p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+                       if p.is_file() and p.name != WEIGHTS},
+            ).write(folder)
             registry = Registry(families={self.family.name: self.family}, tasks={task.name: task})
             try:
                 bundle = load(folder, device="cpu", registry=registry)
@@ -616,7 +616,7 @@ class _Subject:
 
     def check_architecture(self, c: str, backbone: Backbone, state: dict, split, expected) -> None:
         """``family.architecture`` (export without --refit, the report) loads the saved weights into the same network."""
-        from .training import predict_logits
+        from .inference import predict_logits
 
         try:
             skeleton = self.family.architecture(self.name, self.shared.weights.get(self.name))
@@ -636,7 +636,7 @@ class _Subject:
 
 def _first_calls(model: nn.Module, groups: list[list[str]], inputs) -> list[int | None]:
     """For each group, the position of the first forward call of any module in it (None: never called)."""
-    from .training import forward
+    from .inference import forward
 
     first: list[int | None] = [None] * len(groups)
     counter = [0]
