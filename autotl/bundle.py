@@ -8,13 +8,12 @@ reads JSON and safetensors only, never a pickle, and refuses weights whose check
 The network is rebuilt by the backbone family's :meth:`~autotl.BackboneFamily.from_bundle`, inputs
 are read and preprocessed by the task's :meth:`~autotl.Task.read_inputs` and
 :meth:`~autotl.Task.preprocess_for_predict`, and logits come from the same function that scored the
-validation split during the search (:func:`autotl.training.predict_logits`), in the same batches.
+validation split during the search (:func:`autotl.inference.predict_logits`), in the same batches.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
@@ -22,27 +21,17 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 import torch
 
 from .base import Backbone, Registry, Task, TensorSplit
-from .errors import AutotlError, UnreadableInputs, UsageError
-from .training import predict_logits
+from .bundle_config import CONFIG, ONNX, TORCHSCRIPT, WEIGHTS, BundleConfig
+from .device import resolve_device
+from .errors import BundleError, UnreadableInputs, UsageError
+from .formats import onnx_feed, onnx_session
+from .inference import predict_logits
 
-FORMAT = "autotl-bundle"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-CARD = "README.md"
-ONNX = "model.onnx"
-TORCHSCRIPT = "model.torchscript.pt"
 #: the search scores the validation split in batches of this size; predicting in the same batches
 #: gives the same numbers.
 DEFAULT_BATCH = 128
 #: batches preprocessed at a time: bounds memory however many inputs there are.
 CHUNK_BATCHES = 8
-
-
-class BundleError(AutotlError):
-    """A bundle is missing, corrupted, tampered with, or needs a plugin that is not installed."""
-
-    exit_code = 7
 
 
 @dataclass
@@ -67,29 +56,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    """The bundle's ``config.json``, checked to be one."""
-    directory = Path(directory)
-    if not directory.exists():
-        raise BundleError(f"no bundle at {directory}: it does not exist; give the --out folder of `autotl export`")
-    if not directory.is_dir():
-        raise BundleError(f"{directory} is a file, not a bundle folder; give the --out folder of `autotl export`")
-    path = directory / CONFIG
-    if not path.is_file():
-        raise BundleError(f"{directory} is not an autotl bundle ({CONFIG} is missing); give the --out folder "
-                          "of `autotl export`")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"{path} is unreadable ({exc}); export the bundle again") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise BundleError(f"{path} is not the config of an autotl bundle; give the --out folder of `autotl export`")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise BundleError(f"{directory} was written by a newer autotl (bundle format {config['format_version']}); "
-                          "upgrade autotl")
-    return config
-
-
 def verify_file(directory: Path, name: str, expected: str | None) -> Path:
     """``directory/name``, refused unless its sha256 is ``expected``."""
     path = Path(directory) / name
@@ -106,23 +72,13 @@ def verify_file(directory: Path, name: str, expected: str | None) -> Path:
     return path
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
-
-
 class Bundle:
-    """A loaded bundle: ``predict`` on raw inputs, ``predict_files`` on what ``autotl predict`` takes."""
+    """A loaded bundle: ``predict`` on raw inputs, ``predict_files`` on what ``autotl predict`` takes.
 
-    def __init__(self, directory: Path, config: dict[str, Any], task: Task, backbone: Backbone,
+    ``config`` is its config.json as a :class:`~autotl.bundle_config.BundleConfig`.
+    """
+
+    def __init__(self, directory: Path, config: BundleConfig, task: Task, backbone: Backbone,
                  model: torch.nn.Module, device: torch.device, engine: str = "torch", session: Any = None):
         self.directory = Path(directory)
         self.config = config
@@ -135,11 +91,11 @@ class Bundle:
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.config["label_names"])
+        return list(self.config.label_names)
 
     @property
     def settings(self) -> dict[str, Any]:
-        return dict(self.config.get("preprocessing") or {})
+        return dict(self.config.preprocessing)
 
     # -- the prediction path ----------------------------------------------------------------------
     def split(self, items: Sequence[Any]) -> TensorSplit:
@@ -149,8 +105,6 @@ class Bundle:
     def logits(self, split: TensorSplit, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
         """Logits of a split, from the network the search scored (or from the ONNX file)."""
         if self.engine == "onnx":
-            from .export import onnx_feed
-
             outputs = [torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
                        for x, _ in split.batches(batch_size)]
             return torch.cat(outputs) if outputs else torch.empty(0, len(self.label_names))
@@ -237,13 +191,11 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     from .plugins import get_registry
 
     directory = Path(path)
-    config = read_config(directory)
+    config = BundleConfig.read(directory)
     if engine not in ("torch", "onnx"):
         raise UsageError(f"engine {engine!r} is unknown; use torch or onnx")
     registry = registry or get_registry()
-    task_name = config.get("task")
-    backbone_info = config.get("backbone") or {}
-    family_name = backbone_info.get("family")
+    task_name, family_name = config.task, config.backbone.family
     if task_name not in registry.tasks:
         raise BundleError(f"the bundle is for task {task_name!r}, which no installed plugin provides; install its "
                           f"plugin (installed tasks: {', '.join(sorted(registry.tasks)) or 'none'})")
@@ -251,23 +203,23 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
         raise BundleError(f"the bundle's model is of backbone family {family_name!r}, which no installed plugin "
                           f"provides; install its plugin")
     task = registry.tasks[task_name]
-    weights = verify_file(directory, WEIGHTS, (config.get("weights") or {}).get("sha256"))
-    for name, digest in (config.get("files") or {}).items():  # what the backbone saved (tokenizer...)
+    weights = verify_file(directory, WEIGHTS, config.weights.sha256)
+    for name, digest in config.files.items():  # what the backbone saved (tokenizer...)
         if name not in (WEIGHTS, ONNX, TORCHSCRIPT):
             verify_file(directory, name, digest)
-    backbone = registry.families[family_name].from_bundle(backbone_info["name"], backbone_info.get("config") or {},
+    backbone = registry.families[family_name].from_bundle(config.backbone.name, config.backbone.config or {},
                                                           directory)
     device = resolve_device(device)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a readable safetensors file ({exc}); export the bundle again") from exc
-    model = backbone.build(len(config["label_names"]), pretrained=False)
+    model = backbone.build(len(config.label_names), pretrained=False)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise BundleError(f"the weights in {weights} do not fit {backbone_info['name']!r}: {first}") from exc
+        raise BundleError(f"the weights in {weights} do not fit {config.backbone.name!r}: {first}") from exc
     model.to(device).eval()
     if backbone.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -277,21 +229,12 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     return Bundle(directory, config, task, backbone, model, device, engine, session)
 
 
-def _onnx_session(directory: Path, config: dict[str, Any], device: torch.device):
-    info = (config.get("formats") or {}).get("onnx") or {}
+def _onnx_session(directory: Path, config: BundleConfig, device: torch.device):
+    """A session on the bundle's ONNX file, once its checksum is verified."""
+    info = config.formats.get("onnx") or {}
     if not info.get("file"):
         raise BundleError(f"{directory} has no ONNX model; export it with --format onnx")
-    path = verify_file(directory, info["file"], info.get("sha256"))
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise UsageError("the onnx engine needs onnxruntime: pip install 'autotl[onnx]'") from exc
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    from .export import onnx_session_options
-
-    return ort.InferenceSession(str(path), onnx_session_options(ort), providers=providers)
+    return onnx_session(verify_file(directory, info["file"], info.get("sha256")), device)
 
 
-__all__ = ["Bundle", "BundleError", "Prediction", "load", "read_config", "sha256_file"]
+__all__ = ["Bundle", "BundleConfig", "BundleError", "Prediction", "load", "sha256_file", "verify_file"]

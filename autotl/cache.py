@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .base import Backbone, Inputs, TensorSplit
+from .inference import forward, to_device
 from .recipes import CACHE_DEFAULTS
 
 FORMAT = 1  # bump when what a file holds changes
@@ -297,8 +298,6 @@ def prefix_outputs(prefix: torch.nn.Module, split: TensorSplit, device: torch.de
     Outputs whose second dimension differs from batch to batch (hidden states of texts trimmed to
     each batch's longest) are right-padded with zeros to the longest.
     """
-    from .training import forward, to_device
-
     order = split.search_order()
     run = split if order is None else split.take(order)
     chunks: list[Inputs] = []

@@ -392,12 +392,12 @@ def export(run, storage, study, out, trial, within, refit, formats, data, weight
     options = ExportOptions(out=out, trial=trial, within=within, refit=refit, formats=tuple(dict.fromkeys(formats)),
                             data=data, weights=parsed, device=device, force=force)
     result = export_bundle(locate(run, storage, study), options, say=lambda m: click.echo(m, err=True))
-    scores = result.config["scores"]
-    test = scores.get("test_accuracy")
-    click.echo(f"{result.out}: trial {result.config['trial']['number']} ({result.config['backbone']['name']}), "
-               f"val accuracy {scores['val_accuracy']:.4f}"
+    config = result.config
+    test = config.scores.test_accuracy
+    click.echo(f"{result.out}: trial {config.trial.number} ({config.backbone.name}), "
+               f"val accuracy {config.scores.val_accuracy:.4f}"
                + (f", test accuracy {test:.4f}" if test is not None else "")
-               + (" (refit on train+val)" if result.config.get("refit") else ""))
+               + (" (refit on train+val)" if config.refit else ""))
 
 
 @cli.command()

@@ -57,6 +57,12 @@ class RunError(AutotlError):
     exit_code = 6
 
 
+class BundleError(AutotlError):
+    """A bundle is missing, corrupted, tampered with, or needs a plugin that is not installed."""
+
+    exit_code = 7
+
+
 class UnreadableInputs(DataError):
     """Some inputs given to predict cannot be read (an image that does not decode, a broken link).
 

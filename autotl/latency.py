@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import Backbone, Inputs, TensorSplit
-from .training import forward, to_device
+from .inference import forward, to_device
 
 #: the batch size of the "batched" latency.
 BATCH = 16

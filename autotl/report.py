@@ -8,7 +8,7 @@ best trial's confusion matrix on the test split and samples it got wrong.
 
 The confusion matrix comes from the best trial's saved weights, predicted through the bundle's path
 (:meth:`Task.split_items`, :meth:`Task.export_settings`, :meth:`Task.preprocess_for_predict`,
-:func:`autotl.training.predict_logits`): nothing is trained again.
+:func:`autotl.inference.predict_logits`): nothing is trained again.
 """
 
 from __future__ import annotations
@@ -362,13 +362,13 @@ def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | No
     """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
     import torch
 
-    from .bundle import resolve_device
+    from .device import resolve_device
     from .errors import AutotlError
     from .export import _load_data, find_trial_weights
     from .files import load_weights
     from .plugins import get_registry
     from .recipes import parse_recipe
-    from .training import predict_logits
+    from .inference import predict_logits
     from .trial_weights import owner_problem
 
     attrs = study.user_attrs

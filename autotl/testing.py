@@ -150,7 +150,8 @@ class _BundleChecks(Subject):
 
     def check_bundle(self) -> None:
         from .base import ExportUnsupportedError
-        from .bundle import CARD, CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS, load, sha256_file
+        from .bundle import load, sha256_file
+        from .bundle_config import CARD, CONFIG, WEIGHTS, BackboneInfo, BundleConfig, WeightsInfo
         from .files import save_weights
 
         c = "bundle"
@@ -179,16 +180,14 @@ class _BundleChecks(Subject):
                     json.dumps(value)
                 except (TypeError, ValueError) as exc:
                     raise self.fail(c, f"{what} returned settings that are not JSON-serialisable: {exc}") from exc
-            config = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "task": task.name, "label_names": labels,
-                "backbone": {"family": self.family.name, "name": self.name, "modality": backbone.modality,
-                             "description": backbone.describe(), "config": backbone_config},
-                "preprocessing": settings,
-                "weights": {"file": WEIGHTS, "sha256": weights_sha},
-                "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-                          if p.is_file() and p.name != WEIGHTS},
-            }
-            (folder / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+            BundleConfig(
+                task=task.name, label_names=labels,
+                backbone=BackboneInfo(family=self.family.name, name=self.name, modality=backbone.modality,
+                                      description=backbone.describe(), config=backbone_config),
+                preprocessing=settings, weights=WeightsInfo(sha256=weights_sha),
+                files={p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+                       if p.is_file() and p.name != WEIGHTS},
+            ).write(folder)
             registry = Registry(families={self.family.name: self.family}, tasks={task.name: task})
             try:
                 bundle = load(folder, device="cpu", registry=registry)
@@ -208,7 +207,7 @@ class _BundleChecks(Subject):
     def exported_network(self, c: str):
         """A network with weights unlike any fresh build's (the reload must really load them): its state
         dict, the example inputs as a split, and its logits on them."""
-        from .training import predict_logits
+        from .inference import predict_logits
 
         model = self.build(c, seed=1)
         with torch.no_grad():
@@ -221,7 +220,7 @@ class _BundleChecks(Subject):
 
     def check_architecture(self, c: str, backbone: Backbone, state: dict, split, expected) -> None:
         """``family.architecture`` (export without --refit, the report) loads the saved weights into the same network."""
-        from .training import predict_logits
+        from .inference import predict_logits
 
         try:
             skeleton = self.family.architecture(self.name, self.shared.weights.get(self.name))

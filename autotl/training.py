@@ -21,6 +21,7 @@ from .adapt import Adapted, adapt, merged
 from .base import Backbone, Inputs, TensorSplit
 from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
+from .inference import accuracy, forward, to_device
 
 
 @dataclass
@@ -51,37 +52,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def forward(model: nn.Module, inputs: Inputs) -> torch.Tensor:
-    if isinstance(inputs, torch.Tensor):
-        return model(inputs)
-    return model(**inputs)
-
-
-def to_device(inputs: Inputs, device: torch.device) -> Inputs:
-    if isinstance(inputs, torch.Tensor):
-        return _move(inputs, device)
-    return {k: _move(v, device) for k, v in inputs.items()}
-
-
-def _move(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    tensor = tensor.to(device, non_blocking=True)
-    if tensor.dim() == 4:  # images: a no-op for contiguous networks, faster for channels-last ones
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-    return tensor
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-    model.eval()
-    outputs = [forward(model, to_device(x, device)).float().cpu() for x, _ in split.batches(batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0)
-
-
-def accuracy(model: nn.Module, split: TensorSplit, device: torch.device) -> float:
-    logits = predict_logits(model, split, device)
-    return float((logits.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
 
 
 def train(

@@ -32,7 +32,8 @@ from scipy.stats import kendalltau
 
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
-from autotl.training import accuracy, predict_logits, train
+from autotl.inference import accuracy, predict_logits
+from autotl.training import train
 from autotl.transfer import METRICS, feature_params, rank_models, table
 
 

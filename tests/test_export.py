@@ -21,8 +21,9 @@ from autotl.base import Backbone, BackboneFamily, ExportUnsupportedError, Task, 
 from autotl.bundle import BundleError, sha256_file
 from autotl.cli import cli
 from autotl.errors import RunError, UsageError
-from autotl.export import TOLERANCE, ExportOptions, export_bundle
+from autotl.export import ExportOptions, export_bundle
 from autotl.files import load_weights
+from autotl.formats import TOLERANCE
 from autotl.leaderboard import choose_trial, trial_rows
 from autotl.plugins import get_registry
 from autotl.progress import Reporter

@@ -60,7 +60,7 @@ def test_export_and_report_of_an_image_run_whose_weights_file_is_gone(tmp_path, 
     assert code == 0, output
     images = sorted((data / "test").rglob("*.png"))
     same_bundle(tmp_path / "before", tmp_path / "after", images)
-    assert autotl.load(tmp_path / "after").config["backbone"]["description"] == f"{TINY} (weights from {checkpoint})"
+    assert autotl.load(tmp_path / "after").config.backbone.description == f"{TINY} (weights from {checkpoint})"
 
     # --refit trains from the pretrained weights again: that alone needs the file, and says so
     code, output = cli_run("export", tmp_path / "run", "--out", tmp_path / "refit", "--refit", "--device", "cpu")
@@ -126,8 +126,8 @@ def test_export_and_report_offline_where_the_weights_package_is_missing(tmp_path
     code, output = cli_run("export", tmp_path / "run", "--out", tmp_path / "after", "--device", "cpu")
     assert code == 0, output
     same_bundle(tmp_path / "before", tmp_path / "after", sorted((data / "test").rglob("*.png")))
-    assert autotl.load(tmp_path / "after").config["backbone"]["description"] == \
-        autotl.load(tmp_path / "before").config["backbone"]["description"]
+    assert autotl.load(tmp_path / "after").config.backbone.description == \
+        autotl.load(tmp_path / "before").config.backbone.description
 
 
 def test_the_timm_architecture_never_looks_for_weights(monkeypatch, tmp_path):

@@ -19,11 +19,11 @@ from autotl.bundle import BundleError
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
 from autotl.export import ExportOptions, export_bundle
+from autotl.inference import predict_logits
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
 from autotl.search import Search, SearchOptions
-from autotl.training import predict_logits
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")
 

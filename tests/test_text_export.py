@@ -23,13 +23,14 @@ import tinybert
 from autotl.bundle import BundleError, sha256_file
 from autotl.cli import cli
 from autotl.errors import DataError, ModelUnavailableError
-from autotl.export import TOLERANCE, ExportOptions, export_bundle
+from autotl.export import ExportOptions, export_bundle
 from autotl.files import load_weights
+from autotl.formats import TOLERANCE
+from autotl.inference import predict_logits
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
 from autotl.search import Search, SearchOptions
-from autotl.training import predict_logits
 from autotl_text import TextClassification
 from autotl_text._table import encode
 from autotl_transformers import TransformersFamily
@@ -351,7 +352,7 @@ def test_the_bundle_keeps_the_pooling_of_the_search_not_of_the_environment(bundl
 def test_refit_trains_on_train_and_val_and_left_padding_stays_left(run, tmp_path):
     trial = run.study.get_trials(states=COMPLETE)[0]  # the LoRA trial
     config = export(run, tmp_path / "refit", trial=trial.number, refit=True).config
-    assert config["refit"]["samples"] == config["data"]["sizes"]["train"] + config["data"]["sizes"]["val"]
+    assert config.refit.samples == config.data.sizes["train"] + config.data.sizes["val"]
     assert len(autotl.load(tmp_path / "refit", device="cpu").predict(["good tea"])) == 1
 
     params = trial.user_attrs["config"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from autotl.errors import UsageError
-from autotl.training import accuracy, train
+from autotl.inference import accuracy
+from autotl.training import train
 
 PARAMS = {"freeze": 0, "lora_rank": 0, "lr": 5e-3, "epochs": 3, "batch_size": 8, "resolution": 32,
           "augment": "flip"}

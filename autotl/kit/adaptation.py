@@ -161,7 +161,8 @@ class AdaptationChecks(Subject):
 
     def _check_cut(self, c: str, net: nn.Module, k: int, lora_rank: int, inputs) -> None:
         """Where ``split(model, k)`` cuts, the prefix holds the frozen groups and ``rest(prefix(x))`` is ``net(x)``."""
-        from ..training import forward, unwrapped
+        from ..inference import forward
+        from ..training import unwrapped
 
         backbone = self.backbone(c)
         model = unwrapped(net)

@@ -145,7 +145,7 @@ class StructureChecks(Subject):
 
 def first_calls(model: nn.Module, groups: list[list[str]], inputs) -> list[int | None]:
     """For each group, the position of the first forward call of any module in it (None: never called)."""
-    from ..training import forward
+    from ..inference import forward
 
     first: list[int | None] = [None] * len(groups)
     counter = [0]

@@ -143,7 +143,7 @@ class Subject:
         return batch
 
     def logits(self, check: str, model: nn.Module, inputs, train: bool = False) -> torch.Tensor:
-        from ..training import forward
+        from ..inference import forward
 
         model.train(train)
         try:
@@ -165,7 +165,7 @@ class Subject:
 
     def train_step(self, check: str, model: nn.Module, inputs, adapted) -> None:
         """One SGD step on a cross-entropy loss, in the search's training mode (frozen groups in eval)."""
-        from ..training import forward
+        from ..inference import forward
 
         adapted.train_mode()
         try:

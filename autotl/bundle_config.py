@@ -1,0 +1,284 @@
+"""A bundle's ``config.json`` as one typed, versioned record: :class:`BundleConfig`.
+
+``autotl export`` fills it in (autotl/export.py), :func:`autotl.bundle.load` reads it back to
+rebuild the network, the model card (autotl/card.py) is written from it, and the conformance kit
+(autotl/testing.py) writes the smallest one a bundle loads with. Each part of the JSON is a
+dataclass here, written under the same keys as its fields, so that a reader finds every key of
+``config.json`` in one place.
+
+A key added later gets a default, so that bundles written before it still load; a change that
+older readers cannot follow raises :data:`FORMAT_VERSION`, and a bundle of a newer version is
+refused with a message to upgrade autotl.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import BundleError
+from .files import write_json
+
+FORMAT = "autotl-bundle"
+#: the version of config.json this autotl writes; it reads this one and every older one.
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "README.md"
+ONNX = "model.onnx"
+TORCHSCRIPT = "model.torchscript.pt"
+
+
+@dataclass
+class BackboneInfo:
+    """``backbone``: the family that rebuilds the network, and the settings it saved for that."""
+
+    family: str
+    name: str
+    modality: str | None = None
+    #: where the weights came from, as ``Backbone.describe()`` said at export.
+    description: str | None = None
+    #: what ``Backbone.bundle_files`` returned; handed back to ``BackboneFamily.from_bundle``.
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WeightsInfo:
+    """``weights``: the plain network (LoRA merged) in ``model.safetensors``, checked on every load."""
+
+    file: str = WEIGHTS
+    sha256: str | None = None
+    bytes: int | None = None
+    lora_rank: int = 0
+    lora_merged: bool = True
+    dtype: str = "float32"
+
+
+@dataclass
+class TrialInfo:
+    """``trial``: which trial of the search the bundle holds, and why it was chosen."""
+
+    number: int
+    chosen_by: str
+    rank_by_val_accuracy: int
+    params: dict[str, Any]
+    best_epoch: int | None = None
+    val_curve: list[float] | None = None
+
+
+@dataclass
+class Scores:
+    """``scores``: validation accuracy (chose the trial) and test accuracy (never chose anything)."""
+
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    #: ``search`` (scored once the search chose its best trial) or ``export``.
+    test_accuracy_from: str | None = None
+
+
+@dataclass
+class RefitInfo:
+    """``refit``: how the network was trained again on train+val (``None``: the trial's own weights)."""
+
+    on: str
+    samples: int
+    epochs: int
+    seed: int
+    duration_s: float
+    note: str
+
+
+@dataclass
+class Cost:
+    """``cost``: the network's size and latency (each latency as :func:`autotl.latency.measure_model` gives it)."""
+
+    parameters: int | None = None
+    latency_at_search: dict[str, Any] | None = None
+    latency_at_export: dict[str, Any] | None = None
+
+
+@dataclass
+class SearchInfo:
+    """``search``: the search the trial came from, for the card (the storage URL without its password)."""
+
+    location: str | None = None
+    study: str | None = None
+    storage: str | None = None
+    created: str | None = None
+    #: how many trials ended ``complete``, ``pruned`` and ``fail``.
+    trials: dict[str, int] = field(default_factory=dict)
+    models: dict[str, str] | None = None
+    space: dict[str, Any] | None = None
+    fixed: dict[str, Any] | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    seed: int | None = None
+    recipe_source: str | None = None
+
+
+@dataclass
+class DataInfo:
+    """``data``: the data the network was trained and checked on."""
+
+    path: str | None = None
+    fingerprint: str | None = None
+    #: samples per split (``train``, ``val``, ``test``), when the data was there at export.
+    sizes: dict[str, int | None] | None = None
+    val_from_train: bool | None = None
+    val_fraction: float | None = None
+    #: why the scores were not checked again at export, if they were not.
+    note: str = ""
+
+
+@dataclass
+class ScoreCheck:
+    """One entry of ``verification``: a score the bundle gives at export beside the one recorded."""
+
+    recorded: float | None
+    bundle: float
+    equal: bool | None
+
+
+def _part(cls, value: Any, key: str):
+    """The dataclass ``cls`` from ``value`` (a JSON object); keys it does not know are left out."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} is not an object")
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in value.items() if k in known})
+    except TypeError as exc:
+        raise ValueError(f"{key} lacks a field ({exc})") from exc
+
+
+def _mapping(value: Any, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} is not an object")
+    return dict(value)
+
+
+@dataclass(kw_only=True)
+class BundleConfig:
+    """What a bundle says about itself: ``config.json``, field for key, part for part.
+
+    ``task``, ``label_names`` (in the order of the network's outputs), ``backbone``,
+    ``preprocessing`` (the task's ``export_settings``) and ``weights`` are what loading needs;
+    the rest describes where the network came from and how it was checked, for the card.
+    """
+
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    created: str | None = None
+    task: str
+    label_names: list[str]
+    backbone: BackboneInfo
+    #: how the task preprocesses inputs for this network (``Task.export_settings``).
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    trial: TrialInfo | None = None
+    scores: Scores | None = None
+    refit: RefitInfo | None = None
+    cost: Cost | None = None
+    search: SearchInfo | None = None
+    data: DataInfo | None = None
+    weights: WeightsInfo = field(default_factory=WeightsInfo)
+    #: the scores checked at export: ``val_accuracy`` and ``test_accuracy``, when they were.
+    verification: dict[str, ScoreCheck] = field(default_factory=dict)
+    #: ``onnx`` and ``torchscript``: what :func:`autotl.formats.export_format` recorded of each.
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: sha256 of every file in the bundle but config.json and README.md, by relative path.
+    files: dict[str, str] = field(default_factory=dict)
+    #: the versions of Python and the libraries that wrote the bundle.
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written as ``config.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "BundleConfig":
+        """The record of a ``config.json`` object; ``ValueError`` names a part that is not what it must be."""
+        for key in ("task", "label_names", "backbone"):
+            if data.get(key) is None:
+                raise ValueError(f"it lacks {key}")
+        if not isinstance(data["label_names"], list):
+            raise ValueError("label_names is not a list")
+        verification = _mapping(data.get("verification"), "verification")
+        return cls(
+            format=data.get("format", FORMAT), format_version=int(data.get("format_version", 0)),
+            created=data.get("created"), task=data["task"], label_names=list(data["label_names"]),
+            backbone=_part(BackboneInfo, data["backbone"], "backbone"),
+            preprocessing=_mapping(data.get("preprocessing"), "preprocessing"),
+            trial=_part(TrialInfo, data.get("trial"), "trial"),
+            scores=_part(Scores, data.get("scores"), "scores"),
+            refit=_part(RefitInfo, data.get("refit"), "refit"),
+            cost=_part(Cost, data.get("cost"), "cost"),
+            search=_part(SearchInfo, data.get("search"), "search"),
+            data=_part(DataInfo, data.get("data"), "data"),
+            weights=_part(WeightsInfo, data.get("weights") or {}, "weights"),
+            verification={k: _part(ScoreCheck, v, f"verification.{k}") for k, v in verification.items()},
+            formats=_mapping(data.get("formats"), "formats"),
+            files=_mapping(data.get("files"), "files"),
+            versions=_mapping(data.get("versions"), "versions"),
+        )
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "BundleConfig":
+        """The ``config.json`` of the bundle in ``directory``; :class:`~autotl.errors.BundleError` if it is none."""
+        directory = Path(directory)
+        if not directory.exists():
+            raise BundleError(f"no bundle at {directory}: it does not exist; give the --out folder of `autotl export`")
+        if not directory.is_dir():
+            raise BundleError(f"{directory} is a file, not a bundle folder; give the --out folder of `autotl export`")
+        path = directory / CONFIG
+        if not path.is_file():
+            raise BundleError(f"{directory} is not an autotl bundle ({CONFIG} is missing); give the --out folder "
+                              "of `autotl export`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise BundleError(f"{path} is unreadable ({exc}); export the bundle again") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BundleError(f"{path} is not the config of an autotl bundle; give the --out folder of `autotl export`")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise BundleError(f"{directory} was written by a newer autotl (bundle format {data['format_version']}); "
+                              "upgrade autotl")
+        try:
+            return cls.from_json(data)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{path} is not a complete bundle config: {exc}; export the bundle again") from exc
+
+    def write(self, directory: str | Path) -> Path:
+        """Write ``config.json`` into ``directory`` (atomically) and return its path."""
+        path = Path(directory) / CONFIG
+        write_json(path, self.to_json())
+        return path
+
+
+def library_versions() -> dict[str, str]:
+    """Python's version and those of the libraries this process used, for :attr:`BundleConfig.versions`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["autotl", "torch", "safetensors", "peft", "optuna", "numpy", "timm", "torchvision", "transformers",
+             "tokenizers", "pillow", "onnx", "onnxruntime", "onnxscript"]
+    modules = {"pillow": "PIL"}
+    found = {"python": platform.python_version()}
+    for name in names:
+        if name not in ("autotl", "torch", "safetensors") and modules.get(name, name) not in sys.modules:
+            continue  # only what this process used
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+__all__ = ["BackboneInfo", "BundleConfig", "CARD", "CONFIG", "Cost", "DataInfo", "FORMAT", "FORMAT_VERSION", "ONNX",
+           "RefitInfo", "ScoreCheck", "Scores", "SearchInfo", "TORCHSCRIPT", "TrialInfo", "WEIGHTS", "WeightsInfo",
+           "library_versions"]
