@@ -4,6 +4,7 @@ from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData,
                    TrialData)
 from .errors import AutotlError
 from .hookspecs import hookimpl
+from .params import Param
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "BackboneFamily",
     "ExportUnsupportedError",
     "LoadedData",
+    "Param",
     "Registry",
     "Task",
     "TensorSplit",
