@@ -270,6 +270,9 @@ def _param_spec(name: str, spec: Any, param: Param | None, fail) -> ParamSpec:
     unknown = set(spec) - {"low", "high", "log", "choices"}
     if unknown:
         fail(where, f"unknown field(s) {', '.join(sorted(unknown))}; use low, high, log or choices")
+    if "choices" in spec and name == "freeze":
+        fail(where, "takes {low, high} bounds (high at most the model's group count - 1; absent: all of them), "
+                    "not choices")
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:

@@ -698,10 +698,8 @@ def test_the_table_covers_both_tasks_and_the_cli():
 
 # -- data cases that are not refusals: what is read, and how ----------------------------------------------
 
-def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
-    """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
-    text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
-                                            "fixed: {lr: 1e-3, ")
+def one_trial_with_recipe(tmp_path: Path, tiny_weights: Path, text: str) -> optuna.trial.FrozenTrial:
+    """The completed trial of a one-trial `autotl search` of the tiny network with the recipe ``text``."""
     (tmp_path / "recipe.yaml").write_text(text)
     data = make_image_folder(tmp_path / "data", classes=("dark", "light"), per_class=3, splits=("train",), size=16)
     result = CliRunner().invoke(cli, [str(a) for a in image_search(
@@ -710,6 +708,14 @@ def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     [trial] = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return trial
+
+
+def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
+    """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
+    text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
+                                            "fixed: {lr: 1e-3, ")
+    trial = one_trial_with_recipe(tmp_path, tiny_weights, text)
     assert trial.user_attrs["config"]["lr"] == 0.001
 
 
@@ -717,15 +723,7 @@ def test_parameters_are_searched_as_their_declared_type_whatever_the_bounds(tmp_
     """`label_smoothing: {low: 0, high: 1}` is a float range (not 0 or 1); `epochs` on a log scale stays whole."""
     text = IMAGE_RECIPE.read_text().replace("  lr: {", "  label_smoothing: {low: 0, high: 1}\n"
                                             "  epochs: {low: 1, high: 2, log: true}\n  lr: {")
-    text = text.replace("epochs: 2, ", "")
-    (tmp_path / "recipe.yaml").write_text(text)
-    data = make_image_folder(tmp_path / "data", classes=("dark", "light"), per_class=3, splits=("train",), size=16)
-    result = CliRunner().invoke(cli, [str(a) for a in image_search(
-        Ctx(tmp_path, None), data, recipe=tmp_path / "recipe.yaml",
-        models=("--models", TINY, "--weights", f"{TINY}={tiny_weights}"))], prog_name="autotl")
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-    [trial] = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trial = one_trial_with_recipe(tmp_path, tiny_weights, text.replace("epochs: 2, ", ""))
     assert trial.distributions["label_smoothing"] == optuna.distributions.FloatDistribution(0.0, 1.0)
     assert trial.distributions["epochs"] == optuna.distributions.IntDistribution(1, 2, log=True)
     assert isinstance(trial.params["epochs"], int)

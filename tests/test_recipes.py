@@ -228,6 +228,7 @@ REFUSED = [
      r"space\.lora_rank\.choices: must be a whole number, 0 or more, not 4\.5"),
     ("categorical-as-range", dict(space={"head_init": {"low": 0, "high": 1}}),
      r"space\.head_init: `head_init` takes one of zeros, default: search it as \{choices: \[\.\.\.\]\}"),
+    ("freeze-choices", dict(space={"freeze": {"choices": [0, 2]}}), r"space\.freeze: takes \{low, high\} bounds .*not choices"),
     ("model-searched", dict(space={"model": {"choices": ["resnet18"]}}), r"space\.model: `model` is neither searched nor fixed"),
     ("model-fixed", dict(fixed={"model": "resnet18"}), r"fixed\.model: .*list the models under `models:`"),
     ("other-tasks-parameter", dict(fixed={"max_length": 64}), r"fixed: unknown parameter 'max_length' for task"),
