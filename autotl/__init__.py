@@ -6,6 +6,7 @@ from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedIte
 from .errors import AutotlError
 from .hookspecs import hookimpl
 from .utils import is_under, json_lines, load_without_head, numbered_records, stratified_split
+from .params import Param
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "ImagePreprocessing",
     "LoadedData",
     "Preprocessing",
+    "Param",
     "Registry",
     "SkippedItem",
     "Task",

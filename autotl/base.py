@@ -18,6 +18,7 @@ from torch import nn
 
 from .contracts import DataReport, Preprocessing
 from .errors import PluginError
+from .params import Param
 
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -138,6 +139,9 @@ class BackboneFamily(ABC):
 
     name: str
     modality: str
+    #: the trial parameters this family adds besides the core's and the task's (autotl/params.py), which a
+    #: recipe may then name; a task of its modality reads them for its backbones. The default: none.
+    parameters: Sequence[Param] = ()
 
     @abstractmethod
     def default_zoo(self) -> list[str]:
@@ -340,6 +344,11 @@ class Task(ABC):
     #: with a short description; ``autotl search`` refuses any other option. ``None``: not declared,
     #: every option is handed to :meth:`load` unchecked. ``val_fraction`` is the core's own.
     data_options: Mapping[str, str] | None = None
+    #: the trial parameters :meth:`prepare` reads besides the core's (autotl/params.py: type, range or
+    #: choices, default), which a recipe's ``space``, ``fixed`` and ``start_with`` may then name; any other
+    #: name is refused when the recipe is read. ``None``: not declared, every name the core does not know
+    #: is handed to :meth:`prepare` unchecked.
+    parameters: Sequence[Param] | None = None
 
     @abstractmethod
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:

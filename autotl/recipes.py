@@ -7,7 +7,6 @@ The built-in recipes live in the repository's ``recipes/`` folder (installed as 
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,11 +16,13 @@ from typing import Any
 import yaml
 
 from .errors import UsageError
+from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 
-#: parameters the core itself interprets; every other parameter is handed to the task.
-CORE_PARAMS = ("model", "freeze", "lora_rank", "lr", "epochs", "batch_size", "weight_decay",
-               "label_smoothing", "warmup_epochs", "head_init", "ema_decay", "precision")
-DEFAULTS = {"epochs": 10, "batch_size": 32, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0}
+#: parameters the core itself interprets (declared in autotl/params.py); every other parameter is handed to the task.
+CORE_PARAMS = tuple(CORE)
+#: the defaults every trial's configuration records (the training loop's, autotl/params.py).
+DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "label_smoothing",
+                                                   "warmup_epochs")}
 _TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank",
              "cache"}
 #: the share of the training data held out for validation where the recipe's ``data`` names none.
@@ -30,12 +31,6 @@ VAL_FRACTION = 0.2
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
-#: the core parameters that are whole numbers, and their least value.
-_WHOLE_PARAMS = {"epochs": 1, "batch_size": 1, "freeze": 0, "lora_rank": 0}
-#: the core parameters that are numbers of 0 or more.
-_REAL_PARAMS = ("lr", "weight_decay", "label_smoothing", "warmup_epochs", "ema_decay")
-#: the core parameters that take one of a few words.
-_WORD_PARAMS = {"precision": ("auto", "fp32", "bf16"), "head_init": ("zeros", "default")}
 #: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/search.py).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
@@ -44,20 +39,29 @@ PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One searched parameter: a float or int range (``low``, ``high``, ``log``) or ``choices``."""
+    """One searched parameter: a number range (``low``, ``high``, ``log``) or ``choices``.
+
+    ``type`` is the parameter's declared type (autotl/params.py): an ``int`` range is searched in whole
+    numbers, a ``float`` one in real numbers, whatever the bounds look like. ``None`` (a parameter of a task
+    that declares none): whole numbers when both bounds are whole and ``log`` is off.
+    """
 
     name: str
     low: float | None = None
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+    type: str | None = None
 
     @property
     def kind(self) -> str:
+        """How it is searched: ``categorical``, ``int`` or ``float``."""
         if self.choices is not None:
             return "categorical"
+        if self.type in ("int", "float"):
+            return self.type
         is_int = all(v is None or float(v).is_integer() for v in (self.low, self.high)) and not self.log
-        return "int" if is_int and self.name not in ("lr", "weight_decay") else "float"
+        return "int" if is_int else "float"
 
     def suggest(self, trial, low=None, high=None):
         low = self.low if low is None else low
@@ -65,7 +69,7 @@ class ParamSpec:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(low), int(high))
+            return trial.suggest_int(self.name, int(low), int(high), log=self.log)
         return trial.suggest_float(self.name, float(low), float(high), log=self.log)
 
 
@@ -115,7 +119,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return parse_recipe(raw, str(text_path))
 
 
-def parse_recipe(raw: Any, source: str) -> Recipe:
+def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) -> Recipe:
+    """Check a recipe read from ``source`` and return it; every problem is one :class:`UsageError` naming the field.
+
+    ``parameters`` (autotl/params.py, :func:`~autotl.params.parameters_for`) says which names ``space``,
+    ``fixed`` and ``start_with`` may use and what values each takes; the default checks the core's and
+    passes any other name unchecked (a recipe a study recorded, read back).
+    """
+
     def fail(where: str, what: str):
         raise UsageError(f"recipe {source}: {where}: {what}")
 
@@ -132,16 +143,16 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     models = raw.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         fail("models", "must be a list of model names")
-    space = {name: _param_spec(name, spec, fail) for name, spec in (raw.get("space") or {}).items()}
-    fixed = {name: _core_value(name, value, f"fixed.{name}", fail) for name, value in (raw.get("fixed") or {}).items()}
+    space = {name: _param_spec(name, spec, _declared(parameters, name, "space", fail), fail)
+             for name, spec in (raw.get("space") or {}).items()}
+    fixed = _values(raw.get("fixed") or {}, "fixed", parameters, fail)
     for name in ("lr",):
         if name not in space and name not in (raw.get("fixed") or {}):
             fail("space", f"`{name}` must be searched or fixed")
     start_with = raw.get("start_with") or []
     if not isinstance(start_with, list) or not all(isinstance(s, dict) for s in start_with):
         fail("start_with", "must be a list of parameter mappings")
-    start_with = [{name: _core_value(name, value, f"start_with[{i}].{name}", fail) for name, value in point.items()}
-                  for i, point in enumerate(start_with)]
+    start_with = [_values(point, f"start_with[{i}]", parameters, fail) for i, point in enumerate(start_with)]
     val_fraction = (raw.get("data") or {}).get("val_fraction", VAL_FRACTION)
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         fail("data.val_fraction", f"must be a number between 0 and 1, not {val_fraction!r}")
@@ -223,37 +234,53 @@ def _optuna_section(name: str, spec: dict, classes: dict[str, str], default: str
     return dict(spec)
 
 
-def _core_value(name: str, value: Any, where: str, fail) -> Any:
-    """A value of a core parameter checked (a number, or one of its words); a number written as a string
-    (YAML reads ``1e-3`` so) is read as the number. Parameters of the task pass unchecked."""
-    if name in _WHOLE_PARAMS:
-        number = _number(value, where, fail)
-        least = _WHOLE_PARAMS[name]
-        if number is None or not float(number).is_integer() or number < least:
-            fail(where, f"must be a whole number, {least} or more, not {value!r}")
-        return int(number)
-    if name in _REAL_PARAMS:
-        number = _number(value, where, fail)
-        if number is None or number < 0 or math.isinf(number):
-            fail(where, f"must be a number, 0 or more, not {value!r}")
-        return float(number)
-    if name in _WORD_PARAMS and value not in _WORD_PARAMS[name]:
-        fail(where, f"must be one of {', '.join(_WORD_PARAMS[name])}, not {value!r}")
-    return value
+def _declared(parameters: ParameterSet, name: Any, section: str, fail) -> Param | None:
+    """The declaration of a parameter ``section`` names (``None``: undeclared, passed unchecked); or fail."""
+    try:
+        param = parameters.lookup(name)
+    except ParamError as exc:
+        fail(section, str(exc))
+    if param is not None and not param.searchable and section in ("space", "fixed"):
+        fail(f"{section}.{name}", f"`{name}` is neither searched nor fixed in a recipe; list the models under "
+                                  "`models:` (or give --models), and name one in a start_with point to run it first")
+    return param
 
 
-def _param_spec(name: str, spec: Any, fail) -> ParamSpec:
+def _values(point: dict, section: str, parameters: ParameterSet, fail) -> dict[str, Any]:
+    """The ``fixed`` section or a ``start_with`` point: every name declared, every value checked and typed."""
+    return {name: _checked(_declared(parameters, name, section, fail), value, f"{section}.{name}", fail)
+            for name, value in point.items()}
+
+
+def _checked(param: Param | None, value: Any, where: str, fail) -> Any:
+    """``value`` as its declaration types it (a number YAML reads as a string, ``1e-3``, is the number)."""
+    if param is None:
+        return value
+    try:
+        return param.check(value)
+    except ParamError as exc:
+        fail(where, str(exc))
+
+
+def _param_spec(name: str, spec: Any, param: Param | None, fail) -> ParamSpec:
+    """A ``space`` entry: a range of a number parameter or choices of any, checked against its declaration."""
     where = f"space.{name}"
     if not isinstance(spec, dict):
         fail(where, "must be a mapping such as {low: 1e-4, high: 1e-2, log: true} or {choices: [...]}")
     unknown = set(spec) - {"low", "high", "log", "choices"}
     if unknown:
         fail(where, f"unknown field(s) {', '.join(sorted(unknown))}; use low, high, log or choices")
+    if "choices" in spec and name == "freeze":
+        fail(where, "takes {low, high} bounds (high at most the model's group count - 1; absent: all of them), "
+                    "not choices")
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             fail(where, "choices must be a non-empty list")
-        return ParamSpec(name, choices=tuple(_core_value(name, c, f"{where}.choices", fail) for c in choices))
+        return ParamSpec(name, choices=tuple(_checked(param, c, f"{where}.choices", fail) for c in choices),
+                         type=param and param.type)
+    if param is not None and not param.numeric:
+        fail(where, f"`{name}` takes {param.allowed()}: search it as {{choices: [...]}}")
     low = _number(spec.get("low"), f"{where}.low", fail)
     high = _number(spec.get("high"), f"{where}.high", fail)
     if name != "freeze" and (low is None or high is None):
@@ -265,18 +292,16 @@ def _param_spec(name: str, spec: Any, fail) -> ParamSpec:
         fail(f"{where}.log", f"must be true or false, not {log!r}")
     if log and low is not None and low <= 0:
         fail(where, "a log scale needs low > 0")
-    return ParamSpec(name, low=low, high=high, log=log)
+    low, high = (None if v is None else _checked(param, v, f"{where}.{key}", fail) for key, v in (("low", low),
+                                                                                                  ("high", high)))
+    return ParamSpec(name, low=low, high=high, log=log, type=param and param.type)
 
 
 def _number(value: Any, where: str, fail) -> float | int | None:
     """A recipe number; YAML reads ``1e-3`` (no decimal point) as a string, so accept that too."""
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            fail(where, f"must be a number, not {value!r}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        fail(where, f"must be a number, not {value!r}")
-    return value
+    try:
+        return to_number(value)
+    except ParamError as exc:
+        fail(where, str(exc))

@@ -27,6 +27,7 @@ from .errors import ModelUnavailableError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
 from .leaderboard import best_trial, rank_key
+from .params import ParameterSet, parameters_for
 from .progress import Reporter
 from .recipes import VAL_FRACTION, Recipe, builtin_recipes, load_recipe, parse_recipe
 from .runs import (DESCRIPTION, RunLocation, StudyLock, default_storage, open_storage, recorded_description,
@@ -90,10 +91,11 @@ class Search:
         self.registry = registry
         self.reporter = reporter
         self.task = _find_task(registry, options.task)
-        if options.recipe_raw is not None:
-            self.recipe = parse_recipe(options.recipe_raw, "the study's recipe")
+        self.parameters = parameters_for(self.task, registry.families_for(self.task))
+        if options.recipe_raw is not None:  # checked when the study began: names nobody declares now pass
+            self.recipe = parse_recipe(options.recipe_raw, "the study's recipe", replace(self.parameters, strict=False))
         else:
-            self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options)
+            self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options, self.parameters)
         self.device = _resolve_device(options.device)
         if self.device.type == "cpu":
             configure_threads()
@@ -243,7 +245,8 @@ class Search:
             raw = dict(described["recipe"])
             if opts.data_options:
                 raw["data"] = {**(raw.get("data") or {}), **opts.data_options}
-            self.recipe = parse_recipe(raw, described.get("recipe_source") or "the study's recipe")
+            self.recipe = parse_recipe(raw, described.get("recipe_source") or "the study's recipe",
+                                       replace(self.parameters, strict=False))
             option = "--data-option"
         else:
             option = "--recipe" + (" / --data-option" if opts.data_options else "")
@@ -607,7 +610,7 @@ def _find_task(registry: Registry, name: str) -> Task:
     return registry.tasks[name]
 
 
-def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any]) -> Recipe:
+def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any], parameters: ParameterSet) -> Recipe:
     if recipe is None:
         if task.name not in builtin_recipes():
             raise UsageError(f"no built-in recipe for task {task.name!r}; give one with --recipe FILE")
@@ -618,10 +621,11 @@ def _resolve_recipe(recipe: str | None, task: Task, data_options: dict[str, Any]
                          f"for {task.name!r}, or leave out --recipe for the built-in one")
     check_data_options(task, data_options, "--data-option")
     check_data_options(task, loaded.data, f"recipe {loaded.source}: data")
+    raw, source = loaded.raw, loaded.source
     if data_options:
-        raw = dict(loaded.raw, data={**(loaded.raw.get("data") or {}), **data_options})
-        loaded = parse_recipe(raw, f"{loaded.source} with --data-option {data_options}")
-    return loaded
+        raw = dict(raw, data={**(raw.get("data") or {}), **data_options})
+        source = f"{source} with --data-option {data_options}"
+    return parse_recipe(raw, source, parameters)  # now the task is known: its parameters and theirs checked
 
 
 def check_data_options(task: Task, options: dict[str, Any], where: str) -> None:

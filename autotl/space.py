@@ -21,7 +21,7 @@ def suggest(trial: optuna.Trial, recipe: Recipe, group_counts: dict[str, int]) -
     model = trial.suggest_categorical("model", sorted(group_counts))
     params["model"] = model
     last = group_counts[model] - 1  # freezing every group but the head: linear probe
-    spec = recipe.space.get("freeze", ParamSpec("freeze", low=0))
+    spec = recipe.space.get("freeze", ParamSpec("freeze", low=0, type="int"))
     if "freeze" in recipe.fixed:
         freeze = min(int(recipe.fixed["freeze"]), last)
     else:

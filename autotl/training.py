@@ -22,6 +22,7 @@ from .base import Backbone, Inputs, TensorSplit
 from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
 from .inference import accuracy, forward, to_device
+from .params import TrainingParams
 
 
 @dataclass
@@ -87,89 +88,158 @@ def train(
     """
     setup_started = time.perf_counter()
     seed_everything(seed)
-    if params.get("head_init", "zeros") not in ("zeros", "default"):
-        raise UsageError(f"head_init must be zeros or default, not {params['head_init']!r}")
-    freeze = int(params.get("freeze", 0))
-    model = backbone.build(num_classes, pretrained=pretrained)
-    adapted = adapt(model, backbone, freeze, int(params.get("lora_rank", 0)),
-                    zero_head=pretrained and params.get("head_init", "zeros") == "zeros")
-    model = adapted.model.to(device)
-    if backbone.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    autocast = _autocast(device, str(params.get("precision", "auto")))
-
-    epochs = int(params["epochs"])
-    batch_size = int(params["batch_size"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)))
-    steps_per_epoch = max(1, math.ceil(len(train_split) / batch_size))
-    schedule = _warmup_cosine(steps_per_epoch * epochs, steps_per_epoch * float(params.get("warmup_epochs", 0)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    smoothing = float(params.get("label_smoothing", 0.0))
-    generator = torch.Generator().manual_seed(seed)
-
-    ema = _ema(model, float(params.get("ema_decay", 0.0)))
+    settings = TrainingParams.from_params(params)
+    adapted = _adapted(backbone, settings, num_classes, pretrained, device)
+    model = adapted.model
+    autocast = _autocast(device, settings.precision)
+    optimizer, scheduler = _optimizer(model, settings, len(train_split))
+    ema = _ema(model, settings.ema_decay)
     evaluated = ema.module if ema is not None else model
     timing = {"setup": time.perf_counter() - setup_started, "prefix": 0.0, "data": 0.0, "step": 0.0, "eval": 0.0}
-    cache_info: dict[str, str] = {}
-    runs, run_evaluated = model, evaluated  # what the batches go through: the network, or its rest
-    if cache is not None and freeze > 0:
-        plan = _cached_prefix(backbone, model, evaluated, freeze, train_split, val_split, device, cache,
-                              dict(cache_context or {}), batch_size)
-        if isinstance(plan, str):
-            cache_info = {"skipped": plan}
-        else:
-            (runs, run_evaluated), train_split, val_split, cache_info, timing["prefix"] = plan
+    runs, run_evaluated, train_split, val_split, cache_info = _through_cache(
+        backbone, model, evaluated, settings, train_split, val_split, device, cache, cache_context, timing)
     if stats is not None:  # filled as training goes, so that a trial that is pruned or fails still has them
         stats.update(timing=timing, cache=cache_info)
-    curve: list[float] = []
-    epoch_seconds: list[float] = []
-    best_accuracy, best_epoch, best_state, stopped = -1.0, -1, None, ""
-    for epoch in range(epochs):
+    stepper = _Stepper(model, runs, optimizer, scheduler, autocast, ema, settings.label_smoothing, device)
+    progress = _Progress(evaluated)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(settings.epochs):
         started = time.perf_counter()
         adapted.train_mode()
-        total_loss, seen, cut = 0.0, 0, False
-        batches = iter(train_split.batches(batch_size, train=True, generator=generator))
-        while True:
-            fetched = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            if deadline is not None and seen and time.time() > deadline:
-                cut = True
-                break
-            inputs, labels = to_device(batch[0], device), batch[1].to(device)
-            stepped = time.perf_counter()
-            timing["data"] += stepped - fetched
-            with autocast:
-                loss = F.cross_entropy(forward(runs, inputs).float(), labels, label_smoothing=smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total_loss += loss.item() * len(labels)  # .item() waits for the device: the step's time is real
-            seen += len(labels)
-            timing["step"] += time.perf_counter() - stepped
-        evaluating = time.perf_counter()
-        val_accuracy = accuracy(run_evaluated, val_split, device)
-        timing["eval"] += time.perf_counter() - evaluating
-        epoch_seconds.append(time.perf_counter() - started)
-        curve.append(val_accuracy)
-        if val_accuracy > best_accuracy:
-            best_accuracy, best_epoch = val_accuracy, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in evaluated.state_dict().items()})
-        if on_epoch is not None:
-            stopped = on_epoch(epoch, total_loss / max(seen, 1), val_accuracy) or ""
+        loss, cut = _train_epoch(stepper, train_split, settings.batch_size, generator, epoch, deadline, timing)
+        val_accuracy = _evaluate(run_evaluated, val_split, device, timing)
+        progress.keep(epoch, val_accuracy, time.perf_counter() - started)
+        stopped = (on_epoch(epoch, loss, val_accuracy) or "") if on_epoch is not None else ""
         if cut and not stopped:
-            stopped = f"time budget reached during epoch {epoch + 1} of {epochs}"
+            stopped = f"time budget reached during epoch {epoch + 1} of {settings.epochs}"
         if stopped:
+            progress.stopped = stopped
             break
-    return TrainResult(best_accuracy, best_epoch, curve, epoch_seconds, adapted, best_state, stopped,
-                       {k: round(v, 3) for k, v in timing.items()}, cache_info)
+    return progress.result(adapted, timing, cache_info)
+
+
+def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, settings: TrainingParams,
+                   train_split: TensorSplit, val_split: TensorSplit, device: torch.device, cache: FeatureCache | None,
+                   context: Mapping[str, Any] | None, timing: dict[str, float]):
+    """What the batches go through, the splits they come from, and how the cache served them.
+
+    Without a cache or a frozen prefix: the network (and its averaged copy) on the splits given, ``{}``.
+    Otherwise the network's rest on the cached prefix outputs (``timing["prefix"]``: the seconds they took),
+    or, where the prefix cannot be cached, the whole network and ``{"skipped": why}``.
+    """
+    if cache is None or settings.freeze == 0:
+        return model, evaluated, train_split, val_split, {}
+    plan = _cached_prefix(backbone, model, evaluated, settings.freeze, train_split, val_split, device, cache,
+                          dict(context or {}), settings.batch_size)
+    if isinstance(plan, str):
+        return model, evaluated, train_split, val_split, {"skipped": plan}
+    (runs, run_evaluated), train_split, val_split, cache_info, timing["prefix"] = plan
+    return runs, run_evaluated, train_split, val_split, cache_info
+
+
+def _adapted(backbone: Backbone, settings: TrainingParams, num_classes: int, pretrained: bool,
+             device: torch.device) -> Adapted:
+    """The network built, adapted (frozen groups, LoRA, the new head zeroed or not) and moved to ``device``."""
+    model = backbone.build(num_classes, pretrained=pretrained)
+    adapted = adapt(model, backbone, settings.freeze, settings.lora_rank,
+                    zero_head=pretrained and settings.head_init == "zeros")
+    adapted.model.to(device)
+    if backbone.channels_last:
+        adapted.model.to(memory_format=torch.channels_last)
+    return adapted
+
+
+def _optimizer(model: nn.Module, settings: TrainingParams, samples: int):
+    """AdamW over the trainable parameters, and its per-step schedule: linear warm-up, then cosine decay."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = max(1, math.ceil(samples / settings.batch_size))
+    schedule = _warmup_cosine(steps_per_epoch * settings.epochs, steps_per_epoch * settings.warmup_epochs)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@dataclass
+class _Stepper:
+    """One optimisation step: forward (under autocast), loss, backward, optimizer and schedule, average."""
+
+    model: nn.Module  # the adapted network: what the optimizer and the moving average follow
+    runs: nn.Module  # what the batches go through: the network, or its rest after a cached prefix
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: Any
+    ema: "_EMA | None"
+    smoothing: float
+    device: torch.device
+
+    def step(self, inputs: Inputs, labels: torch.Tensor, epoch: int) -> float:
+        """Train on one batch (already on the device); returns the batch's summed loss."""
+        with self.autocast:
+            loss = F.cross_entropy(forward(self.runs, inputs).float(), labels, label_smoothing=self.smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.item() * len(labels)  # .item() waits for the device: the step's time is real
+
+
+def _train_epoch(stepper: _Stepper, split: TensorSplit, batch_size: int, generator: torch.Generator, epoch: int,
+                 deadline: float | None, timing: dict[str, float]) -> tuple[float, bool]:
+    """One pass over ``split``'s shuffled batches; returns the mean loss and whether ``deadline`` cut it short.
+
+    ``timing`` gains the seconds spent fetching batches (``data``) and stepping (``step``).
+    """
+    total_loss, seen = 0.0, 0
+    batches = iter(split.batches(batch_size, train=True, generator=generator))
+    while True:
+        fetched = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return total_loss / max(seen, 1), False
+        if deadline is not None and seen and time.time() > deadline:
+            return total_loss / max(seen, 1), True
+        inputs, labels = to_device(batch[0], stepper.device), batch[1].to(stepper.device)
+        stepped = time.perf_counter()
+        timing["data"] += stepped - fetched
+        total_loss += stepper.step(inputs, labels, epoch)
+        seen += len(labels)
+        timing["step"] += time.perf_counter() - stepped
+
+
+def _evaluate(model: nn.Module, split: TensorSplit, device: torch.device, timing: dict[str, float]) -> float:
+    """Validation accuracy of ``model`` on ``split``; ``timing["eval"]`` gains the seconds it took."""
+    started = time.perf_counter()
+    value = accuracy(model, split, device)
+    timing["eval"] += time.perf_counter() - started
+    return value
+
+
+@dataclass
+class _Progress:
+    """The validation curve so far, and the best epoch's weights (of ``evaluated``: the network or its average)."""
+
+    evaluated: nn.Module
+    curve: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped: str = ""
+
+    def keep(self, epoch: int, val_accuracy: float, seconds: float) -> None:
+        """Record an epoch; copy the weights off the device when it is the best so far."""
+        self.epoch_seconds.append(seconds)
+        self.curve.append(val_accuracy)
+        if val_accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = val_accuracy, epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.evaluated.state_dict().items()})
+
+    def result(self, adapted: Adapted, timing: dict[str, float], cache_info: dict[str, str]) -> TrainResult:
+        return TrainResult(self.best_accuracy, self.best_epoch, self.curve, self.epoch_seconds, adapted,
+                           self.best_state, self.stopped, {k: round(v, 3) for k, v in timing.items()}, cache_info)
 
 
 def usable_cpus() -> int:
@@ -198,8 +268,7 @@ def configure_threads() -> int:
 
 
 def _autocast(device: torch.device, precision: str):
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    """bfloat16 autocast for the training forward pass where ``precision`` (auto, fp32, bf16) and the card allow."""
     if device.type == "cuda" and precision != "fp32" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if precision == "bf16" and device.type != "cuda":
@@ -291,9 +360,7 @@ def _ema(model: nn.Module, decay: float) -> _EMA | None:
     """An exponential moving average of ``model`` (see :class:`_EMA`), or ``None`` when ``decay`` is 0."""
     if not decay:
         return None
-    if not 0.0 < decay < 1.0:
-        raise UsageError(f"ema_decay must be 0 (off) or between 0 and 1, not {decay}")
-    return _EMA(model, decay)
+    return _EMA(model, decay)  # 0 < decay < 1: TrainingParams checked it (autotl/params.py)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: float) -> Callable[[int], float]:

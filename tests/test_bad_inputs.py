@@ -533,6 +533,41 @@ CASES = [
     Case("recipe-fixed-precision-fp16", "a recipe with fixed: {precision: fp16}",
          lambda c: image_search(c, images(c), recipe=recipe_with(c, "fixed: {", "fixed: {precision: fp16, ")), USAGE,
          ("recipe.yaml: fixed.precision: must be one of auto, fp32, bf16, not 'fp16'",), check=no_run_folder),
+    Case("recipe-misspelt-space-key", "a recipe searching `lerning_rate` besides lr",
+         lambda c: image_search(c, images(c), recipe=recipe_with(
+             c, "  lr: {", "  lerning_rate: {low: 1.0e-3, high: 1.0e-2}\n  lr: {")), USAGE,
+         ("recipe.yaml: space: unknown parameter 'lerning_rate' for task 'image-classification' "
+          "(did you mean 'lr'?); known: augment, batch_size,",), check=no_run_folder),
+    Case("recipe-fixed-unknown-to-the-task", "an image recipe with fixed: {max_length: 64} (a text parameter)",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "fixed: {", "fixed: {max_length: 64, ")), USAGE,
+         ("recipe.yaml: fixed: unknown parameter 'max_length' for task 'image-classification'", "known: "),
+         check=no_run_folder),
+    Case("recipe-start-with-misspelt", "a recipe whose start_with point names `resolutoin`",
+         lambda c: image_search(c, images(c), recipe=recipe(c, IMAGE_RECIPE.read_text() + (
+             "start_with:\n  - {lr: 1.0e-3, resolutoin: 32}\n"))), USAGE,
+         ("recipe.yaml: start_with[0]: unknown parameter 'resolutoin'", "(did you mean 'resolution'?)"),
+         check=no_run_folder),
+    Case("recipe-fixed-head-init", "a recipe with fixed: {head_init: random}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "fixed: {", "fixed: {head_init: random, ")), USAGE,
+         ("recipe.yaml: fixed.head_init: must be one of zeros, default, not 'random'",), check=no_run_folder),
+    Case("recipe-fixed-ema-decay-one-or-more", "a recipe with fixed: {ema_decay: 1.5}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "fixed: {", "fixed: {ema_decay: 1.5, ")), USAGE,
+         ("recipe.yaml: fixed.ema_decay: must be a number from 0 to 1 (1 excluded), not 1.5",), check=no_run_folder),
+    Case("recipe-fixed-augment-unknown", "a recipe with fixed: {augment: rotate}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "augment: flip", "augment: rotate")), USAGE,
+         ("recipe.yaml: fixed.augment: must be one of none, flip, flip+shift, not 'rotate'",), check=no_run_folder),
+    Case("recipe-int-parameter-fraction", "a recipe searching epochs: {low: 2.5, high: 4}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "  lr: {", "  epochs: {low: 2.5, high: 4}\n  lr: {")),
+         USAGE, ("recipe.yaml: space.epochs.low: must be a whole number, 1 or more, not 2.5",), check=no_run_folder),
+    Case("recipe-categorical-as-range", "a recipe searching precision: {low: 0, high: 1}",
+         lambda c: image_search(c, images(c), recipe=recipe_with(c, "  lr: {", "  precision: {low: 0, high: 1}\n  lr: {")),
+         USAGE, ("recipe.yaml: space.precision: `precision` takes one of auto, fp32, bf16: search it as {choices: [...]}",),
+         check=no_run_folder),
+    Case("text-recipe-max-length-too-short", "a text recipe with fixed: {max_length: 4}",
+         lambda c: text_search(c, text_files(c, train_csv="text,label\n" + ROWS), recipe=recipe(
+             c, TEXT_RECIPE.read_text().replace("fixed: {", "fixed: {max_length: 4, ").replace(
+                 "  max_length: {choices: [16, 32]}\n", ""))), USAGE,
+         ("recipe.yaml: fixed.max_length: must be a whole number, 8 or more, not 4",), check=no_run_folder),
     Case("recipe-fixed-lr-not-a-number", "a recipe with fixed: {lr: fast} (and no lr in space)",
          lambda c: image_search(c, images(c), recipe=recipe_with(
              c, "  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {", "fixed: {lr: fast, ")), USAGE,
@@ -663,10 +698,8 @@ def test_the_table_covers_both_tasks_and_the_cli():
 
 # -- data cases that are not refusals: what is read, and how ----------------------------------------------
 
-def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
-    """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
-    text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
-                                            "fixed: {lr: 1e-3, ")
+def one_trial_with_recipe(tmp_path: Path, tiny_weights: Path, text: str) -> optuna.trial.FrozenTrial:
+    """The completed trial of a one-trial `autotl search` of the tiny network with the recipe ``text``."""
     (tmp_path / "recipe.yaml").write_text(text)
     data = make_image_folder(tmp_path / "data", classes=("dark", "light"), per_class=3, splits=("train",), size=16)
     result = CliRunner().invoke(cli, [str(a) for a in image_search(
@@ -675,7 +708,25 @@ def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     [trial] = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return trial
+
+
+def test_a_fixed_number_that_yaml_reads_as_a_string_is_the_number(tmp_path, tiny_weights):
+    """`fixed: {lr: 1e-3}`: YAML reads 1e-3 (no decimal point) as a string; the search takes it as the number."""
+    text = IMAGE_RECIPE.read_text().replace("  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfixed: {",
+                                            "fixed: {lr: 1e-3, ")
+    trial = one_trial_with_recipe(tmp_path, tiny_weights, text)
     assert trial.user_attrs["config"]["lr"] == 0.001
+
+
+def test_parameters_are_searched_as_their_declared_type_whatever_the_bounds(tmp_path, tiny_weights):
+    """`label_smoothing: {low: 0, high: 1}` is a float range (not 0 or 1); `epochs` on a log scale stays whole."""
+    text = IMAGE_RECIPE.read_text().replace("  lr: {", "  label_smoothing: {low: 0, high: 1}\n"
+                                            "  epochs: {low: 1, high: 2, log: true}\n  lr: {")
+    trial = one_trial_with_recipe(tmp_path, tiny_weights, text.replace("epochs: 2, ", ""))
+    assert trial.distributions["label_smoothing"] == optuna.distributions.FloatDistribution(0.0, 1.0)
+    assert trial.distributions["epochs"] == optuna.distributions.IntDistribution(1, 2, log=True)
+    assert isinstance(trial.params["epochs"], int)
 
 
 def test_hidden_sub_folders_are_neither_trained_on_nor_predicted(tmp_path, request):

@@ -12,12 +12,15 @@ import click
 import pytest
 
 from autotl import hookspecs
+from autotl.params import CORE
+from autotl.plugins import get_registry
 from autotl.base import Backbone, BackboneFamily, Task
 from autotl.cli import cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PLUGINS = DOCS / "plugins.md"
 CLI_DOC = DOCS / "cli.md"
+RECIPES = DOCS / "recipes.md"
 
 
 def hookspec_functions():
@@ -103,3 +106,21 @@ def test_the_guide_links_every_page_of_the_docs():
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "guide.md":
             assert f"({page.name})" in guide, f"docs/guide.md does not link docs/{page.name}"
+
+
+def declared_parameters():
+    """Every parameter declared by the core and by the installed tasks and backbone families, with its reader."""
+    registry = get_registry()
+    found = [(param, "core") for param in CORE.values()]
+    found += [(param, f"task `{name}`") for name, task in sorted(registry.tasks.items()) for param in task.parameters or ()]
+    found += [(param, f"family `{name}`") for name, family in sorted(registry.families.items())
+              for param in family.parameters]
+    return found
+
+
+@pytest.mark.parametrize("param, reader", declared_parameters(), ids=lambda v: getattr(v, "name", ""))
+def test_every_declared_parameter_is_in_the_recipe_reference_as_declared(param, reader):
+    default = "—" if param.default is None else f"`{param.default}`"
+    row = f"| `{param.name}` | {param.type} | {param.allowed()} | {default} | {reader} |"
+    assert row in RECIPES.read_text(encoding="utf-8"), (
+        f"docs/recipes.md's parameter table needs the row {row} ... (from the declaration of {param.name!r})")

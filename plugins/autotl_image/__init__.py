@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence, TextIO
 import torch
 from PIL import Image
 
-from autotl import Backbone, ImagePreprocessing, LoadedData, Task, TensorSplit, TrialData, hookimpl
+from autotl import Backbone, ImagePreprocessing, LoadedData, Param, Task, TensorSplit, TrialData, hookimpl
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
 from ._folder import (RASTER_FORMATS, ImageData, _decode, image_files, load_image_folder, pixels, resize_all, shown,
@@ -35,6 +35,12 @@ class ImageClassification(Task):
     modality = "image"
     description = "ImageFolder of labelled images: DATA/train/<class>/*, optional val/ and test/"
     data_options = {"max_side": f"longest side images are kept at when decoded (default {DEFAULT_MAX_SIDE})"}
+    parameters = (
+        Param("resolution", "int", "pixels of the square input (default: the model's native size)", low=MIN_MAX_SIDE),
+        Param("augment", "categorical", "random training flips (flip), plus shifts of up to 1/8 of the side "
+              "(flip+shift), or none (lets the frozen-prefix cache serve the trial)", default="flip",
+              choices=("none", "flip", "flip+shift")),
+    )
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
         images = load_image_folder(Path(path), seed=seed, val_fraction=val_fraction,

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence, TextIO
 
 import torch
 
-from autotl import Backbone, LoadedData, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
+from autotl import Backbone, LoadedData, Param, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
 from autotl.base import Inputs
 from autotl.errors import DataError, UsageError
 
@@ -41,6 +41,8 @@ class TextClassification(Task):
         "label_column": "the column (or JSON key) holding the label (default label)",
         "on_bad_lines": "error (default) or skip: unparseable lines are skipped and listed in the data report",
     }
+    parameters = (Param("max_length", "int", "tokens per text, longer texts cut (default: the model's, at most 128; "
+                        "capped at what the model takes)", low=MIN_MAX_LENGTH),)
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
         texts = load_text_folder(Path(path), seed=seed, val_fraction=val_fraction,
