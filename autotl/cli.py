@@ -230,23 +230,24 @@ def worker(storage, study, out, data, weights, trials, time_budget, max_failures
     (or per GPU). Workers share the study: no trial runs twice, and a trial whose worker dies is
     failed after the heartbeat grace period and run again by another worker.
     """
-    from .runs import RunLocation, load_study, recorded_description, sqlite_file
+    from .records import StudyRecord
+    from .runs import RunLocation, load_study, sqlite_file
     from .search import SearchOptions
 
     if sqlite_file(storage) is not None:
         raise UsageError("autotl worker needs a storage several processes can share, not SQLite: use "
                          "--storage postgresql://USER:PASSWORD@HOST/DB (resume a local run with `autotl search` instead)")
-    described = recorded_description(load_study(RunLocation(storage, study)).user_attrs)  # refuses a half one
-    if described is None:
+    record = StudyRecord.described(load_study(RunLocation(storage, study)).user_attrs)  # refuses a half one
+    if record is None:
         raise RunError(f"study {study!r} was not begun by `autotl search` (it records no task); start it with "
                        f"autotl search DATA --task TASK --storage URL --study {study}")
-    recorded = dict(described.get("weights_files") or {})
+    recorded = dict(record.weights_files)
     recorded.update(_parse_weights(weights))
     options = SearchOptions(
-        task=described["task"], data=Path(data or described["data"]), out=Path(out or described["out"]),
-        models=list(described.get("models") or {}) or None, weights=recorded, trials=trials,
-        time_budget=time_budget, seed=int(described.get("seed", 0)), storage=storage, study=study, device=device,
-        keep_top=keep_top, max_failures=max_failures, recipe_raw=described["recipe"],
+        task=record.task, data=Path(data or record.data), out=Path(out or record.out),
+        models=list(record.models) or None, weights=recorded, trials=trials,
+        time_budget=time_budget, seed=record.seed, storage=storage, study=study, device=device,
+        keep_top=keep_top, max_failures=max_failures, recipe_raw=record.recipe,
     )
     _run_search(options, options.out)
 
@@ -323,13 +324,12 @@ def best(run, storage, study, within, as_json):
     With --within 0.01: the fastest trial whose validation accuracy is within 0.01 of the best,
     the production pick that `autotl export --within 0.01` exports.
     """
-    from .export import find_trial_weights
     from .leaderboard import best_summary, choose_trial
-    from .runs import load_study, locate
+    from .run import open_run
     from .trial_weights import owner_problem
 
-    location = locate(run, storage, study)
-    loaded = load_study(location)
+    opened = open_run(run, storage=storage, study=study)
+    loaded = opened.study
     choice = choose_trial(loaded, within=within)
     summary = best_summary(loaded, choice.trial.number)
     summary["chosen_by"] = choice.reason
@@ -347,7 +347,7 @@ def best(run, storage, study, within, as_json):
         click.echo(f"  parameters: {f'{count:,}' if count else '-'}; latency per item: "
                    + (f"{latency['batch1_ms']:.2f} ms at batch 1, {latency['batched_ms']:.2f} ms at batch "
                       f"{latency['batch_size']} ({latency['device']})" if latency else "not measured"))
-    weights = find_trial_weights(location, loaded.user_attrs, choice.trial)
+    weights = opened.find_weights(choice.trial)
     problem = weights and owner_problem(weights, loaded.study_name, choice.trial.number)
     if weights is None or problem:
         click.echo(f"  {problem or 'its weights were not kept (only the top --keep-top trials keep theirs)'}: "

@@ -30,14 +30,14 @@ from optuna.trial import FrozenTrial, TrialState
 from .base import Backbone, Inputs, LoadedData, Task, TensorSplit
 from .bundle import (CARD, CONFIG, FORMAT, FORMAT_VERSION, ONNX, TORCHSCRIPT, WEIGHTS, Bundle, BundleError,
                      load, resolve_device, sha256_file)
-from .errors import DataError, PluginError, RunError, UsageError
+from .errors import UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import BATCH, CPU_THREADS, count_parameters, cpu_threads, first, measure_model, sample_inputs, time_call
 from .leaderboard import choose_trial, rank_key
-from .recipes import parse_recipe
+from .records import TrialRecord
+from .run import Run
 from .runs import RunLocation, load_study, redact
 from .training import forward
-from .trial_weights import WEIGHTS_ATTR, owner_problem, recorded_weights
 
 FORMATS = ("onnx", "torchscript")
 #: the largest absolute difference of any class probability the ONNX and TorchScript files may show
@@ -67,9 +67,10 @@ class ExportResult:
     config: dict[str, Any]
 
 
-def export_bundle(location: RunLocation, options: ExportOptions,
+def export_bundle(location: RunLocation | Run, options: ExportOptions,
                   say: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Write the bundle of one trial of the study at ``location`` to ``options.out``."""
+    """Write the bundle of one trial of the study at ``location`` (or of an open :class:`~autotl.run.Run`) to
+    ``options.out``."""
     if options.trial is not None and options.within is not None:
         raise UsageError("--trial and --within both choose the trial: give one of them")
     unknown = sorted(set(options.formats) - set(FORMATS))
@@ -77,47 +78,33 @@ def export_bundle(location: RunLocation, options: ExportOptions,
         raise UsageError(f"--format {', '.join(unknown)} is unknown; use {' or '.join(FORMATS)}")
     out = Path(options.out)
     _check_out(out, options.force)
-    study = load_study(location)
-    attrs = study.user_attrs
+    run = location if isinstance(location, Run) else Run(location, load_study(location))
+    location, study, record = run.location, run.study, run.record
     choice = choose_trial(study, number=options.trial, within=options.within)
     trial = choice.trial
-    params = dict(trial.user_attrs.get("config") or trial.params)
+    params = run.config(trial)
     say(f"Exporting trial {trial.number} ({params.get('model')}): {choice.reason}")
-
-    from .plugins import get_registry
-
-    registry = get_registry()
-    task_name = attrs.get("task")
-    task = registry.tasks.get(task_name)
-    if task is None:
-        raise PluginError(f"the study is a {task_name!r} search, but no installed plugin provides that task")
-    family = next((f for f in registry.families_for(task) if f.owns(params["model"])), None)
-    if family is None:
-        raise PluginError(f"no installed backbone family serving {task_name!r} knows model {params['model']!r}")
-    weight_files = {**(attrs.get("weights_files") or {}), **options.weights}
     # the saved trial weights replace every pretrained one: without --refit only the architecture is needed
-    get_backbone = family.get if options.refit else family.architecture
-    backbone = get_backbone(params["model"], weight_files.get(params["model"]))
-    recipe = parse_recipe(attrs.get("recipe") or {"task": task_name, "fixed": {"lr": 0}}, attrs.get("recipe_source", "?"))
-    data, data_note = _load_data(task, attrs, recipe, options.data, needed_for="--refit" if options.refit else
-                                 "--format" if options.formats else None)
+    backbone = run.backbone(params["model"], pretrained=options.refit, weights=options.weights)
+    task, recipe = run.task, run.recipe
+    data, data_note = run.load_data(options.data, needed_for="--refit" if options.refit else
+                                    "--format" if options.formats else None)
     device = resolve_device(options.device)
-    num_classes = len(attrs["label_names"])
+    num_classes = len(record.label_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         refit_info = None
         if options.refit:
-            state, refit_info = _refit(task, data, backbone, params, trial, int(attrs.get("seed", 0)), device,
-                                       num_classes, say)
+            state, refit_info = _refit(task, data, backbone, params, trial, record.seed, device, num_classes, say)
         else:
-            state = load_weights(_trial_weights(location, attrs, trial, study.study_name))
+            state = load_weights(run.weights(trial))
         _check_merged(state)
         save_weights(tmp / WEIGHTS, state, {"format": FORMAT, "model": params["model"], "trial": str(trial.number)})
         backbone_config = backbone.bundle_files(tmp)
         settings = task.export_settings(recipe.data, backbone, params)
-        config = _config(study, attrs, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
+        config = _config(study, study.user_attrs, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
                          refit_info, location, data_note)
         write_json(tmp / CONFIG, config)
 
@@ -126,7 +113,7 @@ def export_bundle(location: RunLocation, options: ExportOptions,
         if data is not None:
             prepared = task.prepare(data, backbone, params)
             config["data"]["val_from_train"] = (data.report or {}).get("val_from_train")
-            _verify_scores(config, bundle, prepared, attrs, trial, options.refit, say)
+            _verify_scores(config, bundle, prepared, run.test_score(trial), trial, options.refit, say)
             val = prepared.val
             config["cost"]["latency_at_export"] = measure_model(bundle.model, sample_inputs(val), device,
                                                                 channels_last=backbone.channels_last)
@@ -183,30 +170,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find_trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial) -> Path | None:
-    """The saved weights ``trial`` recorded: in the run folder given, else where the search wrote them.
-
-    Check them with :func:`autotl.trial_weights.owner_problem` before use."""
-    return recorded_weights(trial, [location.folder, attrs.get("out")])
-
-
-def _trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial, study_name: str) -> Path:
-    found = find_trial_weights(location, attrs, trial)
-    if found is not None:
-        problem = owner_problem(found, study_name, trial.number)
-        if problem:
-            raise RunError(f"{problem}; add --refit to train trial {trial.number}'s configuration again")
-        return found
-    rel = trial.user_attrs.get(WEIGHTS_ATTR)
-    if not rel:
-        raise RunError(f"the weights of trial {trial.number} were not kept (only the top --keep-top trials keep "
-                       "theirs); add --refit to train its configuration again")
-    roots = [r for r in (location.folder, attrs.get("out")) if r]
-    where = " or ".join(str(Path(r) / rel) for r in roots) or rel
-    raise RunError(f"the weights of trial {trial.number} are not at {where} (only the top --keep-top trials keep "
-                   "theirs; a moved run needs its folder named); add --refit to train its configuration again")
-
-
 def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
     unmerged = [k for k in state if "lora_" in k or ".base_layer." in k or k.startswith("base_model.")]
     if unmerged:
@@ -214,30 +177,12 @@ def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
                           "network with LoRA merged")
 
 
-def _load_data(task: Task, attrs: Mapping[str, Any], recipe, data_path: Path | None,
-               needed_for: str | None) -> tuple[LoadedData | None, str]:
-    """The run's data, loaded as the search loaded it; ``None`` and why when it cannot be had."""
-    path = Path(data_path or attrs.get("data") or "")
-    if not str(path) or not path.exists():
-        note = f"the run's data ({path}) is not there"
-        if needed_for:
-            raise DataError(f"{needed_for} needs the run's data, and {path} does not exist; give --data PATH")
-        return None, note + ": the bundle's scores were not re-checked"
-    data = task.load(path, seed=int(attrs.get("seed", 0)), val_fraction=recipe.val_fraction, options=recipe.data)
-    if attrs.get("fingerprint") and data.fingerprint != attrs["fingerprint"]:
-        if needed_for:
-            raise RunError(f"the data in {path} changed since the search (fingerprint {attrs['fingerprint']} -> "
-                           f"{data.fingerprint}); {needed_for} needs the search's data: give --data PATH")
-        return None, f"the data in {path} changed since the search: the bundle's scores were not re-checked"
-    return data, ""
-
-
 def _refit(task: Task, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], trial: FrozenTrial,
            seed: int, device: torch.device, num_classes: int, say) -> tuple[dict, dict]:
     from .adapt import merged
     from .training import train
 
-    epochs = int(trial.user_attrs.get("best_epoch") or params["epochs"])
+    epochs = int(TrialRecord.from_trial(trial).best_epoch or params["epochs"])
     splits = task.prepare_refit(data, backbone, params)
     say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
         f"epoch(s), the trial's best epoch) ...")
@@ -321,7 +266,8 @@ def _config(study: optuna.Study, attrs: Mapping[str, Any], trial: FrozenTrial, r
     }
 
 
-def _verify_scores(config: dict, bundle: Bundle, prepared, attrs, trial: FrozenTrial, refit: bool, say) -> None:
+def _verify_scores(config: dict, bundle: Bundle, prepared, test_score: float | None, trial: FrozenTrial, refit: bool,
+                   say) -> None:
     """Score the loaded bundle on the search's splits; without --refit its val accuracy must be the recorded one."""
     config["data"]["sizes"] = {"train": len(prepared.train), "val": len(prepared.val),
                                "test": len(prepared.test) if prepared.test is not None else None}
@@ -333,7 +279,7 @@ def _verify_scores(config: dict, bundle: Bundle, prepared, attrs, trial: FrozenT
             say(f"Warning: the bundle scores {val:.6f} on the validation split, the trial recorded {trial.value:.6f}")
     if prepared.test is not None:
         test = _accuracy(bundle, prepared.test)
-        recorded = None if refit else (attrs.get("test_scores") or {}).get(str(trial.number))
+        recorded = None if refit else test_score
         checks["test_accuracy"] = {"recorded": recorded, "bundle": test,
                                    "equal": None if recorded is None else test == recorded}
         if config["scores"]["test_accuracy"] is None:

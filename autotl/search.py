@@ -27,14 +27,15 @@ from .errors import ModelUnavailableError, RunError, UsageError
 from .files import load_weights, save_weights, write_json
 from .latency import measure_trial
 from .leaderboard import best_trial, rank_key
+from .network import trained_network
 from .progress import Reporter
 from .recipes import VAL_FRACTION, Recipe, builtin_recipes, load_recipe, parse_recipe
-from .runs import (DESCRIPTION, RunLocation, StudyLock, default_storage, open_storage, recorded_description,
-                   recover_interrupted, sqlite_file, write_run_file)
+from .records import (StudyRecord, TrialRecord, begin_study, check_version, complete_keys, record_scratch,
+                      record_test_score, record_trial)
+from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .space import suggest
 from .training import accuracy, configure_threads, train
-from .trial_weights import (WEIGHTS_ATTR, drop_outside_top, owner_problem, recorded_weights, weights_metadata,
-                            weights_path)
+from .trial_weights import drop_outside_top, owner_problem, recorded_weights, weights_metadata, weights_path
 from .transfer import prerank_study, sampled_models
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -191,7 +192,7 @@ class Search:
                                          sampler=_make_sampler(self.recipe.sampler, opts.seed),
                                          pruner=_make_pruner(self.recipe.pruner), direction="maximize",
                                          load_if_exists=True)
-        now = recorded_description(self.study.user_attrs)
+        now = _described(self.study.user_attrs)
         if now is not None and now != described:  # another process began the study while this one loaded data
             split = (self.split_seed, self.recipe.val_fraction, self.recipe.data)
             self._adopt_study(self.study.user_attrs)
@@ -229,32 +230,33 @@ class Search:
         for a new or half-recorded study, which this process records).
         """
         opts = self._given
-        described = recorded_description(attrs)
-        if described is None:
+        where = self.location.describe()
+        check_version(attrs, where)
+        record = StudyRecord.described(attrs)
+        if record is None:
             self.options = replace(opts, keep_top=opts.keep_top or KEEP_TOP)
             self.resolve_zoo()
             return None
-        where = self.location.describe()
-        if described.get("task") != self.task.name:
-            raise RunError(f"{where} is a {described.get('task')} search, not {self.task.name}; "
+        if record.task != self.task.name:
+            raise RunError(f"{where} is a {record.task} search, not {self.task.name}; "
                            "use another --out or --study")
         again = "or start another --study/--out"
         if opts.recipe_raw is None and opts.recipe is None:  # the study's recipe, with this command's -d
-            raw = dict(described["recipe"])
+            raw = dict(record.recipe)
             if opts.data_options:
                 raw["data"] = {**(raw.get("data") or {}), **opts.data_options}
-            self.recipe = parse_recipe(raw, described.get("recipe_source") or "the study's recipe")
+            self.recipe = parse_recipe(raw, record.recipe_source or "the study's recipe")
             option = "--data-option"
         else:
             option = "--recipe" + (" / --data-option" if opts.data_options else "")
-        differ = [key for key in RECIPE_DECIDES if _decides(self.recipe.raw, key) != _decides(described["recipe"], key)]
+        differ = [key for key in RECIPE_DECIDES if _decides(self.recipe.raw, key) != _decides(record.recipe, key)]
         if differ:
-            raise RunError(f"{option} differs from the study's recipe ({described.get('recipe_source', '?')}) in "
+            raise RunError(f"{option} differs from the study's recipe ({record.recipe_source or '?'}) in "
                            f"{', '.join(differ)}, which decide the splits and the search space: leave {option} out "
                            f"to use the study's, {again}")
-        recorded = list(described.get("models") or {})
-        weights = {**(described.get("weights_files") or {}), **opts.weights} if opts.models is None else opts.weights
-        keep_top = described.get("keep_top")
+        recorded = list(record.models)
+        weights = {**record.weights_files, **opts.weights} if opts.models is None else opts.weights
+        keep_top = record.keep_top
         self.options = replace(opts, models=opts.models or recorded or None, weights=weights,
                                keep_top=keep_top or opts.keep_top or KEEP_TOP)
         self.resolve_zoo()  # first: a misspelt --models is told as such
@@ -264,25 +266,23 @@ class Search:
         if keep_top is not None and opts.keep_top is not None and opts.keep_top != keep_top:
             raise RunError(f"--keep-top {opts.keep_top} differs from the study's ({keep_top}): leave --keep-top out "
                            f"to use the study's, {again}")
-        self.split_seed = int(described.get("seed", 0))
+        self.split_seed = record.seed
         if self.split_seed != opts.seed:
             self.reporter.message(f"The study's split seed is {self.split_seed} (its first process's --seed); "
                                   f"--seed {opts.seed} seeds this process's sampler and training")
         if self.cache is not None:
             self.cache = FeatureCache.from_settings(self.recipe.cache)
-        return described
+        return record.description()
 
     def _check_or_record_study(self) -> None:
         attrs = self.study.user_attrs
-        described = recorded_description(attrs)
-        if described is not None:
-            if described.get("fingerprint") and described["fingerprint"] != self.data.fingerprint:
+        record = StudyRecord.described(attrs)
+        if record is not None:
+            if record.fingerprint and record.fingerprint != self.data.fingerprint:
                 raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
-                               f"(fingerprint {described['fingerprint']} -> {self.data.fingerprint}); start a new "
+                               f"(fingerprint {record.fingerprint} -> {self.data.fingerprint}); start a new "
                                "run with another --out or --study")
-            for key, value in described.items():  # a creator stopped between the description and `created`
-                if key not in attrs:
-                    self.study.set_user_attr(key, value)
+            complete_keys(self.study)  # a creator stopped between the description and `created`
             done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
             verb = "Resuming" if self.lock is not None else "Joining"  # SQLite: this process alone; else shared
             self.reporter.message(f"{verb} {self.location.describe()}: {done} finished trial(s) kept")
@@ -295,27 +295,26 @@ class Search:
         if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
             points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
                                    self.device, seed=self.split_seed, say=self.reporter.message)
-        description = {
-            "task": self.task.name,
-            "data": str(Path(self.options.data).resolve()),
-            "fingerprint": self.data.fingerprint,
-            "label_names": self.data.label_names,
-            "recipe": self.recipe.raw,
-            "recipe_source": self.recipe.source,
-            "seed": self.split_seed,  # the split's: every later process loads the data with it
-            "models": {name: b.describe() for name, b in self.zoo.items()},
-            "weights_files": self.weight_files,  # for `autotl export --refit`
-            "out": str(Path(self.options.out).resolve()),  # where trials/NNNN/ lie, for --storage
-            "keep_top": self.options.keep_top,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        for key, value in description.items():  # one by one for the readers; `created` after the description
-            if key != "created":
-                self.study.set_user_attr(key, value)
-        for point in points:
-            self.study.enqueue_trial(point, skip_if_exists=True)
-        self.study.set_user_attr(DESCRIPTION, description)  # last, in one step: now the study is begun
-        self.study.set_user_attr("created", description["created"])
+        record = StudyRecord(
+            task=self.task.name,
+            data=str(Path(self.options.data).resolve()),
+            fingerprint=self.data.fingerprint,
+            label_names=self.data.label_names,
+            recipe=self.recipe.raw,
+            recipe_source=self.recipe.source,
+            seed=self.split_seed,  # the split's: every later process loads the data with it
+            models={name: b.describe() for name, b in self.zoo.items()},
+            weights_files=self.weight_files,  # for `autotl export --refit`
+            out=str(Path(self.options.out).resolve()),  # where trials/NNNN/ lie, for --storage
+            keep_top=self.options.keep_top,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+        def enqueue() -> None:
+            for point in points:
+                self.study.enqueue_trial(point, skip_if_exists=True)
+
+        begin_study(self.study, record, before_description=enqueue)
 
     # -- the search loop -----------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -361,7 +360,7 @@ class Search:
                     if opts.max_failures is not None and failures >= opts.max_failures:
                         too_many = True
                         reason = (f"{failures} trials failed (--max-failures {opts.max_failures}); the last: "
-                                  f"{last.user_attrs.get('error', 'no reason recorded')}")
+                                  f"{TrialRecord.from_trial(last).error or 'no reason recorded'}")
                         break
         except KeyboardInterrupt:
             interrupted, reason = True, "interrupted (Ctrl-C); every finished trial is kept"
@@ -408,9 +407,9 @@ class Search:
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._current = trial.number
-        trial.set_user_attr("worker", self.worker_id)
+        record_trial(trial, worker=self.worker_id)
         params = suggest(trial, self.recipe, self.group_counts)
-        trial.set_user_attr("config", params)
+        record_trial(trial, config=params)
         backbone = self.zoo[params["model"]]
         self.reporter.trial_started(trial.number, params)
         started = time.time()
@@ -425,7 +424,7 @@ class Search:
                 trial.report(val_accuracy, epoch + 1)  # the step: epochs done, Hyperband's resource
                 self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
                 if epoch + 1 < epochs and trial.should_prune():
-                    trial.set_user_attr("stopped", f"pruned after epoch {epoch + 1}")
+                    record_trial(trial, stopped=f"pruned after epoch {epoch + 1}")
                     raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
                 if epoch + 1 < epochs and self.deadline is not None and time.time() > self.deadline:
                     return f"time budget reached after epoch {epoch + 1} of {epochs}"
@@ -442,7 +441,7 @@ class Search:
                                          str(exc))
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            record_trial(trial, error="interrupted (Ctrl-C)")
             raise
         except Exception as exc:
             self._record_failure(trial, exc, started)
@@ -450,13 +449,12 @@ class Search:
         step = "recording the result"  # what failed, if anything does after training
         try:
             if result.stopped:
-                trial.set_user_attr("stopped", result.stopped)
-            trial.set_user_attr("best_epoch", result.best_epoch + 1)
-            trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
-            trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
+                record_trial(trial, stopped=result.stopped)
+            record_trial(trial, best_epoch=result.best_epoch + 1, val_curve=[round(v, 4) for v in result.curve],
+                         epoch_seconds=[round(s, 2) for s in result.epoch_seconds])
             _record_stats(trial, {"timing": result.timing, "cache": result.cache})
-            trial.set_user_attr("trainable_params", result.adapted.trainable_params)
-            trial.set_user_attr("total_params", result.adapted.total_params)
+            record_trial(trial, trainable_params=result.adapted.trainable_params,
+                         total_params=result.adapted.total_params)
             step = "merging the weights"
             state = result.merged_state(backbone, len(self.data.label_names))
             step = "measuring the cost"
@@ -467,12 +465,12 @@ class Search:
                 study_name = self.location.study_name
                 path = weights_path(self.options.out, trial.number, study_name)
                 save_weights(path, state, weights_metadata(study_name, trial.number, params["model"]))
-                trial.set_user_attr(WEIGHTS_ATTR, str(path.relative_to(self.options.out)))
+                record_trial(trial, weights=str(path.relative_to(self.options.out)))
             step = "reporting the result"
             self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
                                          result.stopped)
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            record_trial(trial, error="interrupted (Ctrl-C)")
             raise
         except Exception as exc:
             self._record_failure(trial, exc, started, f"after training, {step}")
@@ -485,7 +483,7 @@ class Search:
         message = f"{exc.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}"
         if during:
             message = f"{during} failed: {message}"
-        trial.set_user_attr("error", message)
+        record_trial(trial, error=message)
         self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
 
     def _record_cost(self, trial: optuna.Trial, backbone: Backbone, state: dict, val) -> None:
@@ -493,10 +491,9 @@ class Search:
         try:
             cost = measure_trial(backbone, state, len(self.data.label_names), val, self.device)
         except Exception as exc:  # a cost we cannot measure must not cost the trial
-            trial.set_user_attr("latency_error", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            record_trial(trial, latency_error=f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return
-        for key, value in cost.items():
-            trial.set_user_attr(key, value)
+        record_trial(trial, **cost)
 
     def _in_top(self, value: float, number: int) -> bool:
         """Whether trial ``number``, scoring ``value``, ranks among the top --keep-top completed trials."""
@@ -521,30 +518,24 @@ class Search:
         if self.kept_weights(best) is None:
             self.reporter.message(f"Weights of trial {best.number} are not in {self.options.out}; no test score.")
             return None
-        params = best.user_attrs["config"]
+        params = TrialRecord.params(best)
         backbone = self.zoo.get(params["model"])
         if backbone is None:
             self.reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
             return None
         split = self.task.prepare(self.data, backbone, params).test
         score = {"trial": best.number, "test_accuracy": self.test_accuracy(best), "test_size": len(split)}
-        scores = dict(self.study.user_attrs.get("test_scores", {}))
-        scores[str(best.number)] = score["test_accuracy"]
-        self.study.set_user_attr("test_scores", scores)
+        record_test_score(self.study, best.number, score["test_accuracy"])
         return score
 
     def test_accuracy(self, trial: optuna.trial.FrozenTrial) -> float:
         """A trial's kept weights scored on the test split (which must exist, as must the weights)."""
-        params = trial.user_attrs["config"]
+        params = TrialRecord.params(trial)
         backbone = self.zoo[params["model"]]
         path = self.kept_weights(trial)
         if path is None:
             raise RunError(f"the weights of trial {trial.number} are not kept in {self.options.out}")
-        model = backbone.build(len(self.data.label_names), pretrained=False)
-        model.load_state_dict(load_weights(path))
-        model.to(self.device)
-        if backbone.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = trained_network(backbone, len(self.data.label_names), load_weights(path), self.device)
         return accuracy(model, self.task.prepare(self.data, backbone, params).test, self.device)
 
     def kept_weights(self, trial: optuna.trial.FrozenTrial) -> Path | None:
@@ -559,7 +550,7 @@ class Search:
         best = best_trial(self.study)
         if best is None:
             return None
-        params = dict(best.user_attrs["config"], freeze=0, lora_rank=0)
+        params = dict(TrialRecord.params(best), freeze=0, lora_rank=0)
         backbone = self.zoo[params["model"]]
         self.reporter.message(f"From-scratch comparison: {params['model']} with random weights, "
                               f"{params['epochs']} epochs, lr {params['lr']:.2g} ...")
@@ -572,8 +563,14 @@ class Search:
         scratch = {"model": params["model"], "params": params, "val_accuracy": result.best_accuracy,
                    "test_accuracy": accuracy(model, data.test, self.device) if data.test is not None else None,
                    "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
-        self.study.set_user_attr("scratch", scratch)
+        record_scratch(self.study, scratch)
         return scratch
+
+
+def _described(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The description of the study with user attributes ``attrs``; ``None`` when no search has begun it."""
+    record = StudyRecord.described(attrs)
+    return None if record is None else record.description()
 
 
 def _existing_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
@@ -595,9 +592,9 @@ def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
 def _record_stats(trial: optuna.Trial, stats: dict[str, Any]) -> None:
     """Where the trial's time went and how the frozen-prefix cache served it (see ``train``)."""
     if stats.get("timing"):
-        trial.set_user_attr("timing", {k: round(v, 3) for k, v in stats["timing"].items()})
+        record_trial(trial, timing={k: round(v, 3) for k, v in stats["timing"].items()})
     if stats.get("cache"):
-        trial.set_user_attr("cache", stats["cache"])
+        record_trial(trial, cache=stats["cache"])
 
 
 def _find_task(registry: Registry, name: str) -> Task:

@@ -49,6 +49,7 @@ from autotl.cli import _quiet_libraries
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
+from autotl.records import TrialRecord
 from autotl.search import Search, SearchOptions
 
 HERE = Path(__file__).resolve().parent
@@ -88,7 +89,7 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
                 best = t
                 incumbents.append((t.datetime_complete.timestamp() - started, t))
         scored = [{"at_s": round(at, 1), "trial": t.number, "val_accuracy": round(t.value, 4),
-                   "test_accuracy": test_accuracy(search, t), "params": t.user_attrs.get("config")}
+                   "test_accuracy": test_accuracy(search, t), "params": TrialRecord.from_trial(t).config}
                   for at, t in incumbents]
     finally:
         search.close()
@@ -96,7 +97,7 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
     return {"seconds": round(elapsed, 1), "trials": len(trials), "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"), "failed": states.count("FAIL"), "incumbents": scored,
             "test_accuracy": scored[-1]["test_accuracy"] if scored else None,
-            "cache": [t.user_attrs.get("cache") for t in trials if t.user_attrs.get("cache")]}
+            "cache": [TrialRecord.from_trial(t).cache for t in trials if TrialRecord.from_trial(t).cache]}
 
 
 def test_accuracy(search: Search, trial) -> float | None:
