@@ -11,7 +11,9 @@ import math
 import os
 import socket
 import statistics
+import sys
 import time
+import types
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -679,5 +681,17 @@ def _fmt_s(seconds: float | None) -> str:
     seconds = float(seconds)
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
+
+class _CallableModule(types.ModuleType):
+    """``autotl.search`` is this module, and calling it runs a search: ``autotl.search(DATA, task=...)`` is
+    :func:`autotl.api.search`."""
+
+    def __call__(self, data, **options):
+        from .api import search
+
+        return search(data, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Search", "SearchOptions", "SearchOutcome", "weights_path"]

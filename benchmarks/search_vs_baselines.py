@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
-from autotl.cli import _quiet_libraries
+from autotl.progress import quiet_libraries
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="keep the arms' run folders here (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args()
-    _quiet_libraries()  # as `autotl search` does: Optuna's and timm's chatter off
+    quiet_libraries()  # as `autotl search` does: Optuna's and timm's chatter off
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not set(arms) <= set(ARMS):
         parser.error(f"--arms takes {', '.join(ARMS)}")
