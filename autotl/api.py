@@ -64,7 +64,8 @@ def search(data: Path | str, *, task: str, out: Path | str | None = None, report
     known = {f.name for f in fields(SearchOptions)} - {"task", "data", "out"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"autotl.search() got unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise TypeError(f"autotl.search() got unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known))}")
     settings = SearchOptions(task=task, data=Path(data), out=Path(out) if out else default_out(task, data), **options)
     return run_search(settings, reporter, registry)
 

@@ -71,13 +71,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
                   say: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Write the bundle of one trial of the study at ``location`` (or of an open :class:`~autotl.run.Run`) to
     ``options.out``."""
-    if options.trial is not None and options.within is not None:
-        raise UsageError("--trial and --within both choose the trial: give one of them")
-    unknown = sorted(set(options.formats) - set(FORMATS))
-    if unknown:
-        raise UsageError(f"--format {', '.join(unknown)} is unknown; use {' or '.join(FORMATS)}")
-    out = Path(options.out)
-    _check_out(out, options.force)
+    out = _check_options(options)
     run = location if isinstance(location, Run) else Run(location, load_study(location))
     location, study, record = run.location, run.study, run.record
     choice = choose_trial(study, number=options.trial, within=options.within)
@@ -104,8 +98,8 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
         save_weights(tmp / WEIGHTS, state, {"format": FORMAT, "model": params["model"], "trial": str(trial.number)})
         backbone_config = backbone.bundle_files(tmp)
         settings = task.export_settings(recipe.data, backbone, params)
-        config = _config(study, study.user_attrs, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
-                         refit_info, location, data_note)
+        config = _config(study, study.user_attrs, trial, choice.reason, params, backbone, backbone_config, settings,
+                         tmp, refit_info, location, data_note)
         write_json(tmp / CONFIG, config)
 
         bundle = load(tmp, device=device)  # the round trip `autotl predict` makes
@@ -138,6 +132,18 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
 
 
 # -- choosing and reading ------------------------------------------------------------------------
+
+def _check_options(options: ExportOptions) -> Path:
+    """Refuse options that cannot go together, or an --out that is no place for the bundle; the --out folder."""
+    if options.trial is not None and options.within is not None:
+        raise UsageError("--trial and --within both choose the trial: give one of them")
+    unknown = sorted(set(options.formats) - set(FORMATS))
+    if unknown:
+        raise UsageError(f"--format {', '.join(unknown)} is unknown; use {' or '.join(FORMATS)}")
+    out = Path(options.out)
+    _check_out(out, options.force)
+    return out
+
 
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():

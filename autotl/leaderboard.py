@@ -148,7 +148,8 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     console = console or Console()
     rows = trial_rows(study)
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
-    table = Table(title=escape(f"autotl leaderboard: {StudyRecord.from_study(study).task or '?'} - {location.describe()}"),
+    task = StudyRecord.from_study(study).task or "?"
+    table = Table(title=escape(f"autotl leaderboard: {task} - {location.describe()}"),
                   title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("#", justify="right")

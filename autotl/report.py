@@ -411,9 +411,16 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         logits = torch.cat(parts) if parts else torch.empty(0, len(record.label_names))
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"
+    return _tally(best.number, list(record.label_names), raw, labels, logits, run.test_score(best)), ""
+
+
+def _tally(number: int, names: list[str], raw: list, labels: list[int], logits, recorded: float | None) -> Scored:
+    """Trial ``number``'s predictions (``logits``) of the test items ``raw``: its confusion matrix, accuracy and
+    most confident mistakes."""
+    import torch
+
     probs = torch.softmax(logits.float(), dim=-1)
     predicted = probs.argmax(-1).tolist()
-    names = list(record.label_names)
     n = len(names)
     matrix = [[0] * n for _ in range(n)]
     for truth, guess in zip(labels, predicted):
@@ -423,9 +430,8 @@ def _score_best(run: Run, data_path: Path | None, device: str,
     wrong.sort(key=lambda i: -float(probs[i, predicted[i]]))  # the most confident mistakes first
     mistakes = [{"item": raw[i], "truth": names[labels[i]], "predicted": names[predicted[i]],
                  "probability": float(probs[i, predicted[i]])} for i in wrong[:MAX_MISTAKES]]
-    recorded = run.test_score(best)
-    return Scored(best.number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
-                  recorded, mistakes), ""
+    return Scored(number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
+                  recorded, mistakes)
 
 
 def _confusion(scored: Scored, page: _Page) -> str:

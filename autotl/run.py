@@ -169,7 +169,8 @@ class Run:
     def network(self, trial: FrozenTrial, device: torch.device | str = "auto", *, weights: Path | None = None,
                 backbone: Backbone | None = None) -> nn.Module:
         """``trial``'s trained network from its kept weights (or the file ``weights``), ready to predict on
-        ``device`` ("auto": CUDA if there is one): built without pretrained weights, loaded, channels-last where the backbone asks for it."""
+        ``device`` ("auto": CUDA if there is one): built without pretrained weights, loaded, channels-last
+        where the backbone asks for it (:func:`autotl.network.trained_network`)."""
         from .bundle import resolve_device
         from .network import trained_network
 

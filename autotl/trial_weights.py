@@ -74,6 +74,13 @@ def owner_problem(path: Path, study: str, number: int) -> str | None:
     return None
 
 
+def ranks_in_top(study: optuna.Study, value: float, number: int, keep_top: int) -> bool:
+    """Whether trial ``number``, scoring ``value``, ranks among the top ``keep_top`` completed trials of ``study``
+    (by :func:`~autotl.leaderboard.rank_key`): whether its weights are worth saving."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(rank_key(t) < (-value, number) for t in done) < keep_top
+
+
 def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]:
     """Delete the weights, in run folder ``out``, of the completed trials of ``study`` outside the top
     ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of its failed trials (a failure after
@@ -97,5 +104,5 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
     return dropped
 
 
-__all__ = ["drop_outside_top", "owner_problem", "recorded_weights", "study_folder",
+__all__ = ["drop_outside_top", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder",
            "weights_metadata", "weights_path"]

@@ -50,7 +50,9 @@ from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
 from autotl.records import TrialRecord
+from autotl.run import Run
 from autotl.search import Search, SearchOptions
+from autotl.training import accuracy
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")
@@ -101,9 +103,15 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
 
 
 def test_accuracy(search: Search, trial) -> float | None:
-    if not search.data.has_test or search.kept_weights(trial) is None:
+    """The trial's kept weights on the test split, through the run opened as `autotl export` opens it."""
+    weights = search.kept_weights(trial)
+    if not search.data.has_test or weights is None:
         return None
-    return round(search.test_accuracy(trial), 4)
+    run = Run(search.location, search.study, search.registry)
+    params = run.config(trial)
+    backbone = search.zoo[params["model"]]
+    model = run.network(trial, search.device, weights=weights, backbone=backbone)
+    return round(accuracy(model, search.task.prepare(search.data, backbone, params).test, search.device), 4)
 
 
 def time_to(result: dict, target: float) -> float | None:
