@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from tiny import make_image_folder
+from tiny import TINY, make_image_folder, save_tiny_weights
 
 from autotl.cli import cli
 from autotl.errors import RunError
@@ -70,10 +70,21 @@ def test_export_and_report_read_an_old_run_folder(old_run, old_data, tmp_path):
     assert "Confusion matrix of the best trial (trial 0, test split)" in page
 
 
-def test_a_run_folder_of_a_newer_record_version_is_refused_in_one_line(old_run):
+def test_a_search_resumes_an_old_run_folder(old_run, old_data, tmp_path):
+    weights = save_tiny_weights(tmp_path / "tiny.safetensors")
+    code, output = run_cli("search", "--task", "image-classification", old_data, "--out", old_run,
+                           "--weights", f"{TINY}={weights}", "--trials", 4)
+    assert code == 0, output
+    assert "Resuming study 'autotl'" in output and "3 finished trial(s) kept" in output
+    rows = json.loads(run_cli("trials", old_run, "--json")[1])
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4
+
+
+def test_a_run_folder_of_a_newer_record_version_is_refused_in_one_line(old_run, tmp_path):
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{old_run / 'study.db'}")
     study.set_user_attr("record_version", 99)
-    for command in (["trials", old_run], ["best", old_run], ["report", old_run]):
+    search = ["search", "--task", "image-classification", tmp_path / "data", "--out", old_run]
+    for command in (["trials", old_run], ["best", old_run], ["report", old_run], search):
         result = CliRunner().invoke(cli, [str(a) for a in command])
         assert result.exit_code == RunError.exit_code, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
