@@ -25,6 +25,7 @@ import click
 from rich.console import Console
 
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_TOO_MANY_FAILURES, AutotlError, RunError, UsageError
+from .progress import quiet_libraries
 
 
 class Duration(click.ParamType):
@@ -196,9 +197,10 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
     On several machines: give each the same --storage postgresql://... --study NAME (or start one
     `autotl search` and join it with `autotl worker`); they share one study and one leaderboard.
     """
+    from .api import default_out
     from .search import SearchOptions
 
-    out = out or Path("runs") / f"{task}-{Path(data).resolve().name}"
+    out = out or default_out(task, data)
     options = SearchOptions(
         task=task, data=Path(data), out=out, recipe=recipe,
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
@@ -230,59 +232,44 @@ def worker(storage, study, out, data, weights, trials, time_budget, max_failures
     (or per GPU). Workers share the study: no trial runs twice, and a trial whose worker dies is
     failed after the heartbeat grace period and run again by another worker.
     """
-    from .runs import RunLocation, load_study, recorded_description, sqlite_file
+    from .records import StudyRecord
+    from .runs import RunLocation, load_study, sqlite_file
     from .search import SearchOptions
 
     if sqlite_file(storage) is not None:
         raise UsageError("autotl worker needs a storage several processes can share, not SQLite: use "
                          "--storage postgresql://USER:PASSWORD@HOST/DB (resume a local run with `autotl search` instead)")
-    described = recorded_description(load_study(RunLocation(storage, study)).user_attrs)  # refuses a half one
-    if described is None:
+    record = StudyRecord.described(load_study(RunLocation(storage, study)).user_attrs)  # refuses a half one
+    if record is None:
         raise RunError(f"study {study!r} was not begun by `autotl search` (it records no task); start it with "
                        f"autotl search DATA --task TASK --storage URL --study {study}")
-    recorded = dict(described.get("weights_files") or {})
+    recorded = dict(record.weights_files)
     recorded.update(_parse_weights(weights))
     options = SearchOptions(
-        task=described["task"], data=Path(data or described["data"]), out=Path(out or described["out"]),
-        models=list(described.get("models") or {}) or None, weights=recorded, trials=trials,
-        time_budget=time_budget, seed=int(described.get("seed", 0)), storage=storage, study=study, device=device,
-        keep_top=keep_top, max_failures=max_failures, recipe_raw=described["recipe"],
+        task=record.task, data=Path(data or record.data), out=Path(out or record.out),
+        models=list(record.models) or None, weights=recorded, trials=trials,
+        time_budget=time_budget, seed=record.seed, storage=storage, study=study, device=device,
+        keep_top=keep_top, max_failures=max_failures, recipe_raw=record.recipe,
     )
     _run_search(options, options.out)
 
 
 def _run_search(options, out: Path) -> None:
+    """Run the search (:func:`autotl.api.run_search`) with the progress on stderr, then show its leaderboard."""
+    from .api import run_search
     from .leaderboard import render
-    from .plugins import get_registry
     from .progress import ConsoleReporter
-    from .search import Search
 
-    _quiet_libraries()
-    reporter = ConsoleReporter(_console(stderr=True))
-    runner = Search(options, get_registry(), reporter)
-    try:
-        location = runner.open()
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        outcome = runner.run()
-        try:
-            score = runner.score_best_on_test()
-            if score:
-                reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
-                                 f"accuracy {score['test_accuracy']:.4f}")
-            if options.scratch_baseline and not outcome.interrupted:
-                runner.scratch_baseline()
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-        render(runner.study, location, _console())
-    finally:
-        runner.close()
+    result = run_search(options, ConsoleReporter(_console(stderr=True)),
+                        on_open=lambda: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt))
+    render(result.run.study, result.run.location, _console())
     click.echo(f"Run folder: {out}   (see it again: autotl trials {out})"
-               if options.storage is None else f"See it again: autotl trials --storage URL --study {location.study_name}",
-               err=True)
-    if outcome.interrupted:
+               if options.storage is None else
+               f"See it again: autotl trials --storage URL --study {result.run.location.study_name}", err=True)
+    if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    if outcome.too_many_failures:
-        click.echo(f"Error: the search stopped: {outcome.stop_reason}. Fix the cause (`autotl trials` lists each "
+    if result.too_many_failures:
+        click.echo(f"Error: the search stopped: {result.stop_reason}. Fix the cause (`autotl trials` lists each "
                    "failed trial's reason), then run the same command again to resume.", err=True)
         sys.exit(EXIT_TOO_MANY_FAILURES)
 
@@ -323,13 +310,12 @@ def best(run, storage, study, within, as_json):
     With --within 0.01: the fastest trial whose validation accuracy is within 0.01 of the best,
     the production pick that `autotl export --within 0.01` exports.
     """
-    from .export import find_trial_weights
     from .leaderboard import best_summary, choose_trial
-    from .runs import load_study, locate
+    from .run import open_run
     from .trial_weights import owner_problem
 
-    location = locate(run, storage, study)
-    loaded = load_study(location)
+    opened = open_run(run, storage=storage, study=study)
+    loaded = opened.study
     choice = choose_trial(loaded, within=within)
     summary = best_summary(loaded, choice.trial.number)
     summary["chosen_by"] = choice.reason
@@ -347,7 +333,7 @@ def best(run, storage, study, within, as_json):
         click.echo(f"  parameters: {f'{count:,}' if count else '-'}; latency per item: "
                    + (f"{latency['batch1_ms']:.2f} ms at batch 1, {latency['batched_ms']:.2f} ms at batch "
                       f"{latency['batch_size']} ({latency['device']})" if latency else "not measured"))
-    weights = find_trial_weights(location, loaded.user_attrs, choice.trial)
+    weights = opened.find_weights(choice.trial)
     problem = weights and owner_problem(weights, loaded.study_name, choice.trial.number)
     if weights is None or problem:
         click.echo(f"  {problem or 'its weights were not kept (only the top --keep-top trials keep theirs)'}: "
@@ -385,7 +371,7 @@ def export(run, storage, study, out, trial, within, refit, formats, data, weight
     from .export import ExportOptions, export_bundle
     from .runs import locate
 
-    _quiet_libraries()
+    quiet_libraries()
     parsed = _parse_weights(weights)
     if "" in parsed:
         raise UsageError("--weights for export needs NAME=FILE")
@@ -427,7 +413,7 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
 
     if as_json and as_csv:
         raise UsageError("--json and --csv are exclusive: give one")
-    _quiet_libraries()
+    quiet_libraries()
     loaded = load(bundle, device=device, engine=engine)
     stdin = sys.stdin
     if not inputs and stdin.isatty():
@@ -494,7 +480,7 @@ def report(run, storage, study, out, data, device):
     from .report import write_report
     from .runs import locate
 
-    _quiet_libraries()
+    quiet_libraries()
     location = locate(run, storage, study)
     if out is None:
         out = Path(run) / "report.html" if run else Path(f"report-{location.study_name}.html")
@@ -565,17 +551,6 @@ def _parse_weights(values) -> dict[str, str]:
             name, path = "", value
         parsed[name.strip()] = path.strip()
     return parsed
-
-
-def _quiet_libraries() -> None:
-    import logging
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    logging.getLogger("timm").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -29,14 +29,14 @@ from .bundle_config import (CARD, CONFIG, FORMAT, WEIGHTS, BackboneInfo, BundleC
                             ScoreCheck, Scores, SearchInfo, TrialInfo, WeightsInfo, library_versions)
 from .card import model_card
 from .device import resolve_device
-from .errors import BundleError, DataError, PluginError, RunError, UsageError
+from .errors import BundleError, UsageError
 from .files import load_weights, save_weights
 from .formats import FORMATS, export_format
 from .latency import count_parameters, measure_model, sample_inputs
 from .leaderboard import choose_trial, rank_key
-from .recipes import parse_recipe
+from .records import StudyRecord, TrialRecord
+from .run import Run
 from .runs import RunLocation, load_study, redact
-from .trial_weights import WEIGHTS_ATTR, owner_problem, recorded_weights
 
 
 @dataclass
@@ -58,57 +58,38 @@ class ExportResult:
     config: BundleConfig
 
 
-def export_bundle(location: RunLocation, options: ExportOptions,
+def export_bundle(location: RunLocation | Run, options: ExportOptions,
                   say: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Write the bundle of one trial of the study at ``location`` to ``options.out``."""
-    if options.trial is not None and options.within is not None:
-        raise UsageError("--trial and --within both choose the trial: give one of them")
-    unknown = sorted(set(options.formats) - set(FORMATS))
-    if unknown:
-        raise UsageError(f"--format {', '.join(unknown)} is unknown; use {' or '.join(FORMATS)}")
-    out = Path(options.out)
-    _check_out(out, options.force)
-    study = load_study(location)
-    attrs = study.user_attrs
+    """Write the bundle of one trial of the study at ``location`` (or of an open :class:`~autotl.run.Run`) to
+    ``options.out``."""
+    out = _check_options(options)
+    run = location if isinstance(location, Run) else Run(location, load_study(location))
+    location, study, record = run.location, run.study, run.record
     choice = choose_trial(study, number=options.trial, within=options.within)
     trial = choice.trial
-    params = dict(trial.user_attrs.get("config") or trial.params)
+    params = run.config(trial)
     say(f"Exporting trial {trial.number} ({params.get('model')}): {choice.reason}")
-
-    from .plugins import get_registry
-
-    registry = get_registry()
-    task_name = attrs.get("task")
-    task = registry.tasks.get(task_name)
-    if task is None:
-        raise PluginError(f"the study is a {task_name!r} search, but no installed plugin provides that task")
-    family = next((f for f in registry.families_for(task) if f.owns(params["model"])), None)
-    if family is None:
-        raise PluginError(f"no installed backbone family serving {task_name!r} knows model {params['model']!r}")
-    weight_files = {**(attrs.get("weights_files") or {}), **options.weights}
     # the saved trial weights replace every pretrained one: without --refit only the architecture is needed
-    get_backbone = family.get if options.refit else family.architecture
-    backbone = get_backbone(params["model"], weight_files.get(params["model"]))
-    recipe = parse_recipe(attrs.get("recipe") or {"task": task_name, "fixed": {"lr": 0}}, attrs.get("recipe_source", "?"))
-    data, data_note = _load_data(task, attrs, recipe, options.data, needed_for="--refit" if options.refit else
-                                 "--format" if options.formats else None)
+    backbone = run.backbone(params["model"], pretrained=options.refit, weights=options.weights)
+    task, recipe = run.task, run.recipe
+    data, data_note = run.load_data(options.data, needed_for="--refit" if options.refit else
+                                    "--format" if options.formats else None)
     device = resolve_device(options.device)
-    num_classes = len(attrs["label_names"])
+    num_classes = len(record.label_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         refit_info = None
         if options.refit:
-            state, refit_info = _refit(task, data, backbone, params, trial, int(attrs.get("seed", 0)), device,
-                                       num_classes, say)
+            state, refit_info = _refit(task, data, backbone, params, trial, record.seed, device, num_classes, say)
         else:
-            state = load_weights(_trial_weights(location, attrs, trial, study.study_name))
+            state = load_weights(run.weights(trial))
         _check_merged(state)
         save_weights(tmp / WEIGHTS, state, {"format": FORMAT, "model": params["model"], "trial": str(trial.number)})
         backbone_config = backbone.bundle_files(tmp)
         settings = task.export_settings(recipe.data, backbone, params)
-        config = _config(study, attrs, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
+        config = _config(study, record, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
                          refit_info, location, data_note)
         config.write(tmp)
 
@@ -116,8 +97,8 @@ def export_bundle(location: RunLocation, options: ExportOptions,
         config.cost.parameters = count_parameters(bundle.model)
         if data is not None:
             prepared = task.prepare(data, backbone, params)
-            config.data.val_from_train = (data.report or {}).get("val_from_train")
-            _verify_scores(config, bundle, prepared, attrs, trial, options.refit, say)
+            config.data.val_from_train = data.report.val_from_train
+            _verify_scores(config, bundle, prepared, run.test_score(trial), trial, options.refit, say)
             val = prepared.val
             config.cost.latency_at_export = measure_model(bundle.model, sample_inputs(val), device,
                                                           channels_last=backbone.channels_last)
@@ -139,6 +120,18 @@ def export_bundle(location: RunLocation, options: ExportOptions,
 
 
 # -- choosing and reading ------------------------------------------------------------------------
+
+def _check_options(options: ExportOptions) -> Path:
+    """Refuse options that cannot go together, or an --out that is no place for the bundle; the --out folder."""
+    if options.trial is not None and options.within is not None:
+        raise UsageError("--trial and --within both choose the trial: give one of them")
+    unknown = sorted(set(options.formats) - set(FORMATS))
+    if unknown:
+        raise UsageError(f"--format {', '.join(unknown)} is unknown; use {' or '.join(FORMATS)}")
+    out = Path(options.out)
+    _check_out(out, options.force)
+    return out
+
 
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
@@ -171,30 +164,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find_trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial) -> Path | None:
-    """The saved weights ``trial`` recorded: in the run folder given, else where the search wrote them.
-
-    Check them with :func:`autotl.trial_weights.owner_problem` before use."""
-    return recorded_weights(trial, [location.folder, attrs.get("out")])
-
-
-def _trial_weights(location: RunLocation, attrs: Mapping[str, Any], trial: FrozenTrial, study_name: str) -> Path:
-    found = find_trial_weights(location, attrs, trial)
-    if found is not None:
-        problem = owner_problem(found, study_name, trial.number)
-        if problem:
-            raise RunError(f"{problem}; add --refit to train trial {trial.number}'s configuration again")
-        return found
-    rel = trial.user_attrs.get(WEIGHTS_ATTR)
-    if not rel:
-        raise RunError(f"the weights of trial {trial.number} were not kept (only the top --keep-top trials keep "
-                       "theirs); add --refit to train its configuration again")
-    roots = [r for r in (location.folder, attrs.get("out")) if r]
-    where = " or ".join(str(Path(r) / rel) for r in roots) or rel
-    raise RunError(f"the weights of trial {trial.number} are not at {where} (only the top --keep-top trials keep "
-                   "theirs; a moved run needs its folder named); add --refit to train its configuration again")
-
-
 def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
     unmerged = [k for k in state if "lora_" in k or ".base_layer." in k or k.startswith("base_model.")]
     if unmerged:
@@ -202,30 +171,12 @@ def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
                           "network with LoRA merged")
 
 
-def _load_data(task: Task, attrs: Mapping[str, Any], recipe, data_path: Path | None,
-               needed_for: str | None) -> tuple[LoadedData | None, str]:
-    """The run's data, loaded as the search loaded it; ``None`` and why when it cannot be had."""
-    path = Path(data_path or attrs.get("data") or "")
-    if not str(path) or not path.exists():
-        note = f"the run's data ({path}) is not there"
-        if needed_for:
-            raise DataError(f"{needed_for} needs the run's data, and {path} does not exist; give --data PATH")
-        return None, note + ": the bundle's scores were not re-checked"
-    data = task.load(path, seed=int(attrs.get("seed", 0)), val_fraction=recipe.val_fraction, options=recipe.data)
-    if attrs.get("fingerprint") and data.fingerprint != attrs["fingerprint"]:
-        if needed_for:
-            raise RunError(f"the data in {path} changed since the search (fingerprint {attrs['fingerprint']} -> "
-                           f"{data.fingerprint}); {needed_for} needs the search's data: give --data PATH")
-        return None, f"the data in {path} changed since the search: the bundle's scores were not re-checked"
-    return data, ""
-
-
 def _refit(task: Task, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], trial: FrozenTrial,
            seed: int, device: torch.device, num_classes: int, say) -> tuple[dict, dict]:
     from .adapt import merged
     from .training import train
 
-    epochs = int(trial.user_attrs.get("best_epoch") or params["epochs"])
+    epochs = int(TrialRecord.from_trial(trial).best_epoch or params["epochs"])
     splits = task.prepare_refit(data, backbone, params)
     say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
         f"epoch(s), the trial's best epoch) ...")
@@ -243,34 +194,34 @@ def _refit(task: Task, data: LoadedData, backbone: Backbone, params: Mapping[str
 
 # -- what the bundle says about itself -------------------------------------------------------------
 
-def _config(study: optuna.Study, attrs: Mapping[str, Any], trial: FrozenTrial, reason: str,
+def _config(study: optuna.Study, record: StudyRecord, trial: FrozenTrial, reason: str,
             params: Mapping[str, Any], backbone: Backbone, backbone_config: dict, settings: dict, tmp: Path,
             refit: dict | None, location: RunLocation, data_note: str) -> BundleConfig:
     """The bundle's config as export first writes it: scores, cost and checks are filled in as they are known."""
-    recipe = attrs.get("recipe") or {}
-    test = (attrs.get("test_scores") or {}).get(str(trial.number))
+    recipe = record.recipe or {}
+    test = record.test_score(trial.number)
+    done = TrialRecord.from_trial(trial)
     weights = tmp / WEIGHTS
     return BundleConfig(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        task=attrs["task"],
-        label_names=list(attrs["label_names"]),
+        task=record.task,
+        label_names=list(record.label_names),
         backbone=BackboneInfo(family=backbone.family, name=params["model"], modality=backbone.modality,
                               description=backbone.describe(), config=backbone_config),
         preprocessing=settings,
         trial=TrialInfo(number=trial.number, chosen_by=reason, rank_by_val_accuracy=_rank(study, trial),
-                        params=dict(params), best_epoch=trial.user_attrs.get("best_epoch"),
-                        val_curve=trial.user_attrs.get("val_curve")),
+                        params=dict(params), best_epoch=done.best_epoch, val_curve=done.val_curve),
         scores=Scores(val_accuracy=trial.value, test_accuracy=None if refit else test,
                       test_accuracy_from="search" if test is not None and not refit else None),
         refit=RefitInfo(**refit) if refit else None,
-        cost=Cost(latency_at_search=trial.user_attrs.get("latency")),
+        cost=Cost(latency_at_search=done.latency),
         search=SearchInfo(location=location.describe(), study=location.study_name,
-                          storage=redact(location.storage_url), created=attrs.get("created"),
-                          trials=_trial_states(study), models=attrs.get("models"), space=recipe.get("space"),
+                          storage=redact(location.storage_url), created=record.created,
+                          trials=_trial_states(study), models=record.models or None, space=recipe.get("space"),
                           fixed=recipe.get("fixed"), sampler=(recipe.get("sampler") or {}).get("name", "tpe"),
-                          pruner=(recipe.get("pruner") or {}).get("name", "median"), seed=attrs.get("seed"),
-                          recipe_source=attrs.get("recipe_source")),
-        data=DataInfo(path=attrs.get("data"), fingerprint=attrs.get("fingerprint"),
+                          pruner=(recipe.get("pruner") or {}).get("name", "median"), seed=record.seed,
+                          recipe_source=record.recipe_source),
+        data=DataInfo(path=record.data, fingerprint=record.fingerprint,
                       val_fraction=(recipe.get("data") or {}).get("val_fraction"), note=data_note),
         weights=WeightsInfo(sha256=sha256_file(weights), bytes=weights.stat().st_size,
                             lora_rank=int(params.get("lora_rank", 0) or 0)),
@@ -302,8 +253,8 @@ def _record_files(config: BundleConfig, folder: Path) -> None:
             info["sha256"] = config.files[info["file"]]
 
 
-def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, attrs, trial: FrozenTrial, refit: bool,
-                   say) -> None:
+def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, test_score: float | None, trial: FrozenTrial,
+                   refit: bool, say) -> None:
     """Score the loaded bundle on the search's splits; without --refit its val accuracy must be the recorded one."""
     config.data.sizes = {"train": len(prepared.train), "val": len(prepared.val),
                          "test": len(prepared.test) if prepared.test is not None else None}
@@ -315,7 +266,7 @@ def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, attrs, trial:
             say(f"Warning: the bundle scores {val:.6f} on the validation split, the trial recorded {trial.value:.6f}")
     if prepared.test is not None:
         test = _accuracy(bundle, prepared.test)
-        recorded = None if refit else (attrs.get("test_scores") or {}).get(str(trial.number))
+        recorded = None if refit else test_score
         checks["test_accuracy"] = ScoreCheck(recorded=recorded, bundle=test,
                                              equal=None if recorded is None else test == recorded)
         if config.scores.test_accuracy is None:
@@ -328,4 +279,4 @@ def _accuracy(bundle: Bundle, split: TensorSplit) -> float:
     return float((logits.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
 
 
-__all__ = ["ExportOptions", "ExportResult", "export_bundle", "find_trial_weights"]
+__all__ = ["ExportOptions", "ExportResult", "export_bundle"]

@@ -24,6 +24,7 @@ from torch import nn
 
 from .base import Backbone, Inputs, TensorSplit
 from .inference import forward, to_device
+from .network import trained_network
 
 #: the batch size of the "batched" latency.
 BATCH = 16
@@ -117,8 +118,7 @@ def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], num_cla
 
     Returns the trial user attributes ``inference_params`` and ``latency`` (see :func:`measure_model`).
     """
-    model = backbone.build(num_classes, pretrained=False)
-    model.load_state_dict(state)
+    model = trained_network(backbone, num_classes, state)
     params = count_parameters(model)
     latency = measure_model(model, sample_inputs(val), device, channels_last=backbone.channels_last)
     return {"inference_params": params, "latency": latency}

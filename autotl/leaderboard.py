@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import RunError, UsageError
+from .records import StudyRecord, TrialRecord
 from .runs import RunLocation, retried_as
 
 PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA"), ("lr", "lr"))
@@ -41,11 +42,11 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     retries = retried_as(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        params = dict(t.user_attrs.get("config") or t.params)
+        record = TrialRecord.from_trial(t)
         value = t.value
         if value is None and t.intermediate_values:  # pruned: the best epoch it reached
             value = max(t.intermediate_values.values())
-        notes = [t.user_attrs.get("error") or t.user_attrs.get("stopped") or ""]
+        notes = [record.error or record.stopped or ""]
         if t.state == TrialState.FAIL and not notes[0]:
             notes[0] = "its worker stopped sending heartbeats (killed or lost)"
         if t.number in retries:
@@ -56,19 +57,19 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "number": t.number,
             "state": t.state.name,
             "value": value,
-            "params": params,
+            "params": TrialRecord.params(t),
             "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
             "epochs_run": len(t.intermediate_values),
             "best": t.number == best,
             "note": "; ".join(n for n in notes if n),
-            "worker": t.user_attrs.get("worker"),
-            "trainable_params": t.user_attrs.get("trainable_params"),
-            "total_params": t.user_attrs.get("total_params"),
-            "inference_params": t.user_attrs.get("inference_params"),
-            "latency": t.user_attrs.get("latency"),
-            "weights": t.user_attrs.get("weights"),
-            "timing": t.user_attrs.get("timing"),  # seconds: step, eval, data, prefix, setup
-            "cache": t.user_attrs.get("cache"),  # how the frozen-prefix cache served the trial
+            "worker": record.worker,
+            "trainable_params": record.trainable_params,
+            "total_params": record.total_params,
+            "inference_params": record.inference_params,
+            "latency": record.latency,
+            "weights": record.weights,
+            "timing": record.timing,  # seconds: step, eval, data, prefix, setup
+            "cache": record.cache,  # how the frozen-prefix cache served the trial
         })
     return rows
 
@@ -79,19 +80,19 @@ def best_summary(study: optuna.Study, number: int | None = None) -> dict[str, An
     if number is None:
         return None
     row = next(r for r in trial_rows(study) if r["number"] == number)
-    test = study.user_attrs.get("test_scores", {}).get(str(number))
+    record = StudyRecord.from_study(study)
     return {
         "number": number,
         "params": row["params"],
         "val_accuracy": row["value"],
-        "test_accuracy": test,
+        "test_accuracy": record.test_score(number),
         "duration_s": row["duration_s"],
         "trainable_params": row["trainable_params"],
         "total_params": row["total_params"],
         "inference_params": row["inference_params"],
         "latency": row["latency"],
         "weights": row["weights"],
-        "scratch": study.user_attrs.get("scratch"),
+        "scratch": record.scratch,
     }
 
 
@@ -138,7 +139,7 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
 
 
 def _batch1(trial: FrozenTrial) -> float | None:
-    latency = trial.user_attrs.get("latency") or {}
+    latency = TrialRecord.from_trial(trial).latency or {}
     value = latency.get("batch1_ms")
     return float(value) if value is not None else None
 
@@ -147,7 +148,8 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     console = console or Console()
     rows = trial_rows(study)
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
-    table = Table(title=escape(f"autotl leaderboard: {study.user_attrs.get('task', '?')} - {location.describe()}"),
+    task = StudyRecord.from_study(study).task or "?"
+    table = Table(title=escape(f"autotl leaderboard: {task} - {location.describe()}"),
                   title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("#", justify="right")
@@ -166,10 +168,10 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     for r in order:
         p = r["params"]
         cells = ["★" if r["best"] else "", str(r["number"])]
-        cells += [escape(_fmt(p.get(k))) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
+        cells += [escape(format_value(p.get(k))) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
         latency = r["latency"] or {}
-        cells += [_fmt(r["value"], 4), _fmt_count(r["inference_params"]), _fmt_ms(latency.get("batch1_ms")),
-                  _fmt_ms(latency.get("batched_ms"))]
+        cells += [format_value(r["value"], 4), format_count(r["inference_params"]), format_ms(latency.get("batch1_ms")),
+                  format_ms(latency.get("batched_ms"))]
         cells += [f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
         if workers:
             cells.append(escape(r["worker"] or "-"))
@@ -207,7 +209,8 @@ def _batched_size(rows: list[dict[str, Any]]) -> str:
     return str(sizes.pop()) if len(sizes) == 1 else "N"
 
 
-def _fmt_count(value: int | None) -> str:
+def format_count(value: int | None) -> str:
+    """A parameter count for a table: 3.2k, 11.7M; ``-`` when unknown."""
     if value is None:
         return "-"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -216,13 +219,15 @@ def _fmt_count(value: int | None) -> str:
     return str(value)
 
 
-def _fmt_ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
+    """Milliseconds for a table, two decimals below 100; ``-`` when unknown."""
     if value is None:
         return "-"
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_value(value: Any, digits: int = 3) -> str:
+    """A setting or score for a table: floats to ``digits`` (scientific when tiny or huge); ``-`` for None."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -124,6 +124,19 @@ class ConsoleReporter(Reporter):
             self.progress.update(self._overall, completed=min(self._budget_s, time.time() - self._started))
 
 
+def quiet_libraries() -> None:
+    """Turn off the chatter of the libraries a search runs (Optuna's per-trial log, timm's and peft's
+    warnings), so that the search's own progress is what shows; the command and :func:`autotl.search` call it."""
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("timm").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
 def _describe(params: dict[str, Any]) -> str:
     parts = [str(params.get("model")), f"freeze {params.get('freeze')}", f"lora {params.get('lora_rank')}",
              f"lr {params.get('lr', 0):.2g}"]

@@ -27,7 +27,11 @@ import optuna
 from optuna.trial import TrialState
 
 from .errors import UsageError
-from .leaderboard import EXTRA_COLUMNS, PARAM_COLUMNS, _fmt, _fmt_count, _fmt_ms, best_number, best_trial, trial_rows
+from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_count, format_ms, format_value,
+                          trial_rows)
+from .records import TRANSFERABILITY_ATTR as TRANSFERABILITY_KEY
+from .records import StudyRecord
+from .run import Run
 from .runs import RunLocation, load_study, redact
 
 #: misclassified samples shown at most.
@@ -35,8 +39,6 @@ MAX_MISTAKES = 24
 #: items preprocessed and predicted at a time (bounds memory on a large test split).
 CHUNK = 512
 THUMB = 96
-#: the study user attribute where a transferability pre-ranking is stored.
-TRANSFERABILITY_KEY = "transferability"
 FIGURE_CLASS = "autotl-figure"
 
 
@@ -69,14 +71,14 @@ def write_report(location: RunLocation, out: Path, *, data: Path | None = None, 
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out {out}: give a file name ending in .html")
     say(f"Reading {location.describe()} ...")
-    study = load_study(location)
-    attrs = study.user_attrs
+    run = Run(location, load_study(location))
+    study, record = run.study, run.record
     rows = trial_rows(study)
-    page = _Page(title=f"autotl report: {attrs.get('task', '?')} on {Path(str(attrs.get('data', '?'))).name}")
+    page = _Page(title=f"autotl report: {record.task or '?'} on {Path(str(record.data or '?')).name}")
     notes: list[str] = []
 
     page.section("Summary", _summary(study, rows, location))
-    page.section("Leaderboard", _leaderboard(rows, attrs))
+    page.section("Leaderboard", _leaderboard(rows, record))
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     say("Plotting the optimisation history and parameter importances ...")
@@ -92,9 +94,9 @@ def write_report(location: RunLocation, out: Path, *, data: Path | None = None, 
     page.section("Parameter importances", _importances(study, complete, page, notes))
 
     page.section("Accuracy against time and model size", _tradeoffs(rows, page, notes))
-    page.section("Transferability pre-ranking and fine-tuned results", _transferability(attrs, rows, notes))
+    page.section("Transferability pre-ranking and fine-tuned results", _transferability(record, rows, notes))
 
-    scored, why = _score_best(study, location, data, device, say)
+    scored, why = _score_best(run, data, device, say)
     if scored is None:
         notes.append(why)
         page.section("Confusion matrix of the best trial (test split)", _p(why))
@@ -185,25 +187,25 @@ def _acc(value: float | None) -> str:
 # -- sections -----------------------------------------------------------------------------------------
 
 def _summary(study: optuna.Study, rows: list[dict], location: RunLocation) -> str:
-    attrs = study.user_attrs
+    record = StudyRecord.from_study(study)
     counts = {s.name.lower(): sum(r["state"] == s.name for r in rows) for s in TrialState}
     best = best_number(study)
-    test = (attrs.get("test_scores") or {}).get(str(best)) if best is not None else None
+    test = record.test_score(best)
     best_row = next((r for r in rows if r["number"] == best), None)
     items = [
-        ("Task", attrs.get("task", "?")),
-        ("Data", attrs.get("data", "?")),
-        ("Classes", ", ".join(attrs.get("label_names") or []) or "?"),
+        ("Task", record.task or "?"),
+        ("Data", record.data or "?"),
+        ("Classes", ", ".join(record.label_names) or "?"),
         ("Study", f"{location.study_name} in {redact(location.storage_url)}"),
-        ("Started", attrs.get("created", "?")),
+        ("Started", record.created or "?"),
         ("Trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
-        ("Models searched", ", ".join(attrs.get("models") or {}) or "?"),
+        ("Models searched", ", ".join(record.models) or "?"),
     ]
     if best_row is not None:
         items.append(("Best trial", f"#{best} {best_row['params'].get('model')}: validation accuracy "
                                     f"{_acc(best_row['value'])}, test accuracy "
                                     + (_acc(test) if test is not None else "not scored")))
-    scratch = attrs.get("scratch")
+    scratch = record.scratch
     if scratch:
         items.append(("From scratch", f"the same network from random weights: validation {_acc(scratch.get('val_accuracy'))}"
                                       f", test {_acc(scratch.get('test_accuracy'))}"))
@@ -211,12 +213,12 @@ def _summary(study: optuna.Study, rows: list[dict], location: RunLocation) -> st
                                        for k, v in items) + "</dl>"
 
 
-def _leaderboard(rows: list[dict], attrs: Mapping[str, Any]) -> str:
+def _leaderboard(rows: list[dict], record: StudyRecord) -> str:
     if not rows:
         return _p("The study holds no trial yet.")
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
     columns = PARAM_COLUMNS + tuple(extras)
-    tests = attrs.get("test_scores") or {}
+    tests = record.test_scores
     workers = len({r.get("worker") for r in rows} - {None}) > 1  # a distributed search: who ran what
     headers = ["", "#"] + [h for _, h in columns] + ["val acc", "test acc", "params", "ms/item b1", "time"] \
         + (["worker"] if workers else []) + ["state"]
@@ -227,9 +229,9 @@ def _leaderboard(rows: list[dict], attrs: Mapping[str, Any]) -> str:
         latency = r["latency"] or {}
         state = r["state"].lower() + (f" ({r['note']})" if r["note"] else "")
         cells.append(["★" if r["best"] else "", str(r["number"])]
-                     + [html.escape(_fmt(p.get(k))) for k, _ in columns]
-                     + [_fmt(r["value"], 4), _acc(tests.get(str(r["number"]))), _fmt_count(r["inference_params"]),
-                        _fmt_ms(latency.get("batch1_ms")),
+                     + [html.escape(format_value(p.get(k))) for k, _ in columns]
+                     + [format_value(r["value"], 4), _acc(tests.get(str(r["number"]))), format_count(r["inference_params"]),
+                        format_ms(latency.get("batch1_ms")),
                         f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
                      + ([html.escape(str(r.get("worker") or "-"))] if workers else []) + [html.escape(state)])
         classes.append("best" if r["best"] else "")
@@ -281,7 +283,7 @@ def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
         mine = [r for r in done if r["params"].get("model") == model]
         colour = palette[i % len(palette)]
         text = [f"trial {r['number']}: freeze {r['params'].get('freeze')}, LoRA {r['params'].get('lora_rank')}, "
-                f"lr {_fmt(r['params'].get('lr'))}" for r in mine]
+                f"lr {format_value(r['params'].get('lr'))}" for r in mine]
         common = dict(mode="markers", name=str(model), legendgroup=str(model), text=text,
                       marker={"size": 11, "color": colour, "line": {"width": 1, "color": "#fff"}})
         fig.add_trace(go.Scatter(x=[r["duration_s"] for r in mine], y=[r["value"] for r in mine],
@@ -305,9 +307,9 @@ def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
         "model size is the deployed network (LoRA merged into the weights).", "muted")
 
 
-def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str]) -> str:
+def _transferability(record: StudyRecord, rows: list[dict], notes: list[str]) -> str:
     per_model: dict[str, dict[str, Any]] = {}
-    tests = attrs.get("test_scores") or {}
+    tests = record.test_scores
     for r in rows:
         if r["state"] != "COMPLETE" or r["value"] is None:
             continue
@@ -317,7 +319,7 @@ def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str
             entry["best"], entry["number"] = r["value"], r["number"]
     ranked = sorted(per_model, key=lambda m: -per_model[m]["best"])
     fine_rank = {m: i + 1 for i, m in enumerate(ranked)}
-    ranking = attrs.get(TRANSFERABILITY_KEY)
+    ranking = record.transferability
     tail = ["fine-tuned rank", "best val acc", "trials", "its test acc"]
 
     def fine(model: str) -> list[str]:
@@ -338,7 +340,7 @@ def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str
     keys = sorted(keys, key=lambda k: (k != "rank", k))
     cells = []
     for e in sorted(entries, key=lambda e: (e.get("rank") is None, e.get("rank", 0))):
-        cells.append([html.escape(str(e["model"]))] + [html.escape(_fmt(e.get(k), 4) if isinstance(e.get(k), float)
+        cells.append([html.escape(str(e["model"]))] + [html.escape(format_value(e.get(k), 4) if isinstance(e.get(k), float)
                                                                    else str(e.get(k, "-"))) for k in keys]
                      + fine(str(e["model"])))
     pre = {str(e["model"]): e.get("rank") for e in entries}
@@ -357,43 +359,36 @@ def _transferability(attrs: Mapping[str, Any], rows: list[dict], notes: list[str
 
 # -- the best trial on the test split -------------------------------------------------------------------
 
-def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | None, device: str,
+def _score_best(run: Run, data_path: Path | None, device: str,
                 say: Callable[[str], None]) -> tuple[Scored | None, str]:
     """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
     import torch
 
     from .device import resolve_device
     from .errors import AutotlError
-    from .export import _load_data, find_trial_weights
-    from .files import load_weights
-    from .plugins import get_registry
-    from .recipes import parse_recipe
     from .inference import predict_logits
     from .trial_weights import owner_problem
 
-    attrs = study.user_attrs
-    best = best_trial(study)
+    record = run.record
+    best = run.best_trial()
     if best is None:
         return None, "No trial has completed: no best trial to score."
-    weights = find_trial_weights(location, attrs, best)
+    weights = run.find_weights(best)
     if weights is None:
         return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot draw its "
                       "confusion matrix (only the top --keep-top trials keep their weights, in the run folder).")
-    problem = owner_problem(weights, study.study_name, best.number)
+    problem = owner_problem(weights, run.study.study_name, best.number)
     if problem:
         return None, f"No confusion matrix: {problem}."
-    registry = get_registry()
-    task = registry.tasks.get(attrs.get("task"))
-    params = dict(best.user_attrs.get("config") or best.params)
+    task = run.find_task()
+    params = run.config(best)
     if task is None:
-        return None, f"No installed plugin provides the task {attrs.get('task')!r}: the best trial cannot be scored."
-    family = next((f for f in registry.families_for(task) if f.owns(params["model"])), None)
-    if family is None:
+        return None, f"No installed plugin provides the task {record.task!r}: the best trial cannot be scored."
+    if run.find_family(params["model"]) is None:
         return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
-    recipe = parse_recipe(attrs.get("recipe") or {"task": task.name, "fixed": {"lr": 0}}, attrs.get("recipe_source", "?"))
     try:
-        say(f"Loading the run's data from {data_path or attrs.get('data')} ...")
-        data, note = _load_data(task, attrs, recipe, data_path, needed_for=None)
+        say(f"Loading the run's data from {data_path or record.data} ...")
+        data, note = run.load_data(data_path)
         if data is None:
             return None, f"No confusion matrix: {note.split(': the bundle')[0]} (give --data PATH if it moved)."
         if not data.has_test:
@@ -404,25 +399,28 @@ def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | No
                           "so the report cannot score the test split.")
         raw, labels = items
         # the saved weights replace every pretrained one: the architecture alone, never the source checkpoint
-        backbone = family.architecture(params["model"], (attrs.get("weights_files") or {}).get(params["model"]))
-        model = backbone.build(len(attrs["label_names"]), pretrained=False)
-        model.load_state_dict(load_weights(weights), strict=True)
+        backbone = run.backbone(params["model"])
         dev = resolve_device(device)
-        model.to(dev).eval()
-        if backbone.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        settings = task.export_settings(recipe.data, backbone, params)
+        model = run.network(best, dev, weights=weights, backbone=backbone)
+        settings = task.export_settings(run.recipe.data, backbone, params)
         say(f"Scoring trial {best.number} ({params['model']}) on the test split ({len(raw)} samples) ...")
         parts = []
         for start in range(0, len(raw), CHUNK):
             split = task.preprocess_for_predict(raw[start:start + CHUNK], backbone, settings)
             parts.append(predict_logits(model, split, dev))
-        logits = torch.cat(parts) if parts else torch.empty(0, len(attrs["label_names"]))
+        logits = torch.cat(parts) if parts else torch.empty(0, len(record.label_names))
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"
+    return _tally(best.number, list(record.label_names), raw, labels, logits, run.test_score(best)), ""
+
+
+def _tally(number: int, names: list[str], raw: list, labels: list[int], logits, recorded: float | None) -> Scored:
+    """Trial ``number``'s predictions (``logits``) of the test items ``raw``: its confusion matrix, accuracy and
+    most confident mistakes."""
+    import torch
+
     probs = torch.softmax(logits.float(), dim=-1)
     predicted = probs.argmax(-1).tolist()
-    names = list(attrs["label_names"])
     n = len(names)
     matrix = [[0] * n for _ in range(n)]
     for truth, guess in zip(labels, predicted):
@@ -432,9 +430,8 @@ def _score_best(study: optuna.Study, location: RunLocation, data_path: Path | No
     wrong.sort(key=lambda i: -float(probs[i, predicted[i]]))  # the most confident mistakes first
     mistakes = [{"item": raw[i], "truth": names[labels[i]], "predicted": names[predicted[i]],
                  "probability": float(probs[i, predicted[i]])} for i in wrong[:MAX_MISTAKES]]
-    recorded = (attrs.get("test_scores") or {}).get(str(best.number))
-    return Scored(best.number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
-                  recorded, mistakes), ""
+    return Scored(number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
+                  recorded, mistakes)
 
 
 def _confusion(scored: Scored, page: _Page) -> str:

@@ -12,7 +12,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 from urllib.parse import unquote
 
 import optuna
@@ -21,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import RunError, UsageError
 from .files import write_json
+from .records import check_version, half_recorded
 
 RUN_FILE = "run.json"
 DEFAULT_STUDY = "autotl"
@@ -326,7 +326,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
+        storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)  # TrialRecord.error
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             continue
         failed.append(trial.number)
@@ -369,34 +369,9 @@ def load_study(location: RunLocation) -> optuna.Study:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise RunError(f"no study {location.study_name!r} in {redact(location.storage_url)}"
                        + (f"; studies there: {', '.join(names)}" if names else "; it holds no study")) from None
+    check_version(study.user_attrs, location.describe())
     if half_recorded(study.user_attrs):
         raise RunError(f"{location.describe()} is half-recorded: the `autotl search` that began it was interrupted "
                        "before it recorded the whole study (or is recording it now); run that search again (the same "
                        "command) to record it, then retry")
     return study
-
-
-#: The user attribute holding the whole description of a study, written last when a search begins
-#: it: a study has been begun once this is there. The same keys are also written one by one (before
-#: it, ``created`` after it) for the readers; studies begun before this existed have only those,
-#: ``created`` the last of them.
-DESCRIPTION = "description"
-LEGACY_KEYS = ("task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed", "models",
-               "weights_files", "out", "created")
-
-
-def recorded_description(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What the search that began the study recorded: task, data, recipe, models, seed, keep_top...
-
-    ``None`` for a study nobody has begun, or one whose creator was interrupted while recording it.
-    """
-    if isinstance(attrs.get(DESCRIPTION), dict):
-        return dict(attrs[DESCRIPTION])
-    if "created" in attrs:  # begun by an autotl that wrote the keys one by one, ``created`` last
-        return {key: attrs[key] for key in LEGACY_KEYS if key in attrs}
-    return None
-
-
-def half_recorded(attrs: Mapping[str, Any]) -> bool:
-    """Whether a search began recording the study (its task is there) but did not finish."""
-    return bool(attrs.get("task")) and recorded_description(attrs) is None

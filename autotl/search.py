@@ -6,44 +6,41 @@ A search is resumable: the study lives in an Optuna storage (SQLite in the run f
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import socket
-import statistics
+import sys
 import time
-import warnings
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
+from .after_search import score_best_on_test, scratch_baseline
 from .base import Backbone, LoadedData, Registry, Task
+from .budget import Budget
 from .cache import FeatureCache
-from .errors import ModelUnavailableError, RunError, UsageError
-from .files import load_weights, save_weights, write_json
-from .latency import measure_trial
-from .leaderboard import best_trial, rank_key
+from .device import resolve_device
+from .errors import RunError, UsageError
+from .files import write_json
+from .objective import Objective
 from .params import ParameterSet, parameters_for
 from .progress import Reporter
-from .recipes import VAL_FRACTION, Recipe, builtin_recipes, load_recipe, parse_recipe
-from .runs import (DESCRIPTION, RunLocation, StudyLock, default_storage, open_storage, recorded_description,
-                   recover_interrupted, sqlite_file, write_run_file)
-from .space import suggest
-from .training import accuracy, configure_threads, train
-from .trial_weights import (WEIGHTS_ATTR, drop_outside_top, owner_problem, recorded_weights, weights_metadata,
-                            weights_path)
+from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
+from .records import StudyRecord, begin_study, check_version, complete_keys, half_recorded
+from .resume import (adopted_options, adopted_recipe, check_models_and_keep_top, check_task,
+                     new_study_options)
+from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
+from .samplers import make_pruner, make_sampler, resumed_sampler_seed
+from .training import configure_threads
+from .trial_loop import TrialLoop
 from .transfer import prerank_study, sampled_models
+from .trial_weights import drop_outside_top, owner_problem, recorded_weights, weights_path
+from .zoo import layer_group_counts, resolve_zoo
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed trials are not done
-WAIT_POLL_S = 2.0
-KEEP_TOP = 3  # --keep-top when neither the command nor the study gives one
-#: the recipe's sections that decide the splits and the search space: a later process must not differ in them
-RECIPE_DECIDES = ("data", "models", "space", "fixed", "start_with")
 
 
 @dataclass
@@ -82,7 +79,11 @@ class Search:
     """Prepares everything that can fail before any trial runs, then runs trials within the budget.
 
     ``open()`` takes the run folder's lock when the study is SQLite (one process at a time);
-    ``close()`` gives it back, so call it before another ``Search`` opens the same folder.
+    ``close()`` gives it back, so call it before another ``Search`` opens the same folder. The pieces it
+    puts together: the zoo (:mod:`autotl.zoo`), what a begun study decides (:mod:`autotl.resume`), the
+    study's record (:mod:`autotl.records`), the sampler and pruner (:mod:`autotl.samplers`), the stopping
+    rule (:mod:`autotl.budget`), one trial (:mod:`autotl.objective`), and the test score and scratch
+    baseline afterwards (:mod:`autotl.after_search`).
     """
 
     def __init__(self, options: SearchOptions, registry: Registry, reporter: Reporter):
@@ -96,7 +97,7 @@ class Search:
             self.recipe = parse_recipe(options.recipe_raw, "the study's recipe", replace(self.parameters, strict=False))
         else:
             self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options, self.parameters)
-        self.device = _resolve_device(options.device)
+        self.device = resolve_device(options.device)
         if self.device.type == "cpu":
             configure_threads()
         self.cache = FeatureCache.from_settings(self.recipe.cache) if options.cache else None
@@ -107,54 +108,19 @@ class Search:
         self.data: LoadedData | None = None
         self.study: optuna.Study | None = None
         self.location: RunLocation | None = None
-        self.deadline: float | None = None
         self.lock: StudyLock | None = None
+        self.budget: Budget | None = None
+        self.objective: Objective | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.split_seed = options.seed  # a study begun already: the seed it recorded (see _adopt_study)
-        self._current: int | None = None
 
     # -- preparation -------------------------------------------------------------------------
     def resolve_zoo(self) -> None:
         """Resolve the models to search from the options (``open`` does it once it knows a begun study's models;
         call it only to use a ``Search`` without a study, as the benchmarks do)."""
-        self.zoo = self._resolve_models()
-        self.group_counts = {name: len(b.layer_groups(b.build(2, pretrained=False))) for name, b in self.zoo.items()}
-
-    def _resolve_models(self) -> dict[str, Backbone]:
-        families = self.registry.families_for(self.task)
-        if not families:
-            raise ModelUnavailableError(
-                f"no installed backbone family serves {self.task.name!r} (modality {self.task.modality!r}); "
-                "install a backbone plugin for it"
-            )
-        names = self.options.models or self.recipe.models
-        if not names:
-            names = [name for family in families for name in family.default_zoo()]
-            if not names:
-                raise ModelUnavailableError(
-                    f"no model for {self.task.name!r} works offline: the packages with offline weights are "
-                    "missing; name models with --models (online), or give --weights NAME=FILE"
-                )
-        weights = dict(self.options.weights)
-        if "" in weights:  # a bare `--weights FILE`: only for a single model
-            if len(names) != 1:
-                raise UsageError("--weights FILE needs exactly one model in --models; otherwise use --weights NAME=FILE")
-            weights[names[0]] = weights.pop("")
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise UsageError(f"--weights names model(s) not searched: {', '.join(unknown)}; add them to --models")
-        zoo = {}
-        for name in dict.fromkeys(names):
-            family = next((f for f in families if f.owns(name)), None)
-            if family is None:
-                known = ", ".join(f.name for f in families)
-                raise ModelUnavailableError(
-                    f"unknown model {name!r}: no backbone family serving {self.task.name!r} knows it (families: "
-                    f"{known}); check the spelling, or see `autotl plugins` for the models that work offline"
-                )
-            zoo[name] = family.get(name, weights.get(name))
-        self.weight_files = {name: str(Path(path).resolve()) for name, path in weights.items()}
-        return zoo
+        self.zoo, self.weight_files = resolve_zoo(self.registry, self.task, self.options.models or self.recipe.models,
+                                                  self.options.weights)
+        self.group_counts = layer_group_counts(self.zoo)
 
     def open(self) -> RunLocation:
         """Open (or resume) the study, load and check the data, and record what the run is.
@@ -163,57 +129,51 @@ class Search:
         (:meth:`_adopt_study`), so it is read before the data is loaded.
         """
         opts = self.options
-        default = opts.storage is None
         url = opts.storage or default_storage(opts.out)
         self.location = RunLocation(url, opts.study or "autotl", opts.out)
         database = sqlite_file(url)
-        storage = None
-        described = None
+        storage = described = None
         if database is None or database.is_file():  # a new run folder gets nothing before its data loads
-            if database is not None:  # SQLite: one process at a time (see StudyLock)
-                self.lock = StudyLock(database)
-                self.lock.acquire()
-            storage = open_storage(url)
+            storage = self._open_storage(url, database)
             described = self._adopt_study(_existing_attrs(storage, self.location.study_name))
         else:
             self._adopt_study({})
         self._load_data()
-        try:
-            opts.out.mkdir(parents=True, exist_ok=True)
-            probe = opts.out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise UsageError(f"cannot write to the output folder {opts.out}: {exc.strerror or exc}; choose another --out") from exc
-        if database is not None and self.lock is None:
+        _check_writable(opts.out)
+        self._open_study(storage or self._open_storage(url, database), described)
+        self._check_or_record_study()
+        self.group_counts = sampled_models(self.group_counts, self.study.user_attrs)  # less what pre-ranking dropped
+        write_run_file(self.location, opts.storage is None)
+        write_json(opts.out / "data_report.json", self.data.report)
+        return self.location
+
+    def _open_storage(self, url: str, database: Path | None) -> optuna.storages.BaseStorage:
+        if database is not None and self.lock is None:  # SQLite: one process at a time (see StudyLock)
             self.lock = StudyLock(database)
             self.lock.acquire()
-        storage = storage or open_storage(url)
+        return open_storage(url)
+
+    def _open_study(self, storage: optuna.storages.BaseStorage, described: dict[str, Any] | None) -> None:
+        """Create or load the study; take what another process recorded meanwhile; recover interrupted trials."""
+        seed = self.options.seed
         self.study = optuna.create_study(study_name=self.location.study_name, storage=storage,
-                                         sampler=_make_sampler(self.recipe.sampler, opts.seed),
-                                         pruner=_make_pruner(self.recipe.pruner), direction="maximize",
+                                         sampler=make_sampler(self.recipe.sampler, seed),
+                                         pruner=make_pruner(self.recipe.pruner), direction="maximize",
                                          load_if_exists=True)
-        now = recorded_description(self.study.user_attrs)
+        now = _described(self.study.user_attrs)
         if now is not None and now != described:  # another process began the study while this one loaded data
             split = (self.split_seed, self.recipe.val_fraction, self.recipe.data)
             self._adopt_study(self.study.user_attrs)
             if split != (self.split_seed, self.recipe.val_fraction, self.recipe.data):
                 self._load_data()
-        if now is not None:
-            # Resuming or joining: another seed, or this process would sample the same random start
-            # points as the process(es) before it.
+        if now is not None:  # resuming or joining: see resumed_sampler_seed
             existing = len(self.study.get_trials(deepcopy=False))
-            self.study.sampler = _make_sampler(self.recipe.sampler, hash((opts.seed, existing, os.getpid())) % 2**31)
-            self.study.pruner = _make_pruner(self.recipe.pruner)
+            self.study.sampler = make_sampler(self.recipe.sampler, resumed_sampler_seed(seed, existing))
+            self.study.pruner = make_pruner(self.recipe.pruner)
         if self.lock is not None:
             for number in recover_interrupted(self.study):
                 self.reporter.message(f"Trial {number} was interrupted when its process stopped (killed or crashed): "
                                       "marked failed and queued to run again")
-        self._check_or_record_study()
-        self.group_counts = sampled_models(self.group_counts, self.study.user_attrs)  # less what pre-ranking dropped
-        write_run_file(self.location, default)
-        write_json(opts.out / "data_report.json", self.data.report)
-        return self.location
 
     def _load_data(self) -> None:
         opts = self.options
@@ -223,74 +183,36 @@ class Search:
         self.reporter.data_report(self.data.report)
 
     def _adopt_study(self, attrs: dict[str, Any]) -> dict[str, Any] | None:
-        """Take from a study begun already what decides its splits and space; refuse what differs.
-
-        The split seed, the recipe (its data options, space, fixed settings and start points), the
-        models and keep_top are the study's. An option given that differs from the study's is refused
-        (:class:`RunError`); one left out takes the study's. Returns the study's description (``None``
-        for a new or half-recorded study, which this process records).
-        """
-        opts = self._given
-        described = recorded_description(attrs)
-        if described is None:
-            self.options = replace(opts, keep_top=opts.keep_top or KEEP_TOP)
+        """Take from a study begun already what decides its splits and space; refuse what differs
+        (see :mod:`autotl.resume`). Returns the study's description (``None`` for a new or half-recorded
+        study, which this process records)."""
+        given, where = self._given, self.location.describe()
+        check_version(attrs, where)
+        record = StudyRecord.described(attrs)
+        if record is None:
+            self.options = new_study_options(given)
             self.resolve_zoo()
             return None
-        where = self.location.describe()
-        if described.get("task") != self.task.name:
-            raise RunError(f"{where} is a {described.get('task')} search, not {self.task.name}; "
-                           "use another --out or --study")
-        again = "or start another --study/--out"
-        if opts.recipe_raw is None and opts.recipe is None:  # the study's recipe, with this command's -d
-            raw = dict(described["recipe"])
-            if opts.data_options:
-                raw["data"] = {**(raw.get("data") or {}), **opts.data_options}
-            self.recipe = parse_recipe(raw, described.get("recipe_source") or "the study's recipe",
-                                       replace(self.parameters, strict=False))
-            option = "--data-option"
-        else:
-            option = "--recipe" + (" / --data-option" if opts.data_options else "")
-        differ = [key for key in RECIPE_DECIDES if _decides(self.recipe.raw, key) != _decides(described["recipe"], key)]
-        if differ:
-            raise RunError(f"{option} differs from the study's recipe ({described.get('recipe_source', '?')}) in "
-                           f"{', '.join(differ)}, which decide the splits and the search space: leave {option} out "
-                           f"to use the study's, {again}")
-        recorded = list(described.get("models") or {})
-        weights = {**(described.get("weights_files") or {}), **opts.weights} if opts.models is None else opts.weights
-        keep_top = described.get("keep_top")
-        self.options = replace(opts, models=opts.models or recorded or None, weights=weights,
-                               keep_top=keep_top or opts.keep_top or KEEP_TOP)
+        check_task(record, self.task, where)
+        self.recipe = adopted_recipe(record, given, self.recipe, replace(self.parameters, strict=False))
+        self.options = adopted_options(record, given)
         self.resolve_zoo()  # first: a misspelt --models is told as such
-        if opts.models is not None and set(self.zoo) != set(recorded):
-            raise RunError(f"--models differs from the study's ({','.join(self.zoo)} vs {','.join(recorded)}): "
-                           f"leave --models out to use the study's, {again}")
-        if keep_top is not None and opts.keep_top is not None and opts.keep_top != keep_top:
-            raise RunError(f"--keep-top {opts.keep_top} differs from the study's ({keep_top}): leave --keep-top out "
-                           f"to use the study's, {again}")
-        self.split_seed = int(described.get("seed", 0))
-        if self.split_seed != opts.seed:
+        check_models_and_keep_top(record, given, self.zoo)
+        self.split_seed = record.seed
+        if self.split_seed != given.seed:
             self.reporter.message(f"The study's split seed is {self.split_seed} (its first process's --seed); "
-                                  f"--seed {opts.seed} seeds this process's sampler and training")
+                                  f"--seed {given.seed} seeds this process's sampler and training")
         if self.cache is not None:
             self.cache = FeatureCache.from_settings(self.recipe.cache)
-        return described
+        return record.description()
 
     def _check_or_record_study(self) -> None:
-        attrs = self.study.user_attrs
-        described = recorded_description(attrs)
-        if described is not None:
-            if described.get("fingerprint") and described["fingerprint"] != self.data.fingerprint:
-                raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
-                               f"(fingerprint {described['fingerprint']} -> {self.data.fingerprint}); start a new "
-                               "run with another --out or --study")
-            for key, value in described.items():  # a creator stopped between the description and `created`
-                if key not in attrs:
-                    self.study.set_user_attr(key, value)
-            done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
-            verb = "Resuming" if self.lock is not None else "Joining"  # SQLite: this process alone; else shared
-            self.reporter.message(f"{verb} {self.location.describe()}: {done} finished trial(s) kept")
+        """Check a resumed study against the data; record a new (or half-recorded) one, pre-ranking first."""
+        record = StudyRecord.described(self.study.user_attrs)
+        if record is not None:
+            self._check_resumed(record)
             return
-        if attrs.get("task"):
+        if half_recorded(self.study.user_attrs):
             self.reporter.message(f"{self.location.describe()} is half-recorded (the search that began it was "
                                   "interrupted): recording it anew")
         points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
@@ -298,213 +220,44 @@ class Search:
         if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
             points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
                                    self.device, seed=self.split_seed, say=self.reporter.message)
-        description = {
-            "task": self.task.name,
-            "data": str(Path(self.options.data).resolve()),
-            "fingerprint": self.data.fingerprint,
-            "label_names": self.data.label_names,
-            "recipe": self.recipe.raw,
-            "recipe_source": self.recipe.source,
-            "seed": self.split_seed,  # the split's: every later process loads the data with it
-            "models": {name: b.describe() for name, b in self.zoo.items()},
-            "weights_files": self.weight_files,  # for `autotl export --refit`
-            "out": str(Path(self.options.out).resolve()),  # where trials/NNNN/ lie, for --storage
-            "keep_top": self.options.keep_top,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        for key, value in description.items():  # one by one for the readers; `created` after the description
-            if key != "created":
-                self.study.set_user_attr(key, value)
-        for point in points:
-            self.study.enqueue_trial(point, skip_if_exists=True)
-        self.study.set_user_attr(DESCRIPTION, description)  # last, in one step: now the study is begun
-        self.study.set_user_attr("created", description["created"])
+        begin_study(self.study, self._new_record(), before_description=lambda: _enqueue(self.study, points))
 
-    # -- the search loop -----------------------------------------------------------------------
+    def _check_resumed(self, record: StudyRecord) -> None:
+        if record.fingerprint and record.fingerprint != self.data.fingerprint:
+            raise RunError(f"the data in {self.options.data} changed since {self.location.describe()} began "
+                           f"(fingerprint {record.fingerprint} -> {self.data.fingerprint}); start a new "
+                           "run with another --out or --study")
+        complete_keys(self.study)  # a creator stopped between the description and `created`
+        done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        verb = "Resuming" if self.lock is not None else "Joining"  # SQLite: this process alone; else shared
+        self.reporter.message(f"{verb} {self.location.describe()}: {done} finished trial(s) kept")
+
+    def _new_record(self) -> StudyRecord:
+        """What this search records about the study it begins (its split seed: later processes load the data so)."""
+        opts, data = self.options, self.data
+        return StudyRecord(task=self.task.name, data=str(Path(opts.data).resolve()), fingerprint=data.fingerprint,
+                           label_names=data.label_names, recipe=self.recipe.raw, recipe_source=self.recipe.source,
+                           seed=self.split_seed, models={name: b.describe() for name, b in self.zoo.items()},
+                           weights_files=self.weight_files, out=str(Path(opts.out).resolve()), keep_top=opts.keep_top,
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    # -- the search loop (see autotl/trial_loop.py) -------------------------------------------
     def run(self) -> SearchOutcome:
         opts = self.options
-        started = time.time()
-        self.deadline = started + opts.time_budget if opts.time_budget else None
+        self.budget = Budget(opts.trials, opts.time_budget)
+        self.objective = Objective(task=self.task, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
+                                   recipe=self.recipe, device=self.device, cache=self.cache, seed=opts.seed,
+                                   out=Path(opts.out), study_name=self.location.study_name, keep_top=opts.keep_top,
+                                   worker=self.worker_id, reporter=self.reporter, deadline=self.budget.deadline)
         self.reporter.search_started(self.location, list(self.zoo), opts.time_budget, opts.trials)
-        interrupted, reason, ran, failures, too_many, waiting = False, "", 0, 0, False, False
-        try:
-            while True:
-                reason = self._reason_to_stop(started)
-                if reason:
-                    break
-                if self._others_will_finish():
-                    if not waiting:
-                        self.reporter.message("Waiting for the trials other workers are running: they complete "
-                                              f"--trials {opts.trials} unless one of them dies")
-                        waiting = True
-                    time.sleep(WAIT_POLL_S)
-                    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
-                    continue
-                waiting = False
-                self._current = None
-                try:
-                    self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                                        callbacks=[self._keep_top_weights])
-                except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                    dropped = self._last_trial()
-                    if dropped is None or not dropped.state.is_finished():
-                        raise
-                    # Optuna could not record the trial: another worker failed it (and queued it
-                    # again) while this one was paused or out of reach past the grace period.
-                    self.reporter.message(f"Trial {dropped.number} was failed by another worker while this one was "
-                                          "paused or lost its heartbeat; its result is dropped and this worker "
-                                          "goes on with the next trial")
-                    continue
-                ran += 1
-                last = self._last_trial()
-                if last is not None and last.state == TrialState.FAIL:
-                    failures += 1
-                    if opts.max_failures is not None and failures >= opts.max_failures:
-                        too_many = True
-                        reason = (f"{failures} trials failed (--max-failures {opts.max_failures}); the last: "
-                                  f"{last.user_attrs.get('error', 'no reason recorded')}")
-                        break
-        except KeyboardInterrupt:
-            interrupted, reason = True, "interrupted (Ctrl-C); every finished trial is kept"
-        self.reporter.search_finished(reason)
-        return SearchOutcome(self.location, interrupted, reason, ran, too_many)
-
-    def _last_trial(self) -> optuna.trial.FrozenTrial | None:
-        if self._current is None:
-            return None
-        return next((t for t in self.study.get_trials(deepcopy=False) if t.number == self._current), None)
+        end = TrialLoop(self.study, self.objective, self.budget, self.reporter, opts.max_failures,
+                        self._keep_top_weights).run()
+        self.reporter.search_finished(end.reason)
+        return SearchOutcome(self.location, end.interrupted, end.reason, end.trials_run, end.too_many_failures)
 
     def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
-
-    def _others_will_finish(self) -> bool:
-        """With --trials N: the trials done plus those other workers are running reach N already.
-
-        Then this worker waits instead of starting a surplus trial; if one of those workers dies,
-        its trial goes stale, is failed and queued again, and this worker runs it.
-        """
-        if self.options.trials is None:
-            return False
-        done = len(self.study.get_trials(deepcopy=False, states=DONE))
-        running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        return done + running >= self.options.trials
-
-    def _reason_to_stop(self, started: float) -> str:
-        done = self.study.get_trials(deepcopy=False, states=DONE)
-        if self.options.trials is not None and len(done) >= self.options.trials:
-            return f"{len(done)} trials done, complete or pruned (--trials {self.options.trials})"
-        if self.deadline is None:
-            return ""
-        remaining = self.deadline - time.time()
-        if remaining <= 0:
-            return f"time budget of {_fmt_s(self.options.time_budget)} used"
-        # pruned trials count: under Hyperband most trials stop after a few epochs, and a trial still
-        # running at the deadline is cut there and keeps its best epoch
-        durations = [t.duration.total_seconds() for t in done if t.duration]
-        typical = statistics.median(durations) if durations else None
-        if typical and remaining < 0.5 * typical:
-            return (f"time budget nearly used: {_fmt_s(remaining)} left, a typical trial takes {_fmt_s(typical)}")
-        return ""
-
-    def _objective(self, trial: optuna.Trial) -> float:
-        self._current = trial.number
-        trial.set_user_attr("worker", self.worker_id)
-        params = suggest(trial, self.recipe, self.group_counts)
-        trial.set_user_attr("config", params)
-        backbone = self.zoo[params["model"]]
-        self.reporter.trial_started(trial.number, params)
-        started = time.time()
-        curve: list[float] = []
-        stats: dict[str, Any] = {}
-        try:
-            trial_data = self.task.prepare(self.data, backbone, params)
-            epochs = int(params["epochs"])
-
-            def on_epoch(epoch: int, loss: float, val_accuracy: float) -> str | None:
-                curve.append(val_accuracy)
-                trial.report(val_accuracy, epoch + 1)  # the step: epochs done, Hyperband's resource
-                self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
-                if epoch + 1 < epochs and trial.should_prune():
-                    trial.set_user_attr("stopped", f"pruned after epoch {epoch + 1}")
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-                if epoch + 1 < epochs and self.deadline is not None and time.time() > self.deadline:
-                    return f"time budget reached after epoch {epoch + 1} of {epochs}"
-                return None
-
-            result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
-                           device=self.device, seed=self.options.seed + trial.number, on_epoch=on_epoch,
-                           deadline=self.deadline, cache=self.cache,
-                           cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint},
-                           stats=stats)
-        except optuna.TrialPruned as exc:
-            _record_stats(trial, stats)
-            self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
-                                         str(exc))
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            raise
-        except Exception as exc:
-            self._record_failure(trial, exc, started)
-            raise
-        step = "recording the result"  # what failed, if anything does after training
-        try:
-            if result.stopped:
-                trial.set_user_attr("stopped", result.stopped)
-            trial.set_user_attr("best_epoch", result.best_epoch + 1)
-            trial.set_user_attr("val_curve", [round(v, 4) for v in result.curve])
-            trial.set_user_attr("epoch_seconds", [round(s, 2) for s in result.epoch_seconds])
-            _record_stats(trial, {"timing": result.timing, "cache": result.cache})
-            trial.set_user_attr("trainable_params", result.adapted.trainable_params)
-            trial.set_user_attr("total_params", result.adapted.total_params)
-            step = "merging the weights"
-            state = result.merged_state(backbone, len(self.data.label_names))
-            step = "measuring the cost"
-            self._record_cost(trial, backbone, state, trial_data.val)
-            if self._in_top(result.best_accuracy, trial.number):
-                # Weights outside the top are dropped by _keep_top_weights, once Optuna has recorded this trial.
-                step = "saving the weights"
-                study_name = self.location.study_name
-                path = weights_path(self.options.out, trial.number, study_name)
-                save_weights(path, state, weights_metadata(study_name, trial.number, params["model"]))
-                trial.set_user_attr(WEIGHTS_ATTR, str(path.relative_to(self.options.out)))
-            step = "reporting the result"
-            self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
-                                         result.stopped)
-        except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            raise
-        except Exception as exc:
-            self._record_failure(trial, exc, started, f"after training, {step}")
-            raise
-        return result.best_accuracy
-
-    def _record_failure(self, trial: optuna.Trial, exc: Exception, started: float, during: str = "") -> None:
-        """Record why the trial failed (its ``error`` attribute, which the leaderboard shows) and say so."""
-        text = str(exc).strip()
-        message = f"{exc.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}"
-        if during:
-            message = f"{during} failed: {message}"
-        trial.set_user_attr("error", message)
-        self.reporter.trial_finished(trial.number, "FAIL", None, time.time() - started, message)
-
-    def _record_cost(self, trial: optuna.Trial, backbone: Backbone, state: dict, val) -> None:
-        """Parameter count and inference latency of the merged network (see autotl/latency.py)."""
-        try:
-            cost = measure_trial(backbone, state, len(self.data.label_names), val, self.device)
-        except Exception as exc:  # a cost we cannot measure must not cost the trial
-            trial.set_user_attr("latency_error", f"{exc.__class__.__name__}: {str(exc)[:200]}")
-            return
-        for key, value in cost.items():
-            trial.set_user_attr(key, value)
-
-    def _in_top(self, value: float, number: int) -> bool:
-        """Whether trial ``number``, scoring ``value``, ranks among the top --keep-top completed trials."""
-        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return sum(rank_key(t) < (-value, number) for t in done) < self.options.keep_top
 
     def _keep_top_weights(self, study: optuna.Study, finished: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback once it has recorded a trial: keep the weights of the top --keep-top completed
@@ -512,43 +265,11 @@ class Search:
         thus never leaves the best completed trial without its weights."""
         drop_outside_top(study, self.options.out, self.options.keep_top)
 
-    # -- after the search ----------------------------------------------------------------------
+    # -- after the search (see autotl/after_search.py) -----------------------------------------
     def score_best_on_test(self) -> dict[str, Any] | None:
         """Score the best trial on the test split, which chose nothing; stored on the study."""
-        best = best_trial(self.study)
-        if best is None:
-            return None
-        if not self.data.has_test:
-            self.reporter.message("No test/ split: the best trial is reported with its validation score only.")
-            return None
-        if self.kept_weights(best) is None:
-            self.reporter.message(f"Weights of trial {best.number} are not in {self.options.out}; no test score.")
-            return None
-        params = best.user_attrs["config"]
-        backbone = self.zoo.get(params["model"])
-        if backbone is None:
-            self.reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
-            return None
-        split = self.task.prepare(self.data, backbone, params).test
-        score = {"trial": best.number, "test_accuracy": self.test_accuracy(best), "test_size": len(split)}
-        scores = dict(self.study.user_attrs.get("test_scores", {}))
-        scores[str(best.number)] = score["test_accuracy"]
-        self.study.set_user_attr("test_scores", scores)
-        return score
-
-    def test_accuracy(self, trial: optuna.trial.FrozenTrial) -> float:
-        """A trial's kept weights scored on the test split (which must exist, as must the weights)."""
-        params = trial.user_attrs["config"]
-        backbone = self.zoo[params["model"]]
-        path = self.kept_weights(trial)
-        if path is None:
-            raise RunError(f"the weights of trial {trial.number} are not kept in {self.options.out}")
-        model = backbone.build(len(self.data.label_names), pretrained=False)
-        model.load_state_dict(load_weights(path))
-        model.to(self.device)
-        if backbone.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return accuracy(model, self.task.prepare(self.data, backbone, params).test, self.device)
+        return score_best_on_test(self.study, self.task, self.data, self.zoo, self.kept_weights, self.options.out,
+                                  self.device, self.reporter)
 
     def kept_weights(self, trial: optuna.trial.FrozenTrial) -> Path | None:
         """The weights ``trial`` recorded, if they are in the run folder and are its own."""
@@ -559,24 +280,31 @@ class Search:
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""
-        best = best_trial(self.study)
-        if best is None:
-            return None
-        params = dict(best.user_attrs["config"], freeze=0, lora_rank=0)
-        backbone = self.zoo[params["model"]]
-        self.reporter.message(f"From-scratch comparison: {params['model']} with random weights, "
-                              f"{params['epochs']} epochs, lr {params['lr']:.2g} ...")
-        data = self.task.prepare(self.data, backbone, params)
-        started = time.time()
-        result = train(backbone, params, data.train, data.val, len(self.data.label_names), device=self.device,
-                       seed=self.options.seed, pretrained=False)
-        model = result.adapted.model
-        model.load_state_dict(result.best_state)
-        scratch = {"model": params["model"], "params": params, "val_accuracy": result.best_accuracy,
-                   "test_accuracy": accuracy(model, data.test, self.device) if data.test is not None else None,
-                   "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
-        self.study.set_user_attr("scratch", scratch)
-        return scratch
+        return scratch_baseline(self.study, self.task, self.data, self.zoo, self.device, self.options.seed,
+                                self.reporter)
+
+
+def _enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:
+    """Queue the recipe's start points (ordered by the pre-ranking) as the study's first trials."""
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse a run folder this process cannot write in, before any trial runs."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to the output folder {out}: {exc.strerror or exc}; choose another --out") from exc
+
+
+def _described(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The description of the study with user attributes ``attrs``; ``None`` when no search has begun it."""
+    record = StudyRecord.described(attrs)
+    return None if record is None else record.description()
 
 
 def _existing_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
@@ -585,22 +313,6 @@ def _existing_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str
         return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     except KeyError:
         return {}
-
-
-def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
-    """A recipe section that decides the splits or the space, as the study stores it (JSON), defaults filled in."""
-    value = json.loads(json.dumps(recipe_raw.get(key), default=str))
-    if key == "data":
-        value = {"val_fraction": VAL_FRACTION, **(value or {})}
-    return value or None
-
-
-def _record_stats(trial: optuna.Trial, stats: dict[str, Any]) -> None:
-    """Where the trial's time went and how the frozen-prefix cache served it (see ``train``)."""
-    if stats.get("timing"):
-        trial.set_user_attr("timing", {k: round(v, 3) for k, v in stats["timing"].items()})
-    if stats.get("cache"):
-        trial.set_user_attr("cache", stats["cache"])
 
 
 def _find_task(registry: Registry, name: str) -> Task:
@@ -642,49 +354,16 @@ def check_data_options(task: Task, options: dict[str, Any], where: str) -> None:
                          f"its options are {', '.join(known)}")
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
+class _CallableModule(types.ModuleType):
+    """``autotl.search`` is this module, and calling it runs a search: ``autotl.search(DATA, task=...)`` is
+    :func:`autotl.api.search`."""
+
+    def __call__(self, data, **options):
+        from .api import search
+
+        return search(data, **options)
 
 
-def _make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:
-    spec = dict(spec)
-    name = spec.pop("name", "tpe")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            if spec.get("multivariate"):
-                spec.setdefault("group", True)
-            return optuna.samplers.TPESampler(seed=seed, **spec)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-    raise UsageError(f"recipe sampler.name {name!r} is unknown; use tpe or random")
-
-
-def _make_pruner(spec: dict) -> optuna.pruners.BasePruner:
-    spec = dict(spec)
-    name = spec.pop("name", "median")
-    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
-    if name not in pruners:
-        raise UsageError(f"recipe pruner.name {name!r} is unknown; use one of {', '.join(pruners)}")
-    try:
-        return pruners[name](**spec)
-    except TypeError as exc:
-        raise UsageError(f"recipe pruner: {exc}") from exc
-
-
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None or math.isnan(seconds):
-        return "-"
-    seconds = float(seconds)
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
-
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Search", "SearchOptions", "SearchOutcome", "weights_path"]

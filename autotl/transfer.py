@@ -38,13 +38,14 @@ import torch
 from .base import Backbone, LoadedData, Task, TensorSplit
 from .recipes import DEFAULTS, PRERANK_DEFAULTS, Recipe
 from .cache import prefix_outputs
+from .records import PRERANK_DROPPED_ATTR, TRANSFERABILITY_ATTR, StudyRecord, record_transferability
 
 #: metric name -> column title; the order of the table's columns.
 METRICS = {"logme": "LogME", "hscore": "H-score", "gbc": "GBC"}
-#: the user attribute of the study holding the ranking (a list of dicts, best first).
-ATTR = "transferability"
+#: the user attribute of the study holding the ranking (a list of dicts, best first); see autotl/records.py.
+ATTR = TRANSFERABILITY_ATTR
 #: the user attribute holding the models dropped from the sampled space, with the reason.
-DROPPED_ATTR = "prerank_dropped"
+DROPPED_ATTR = PRERANK_DROPPED_ATTR
 
 _EPS = 1e-5  # LogME's epsilon in the denominators of its alpha and beta updates
 _TINY = np.finfo(np.float64).tiny
@@ -396,14 +397,13 @@ def prerank_study(study, task: Task, data: LoadedData, zoo: Mapping[str, Backbon
     planned, note = plan_start_points(points, rows, dropped, group_counts)
     if note:
         say(f"Pre-ranking {note}")
-    study.set_user_attr(ATTR, [r.as_dict() for r in rows])
-    study.set_user_attr(DROPPED_ATTR, dropped)
+    record_transferability(study, [r.as_dict() for r in rows], dropped)
     return planned
 
 
 def sampled_models(group_counts: Mapping[str, int], user_attrs: Mapping[str, Any]) -> dict[str, int]:
     """``group_counts`` without the models the study's pre-ranking dropped (the sampled space)."""
-    dropped = user_attrs.get(DROPPED_ATTR) or {}
+    dropped = StudyRecord.from_attrs(user_attrs).prerank_dropped or {}
     kept = {name: n for name, n in group_counts.items() if name not in dropped}
     return kept or dict(group_counts)
 

@@ -20,11 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .leaderboard import rank_key
+from .records import TrialRecord
 from .runs import DEFAULT_STUDY
-
-#: the trial user attribute holding the path of its saved weights, relative to the run folder.
-WEIGHTS_ATTR = "weights"
-
 
 def study_folder(study: str) -> str:
     """The folder name of ``study``'s trial weights: the name itself where it is a plain lower-case file name,
@@ -51,7 +48,7 @@ def weights_metadata(study: str, number: int, model: str) -> dict[str, str]:
 def recorded_weights(trial: FrozenTrial, roots: Iterable[Path | str | None]) -> Path | None:
     """The weights ``trial`` recorded, in the first of ``roots`` (run folders) that holds them; ``None`` if it
     recorded none (its weights were never kept) or no root holds them (deleted by keep-top, or moved)."""
-    rel = trial.user_attrs.get(WEIGHTS_ATTR)
+    rel = TrialRecord.from_trial(trial).weights
     if not rel:
         return None
     for root in roots:
@@ -77,6 +74,13 @@ def owner_problem(path: Path, study: str, number: int) -> str | None:
     return None
 
 
+def ranks_in_top(study: optuna.Study, value: float, number: int, keep_top: int) -> bool:
+    """Whether trial ``number``, scoring ``value``, ranks among the top ``keep_top`` completed trials of ``study``
+    (by :func:`~autotl.leaderboard.rank_key`): whether its weights are worth saving."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(rank_key(t) < (-value, number) for t in done) < keep_top
+
+
 def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]:
     """Delete the weights, in run folder ``out``, of the completed trials of ``study`` outside the top
     ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of its failed trials (a failure after
@@ -100,5 +104,5 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
     return dropped
 
 
-__all__ = ["WEIGHTS_ATTR", "drop_outside_top", "owner_problem", "recorded_weights", "study_folder",
+__all__ = ["drop_outside_top", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder",
            "weights_metadata", "weights_path"]

@@ -24,6 +24,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autotl.records import StudyRecord, TrialRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import postgres_server  # noqa: E402
@@ -79,7 +81,7 @@ def main() -> int:
             if victim.poll() is not None:
                 raise SystemExit(f"{victim_name} ended before it could be killed; see {logs}")
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if str(t.user_attrs.get("worker", "")).endswith(f":{victim.pid}") and t.datetime_start:
+                if str(TrialRecord.from_trial(t).worker or "").endswith(f":{victim.pid}") and t.datetime_start:
                     if time.time() - t.datetime_start.timestamp() >= args.kill_after:
                         killed = t
             time.sleep(0.3)
@@ -113,7 +115,7 @@ def main() -> int:
               + (f" ({retry.duration.total_seconds():.0f}s)" if retry and retry.duration else ""))
         per_worker = {}
         for t in complete:
-            per_worker.setdefault(t.user_attrs.get("worker"), []).append(t.number)
+            per_worker.setdefault(TrialRecord.from_trial(t).worker, []).append(t.number)
         for worker, numbers in per_worker.items():
             print(f"  {worker}: trials {numbers}")
         for check, ok in checks.items():
@@ -133,7 +135,7 @@ def _wait_for_study(url: str, name: str, proc: subprocess.Popen) -> optuna.Study
             raise SystemExit(f"the search ended before it began the study (exit {proc.returncode})")
         try:
             study = optuna.load_study(study_name=name, storage=url)
-            if study.user_attrs.get("task"):
+            if StudyRecord.from_study(study).task:
                 return study
         except KeyError:
             pass

@@ -45,11 +45,14 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
-from autotl.cli import _quiet_libraries
+from autotl.progress import quiet_libraries
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
+from autotl.records import TrialRecord
+from autotl.run import Run
 from autotl.search import Search, SearchOptions
+from autotl.training import accuracy
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")
@@ -88,7 +91,7 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
                 best = t
                 incumbents.append((t.datetime_complete.timestamp() - started, t))
         scored = [{"at_s": round(at, 1), "trial": t.number, "val_accuracy": round(t.value, 4),
-                   "test_accuracy": test_accuracy(search, t), "params": t.user_attrs.get("config")}
+                   "test_accuracy": test_accuracy(search, t), "params": TrialRecord.from_trial(t).config}
                   for at, t in incumbents]
     finally:
         search.close()
@@ -96,13 +99,19 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
     return {"seconds": round(elapsed, 1), "trials": len(trials), "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"), "failed": states.count("FAIL"), "incumbents": scored,
             "test_accuracy": scored[-1]["test_accuracy"] if scored else None,
-            "cache": [t.user_attrs.get("cache") for t in trials if t.user_attrs.get("cache")]}
+            "cache": [TrialRecord.from_trial(t).cache for t in trials if TrialRecord.from_trial(t).cache]}
 
 
 def test_accuracy(search: Search, trial) -> float | None:
-    if not search.data.has_test or search.kept_weights(trial) is None:
+    """The trial's kept weights on the test split, through the run opened as `autotl export` opens it."""
+    weights = search.kept_weights(trial)
+    if not search.data.has_test or weights is None:
         return None
-    return round(search.test_accuracy(trial), 4)
+    run = Run(search.location, search.study, search.registry)
+    params = run.config(trial)
+    backbone = search.zoo[params["model"]]
+    model = run.network(trial, search.device, weights=weights, backbone=backbone)
+    return round(accuracy(model, search.task.prepare(search.data, backbone, params).test, search.device), 4)
 
 
 def time_to(result: dict, target: float) -> float | None:
@@ -138,7 +147,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="keep the arms' run folders here (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args()
-    _quiet_libraries()  # as `autotl search` does: Optuna's and timm's chatter off
+    quiet_libraries()  # as `autotl search` does: Optuna's and timm's chatter off
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not set(arms) <= set(ARMS):
         parser.error(f"--arms takes {', '.join(ARMS)}")

@@ -347,9 +347,9 @@ def main() -> int:
             name += "+"
         sets[name] = folder
 
-    from autotl.cli import _quiet_libraries
+    from autotl.progress import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     results = load_results(args.out, args.task, args.budget)
     work = Path(tempfile.mkdtemp(prefix="autotl-suite-"))
     try:

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from tiny import TINY
 
-import autotl.search
+import autotl.objective
 from autotl.cli import cli
 from autotl.errors import RunError
 from autotl.files import load_weights
@@ -128,7 +128,7 @@ def test_keep_top_keeps_the_best_weights_when_the_new_trial_is_never_recorded(ti
     kept = out / best.user_attrs["weights"]
     assert kept.is_file()
 
-    real_train = autotl.search.train
+    real_train = autotl.objective.train
 
     def better(*args, **kwargs):  # the next trial ranks above trial 0, so it would displace its weights
         result = real_train(*args, **kwargs)
@@ -142,7 +142,7 @@ def test_keep_top_keeps_the_best_weights_when_the_new_trial_is_never_recorded(ti
             raise RuntimeError("simulated: the database connection was lost")
         return real_set_state(self, trial_id, state, values)
 
-    monkeypatch.setattr(autotl.search, "train", better)
+    monkeypatch.setattr(autotl.objective, "train", better)
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", lost)
     code, output = search(tiny_folder, out, tiny_weights, "--trials", 2, "--keep-top", 1)
     assert code != 0, output
@@ -167,8 +167,8 @@ def test_tied_trials_every_reader_picks_the_lower_trial_number(tiny_folder, tiny
     raw["fixed"].update({"freeze": 0, "lora_rank": 0, "lr": 0.005})
     recipe = tmp_path / "one-point.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    real_train = autotl.search.train
-    monkeypatch.setattr(autotl.search, "train", lambda *args, seed, **kwargs: real_train(*args, seed=0, **kwargs))
+    real_train = autotl.objective.train
+    monkeypatch.setattr(autotl.objective, "train", lambda *args, seed, **kwargs: real_train(*args, seed=0, **kwargs))
 
     real_best_id = optuna.storages.RDBStorage._get_best_trial_id
 
@@ -208,7 +208,7 @@ def test_a_failure_after_training_records_its_reason(tiny_folder, tiny_weights, 
     def disk_full(path, state, metadata=None):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(autotl.search, "save_weights", disk_full)
+    monkeypatch.setattr(autotl.objective, "save_weights", disk_full)
     out = tmp_path / "run"
     code, output = search(tiny_folder, out, tiny_weights, "--trials", 3, "--max-failures", 2)
     assert code == 8, output

@@ -25,7 +25,7 @@ from autotl.cli import cli
 from autotl.errors import RunError
 from autotl.runs import RunLocation, open_storage, write_run_file
 
-DESCRIPTION = "description"  # the study attribute holding its whole description (autotl.runs.DESCRIPTION)
+DESCRIPTION = "description"  # the study attribute holding its whole description (autotl.records.DESCRIPTION)
 RECIPE = Path(__file__).parent / "data" / "tiny-image.yaml"
 
 

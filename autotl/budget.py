@@ -1,0 +1,71 @@
+"""When a search stops: ``--trials`` done, the ``--time-budget`` used (or too little of it left for a typical
+trial), and when a worker waits instead of starting a trial that other workers will make surplus."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed trials are not done
+
+
+@dataclass
+class Budget:
+    """The stopping rule of one search process: ``trials`` (shared by every worker of the study) and a
+    wall-clock ``time_budget`` in seconds from ``started``."""
+
+    trials: int | None = None
+    time_budget: float | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the time budget ends (``time.time()`` seconds); ``None`` without one."""
+        return self.started + self.time_budget if self.time_budget else None
+
+    def reason_to_stop(self, study: optuna.Study) -> str:
+        """Why the search stops now, in words; ``""`` while it goes on."""
+        done = study.get_trials(deepcopy=False, states=DONE)
+        if self.trials is not None and len(done) >= self.trials:
+            return f"{len(done)} trials done, complete or pruned (--trials {self.trials})"
+        if self.deadline is None:
+            return ""
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            return f"time budget of {format_seconds(self.time_budget)} used"
+        # pruned trials count: under Hyperband most trials stop after a few epochs, and a trial still
+        # running at the deadline is cut there and keeps its best epoch
+        durations = [t.duration.total_seconds() for t in done if t.duration]
+        typical = statistics.median(durations) if durations else None
+        if typical and remaining < 0.5 * typical:
+            return (f"time budget nearly used: {format_seconds(remaining)} left, a typical trial takes "
+                    f"{format_seconds(typical)}")
+        return ""
+
+    def others_will_finish(self, study: optuna.Study) -> bool:
+        """With ``trials``: the trials done plus those other workers are running reach it already.
+
+        Then this worker waits instead of starting a surplus trial; if one of those workers dies,
+        its trial goes stale, is failed and queued again, and this worker runs it.
+        """
+        if self.trials is None:
+            return False
+        done = len(study.get_trials(deepcopy=False, states=DONE))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return done + running >= self.trials
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``42s`` below two minutes, else ``2.5min``; ``-`` when unknown."""
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    seconds = float(seconds)
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
+
+
+__all__ = ["DONE", "Budget", "format_seconds"]

@@ -1,0 +1,253 @@
+"""What a search records in its Optuna study: the study's record and each trial's, declared in one place.
+
+A search keeps everything it knows about a run in the study's user attributes (so that a run folder,
+or a shared PostgreSQL study, describes itself): :class:`StudyRecord` for the study (what the search
+is: task, data, recipe, models, seed...; and what it adds later: test scores, the scratch baseline,
+the transferability pre-ranking), :class:`TrialRecord` for one trial (its configuration, curves,
+costs, weights, why it stopped or failed). Every attribute name is a field name here, and every
+reader goes through :meth:`StudyRecord.from_study` / :meth:`TrialRecord.from_trial`; the writers are
+:func:`begin_study`, :func:`record_test_score`, :func:`record_scratch`, :func:`record_transferability`
+and :func:`record_trial`. In the manner of timm's ``PretrainedCfg`` and peft's config dataclasses.
+
+The record is versioned (:data:`RECORD_VERSION`, stored as ``record_version``). A study that holds no
+version was written before versions were recorded (autotl up to 6f673bc), in the layout of version 1;
+one of a newer version than this autotl reads is refused (:func:`check_version`).
+
+Crash safety: a search begins a study by writing the description's keys one by one (for the
+readers), then the whole description in one step (:data:`DESCRIPTION`), then ``created``. A study
+holding the description has been begun; one with a task but no description was cut while being
+recorded (:func:`half_recorded`) and is recorded anew by the next search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import RunError
+
+#: the layout of the run record this autotl writes; it reads this one and every older one.
+RECORD_VERSION = 1
+#: the study attribute holding the record's version (absent: version 1, written before versions were).
+VERSION_ATTR = "record_version"
+#: The study attribute holding the whole description of a study, written last when a search begins it:
+#: a study has been begun once this is there. The same keys are also written one by one (before it,
+#: ``created`` after it) for the readers; studies begun before this existed have only those, ``created``
+#: the last of them.
+DESCRIPTION = "description"
+#: the keys a study begun before :data:`DESCRIPTION` existed holds, one by one.
+LEGACY_KEYS = ("task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed", "models",
+               "weights_files", "out", "created")
+#: the study attribute holding the transferability pre-ranking (a list of rows, see autotl/transfer.py).
+TRANSFERABILITY_ATTR = "transferability"
+#: the study attribute holding the models the pre-ranking dropped from the search ({model: why}).
+PRERANK_DROPPED_ATTR = "prerank_dropped"
+
+
+@dataclass
+class StudyRecord:
+    """What a search records about its study.
+
+    The fields up to ``created`` form the description, written once when the search begins the study;
+    the fields after it are added later. A field the study lacks takes its default, so a study begun by
+    another tool (or an older autotl) reads as far as it goes.
+    """
+
+    task: str | None = None
+    data: str | None = None  # the data folder, resolved
+    fingerprint: str | None = None  # the data's, as the task computed it
+    label_names: list[str] = field(default_factory=list)
+    recipe: dict[str, Any] | None = None  # the recipe as read (Recipe.raw)
+    recipe_source: str | None = None
+    seed: int = 0  # the split's: every later process loads the data with it
+    models: dict[str, str] = field(default_factory=dict)  # {model: its description}
+    weights_files: dict[str, str] = field(default_factory=dict)  # {model: checkpoint file}, for export --refit
+    out: str | None = None  # the run folder of the search that began it (where its trials' weights lie)
+    keep_top: int | None = None
+    created: str | None = None
+    record_version: int = RECORD_VERSION
+    # -- added after the search began the study
+    test_scores: dict[str, float] = field(default_factory=dict)  # {trial number: test accuracy}
+    scratch: dict[str, Any] | None = None  # the from-scratch baseline (Search.scratch_baseline)
+    transferability: list[dict[str, Any]] | None = None  # the pre-ranking's rows
+    prerank_dropped: dict[str, str] = field(default_factory=dict)
+    #: whether the study holds a whole description (False: nobody began it, or its creator was cut)
+    begun: bool = False
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "StudyRecord":
+        """The record of a study whose user attributes are ``attrs``, as its readers take it: each key as the
+        study holds it one by one, else as its description holds it (check the version first)."""
+        described = _description(attrs)
+        values = {key: attrs[key] if key in attrs else described[key] for key in _DESCRIBED
+                  if key in attrs or key in (described or {})}
+        return cls._made(values, attrs, begun=described is not None)
+
+    @classmethod
+    def described(cls, attrs: Mapping[str, Any]) -> "StudyRecord | None":
+        """The record as the search that began the study described it (its :data:`DESCRIPTION`), which decides
+        what a later process of the search takes; ``None`` for a study nobody began (or half-recorded)."""
+        described = _description(attrs)
+        if described is None:
+            return None
+        return cls._made({key: described[key] for key in _DESCRIBED if key in described}, attrs, begun=True)
+
+    @classmethod
+    def _made(cls, values: dict[str, Any], attrs: Mapping[str, Any], begun: bool) -> "StudyRecord":
+        later = {key: attrs[key] for key in _LATER if attrs.get(key) is not None}
+        record = cls(**values, **later, begun=begun)
+        record.record_version = record_version(attrs)
+        record.seed = int(record.seed or 0)
+        return record
+
+    @classmethod
+    def from_study(cls, study) -> "StudyRecord":
+        """The record of an Optuna study."""
+        return cls.from_attrs(study.user_attrs)
+
+    def description(self) -> dict[str, Any]:
+        """The description as the study stores it (:data:`DESCRIPTION`): the fields up to ``record_version``."""
+        return {key: getattr(self, key) for key in _DESCRIBED}
+
+    def test_score(self, number: int | None) -> float | None:
+        """The test accuracy recorded for trial ``number``, if it was scored."""
+        return None if number is None else (self.test_scores or {}).get(str(number))
+
+
+#: the description's keys, in the order they are written; `created` is written last, after DESCRIPTION.
+_DESCRIBED = ("record_version", "task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed",
+              "models", "weights_files", "out", "keep_top", "created")
+_LATER = ("test_scores", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR)
+
+
+def _description(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the search that began the study recorded; ``None`` for a study nobody began, or one whose creator
+    was interrupted while recording it."""
+    if isinstance(attrs.get(DESCRIPTION), dict):
+        return dict(attrs[DESCRIPTION])
+    if "created" in attrs:  # begun by an autotl that wrote the keys one by one, ``created`` last
+        return {key: attrs[key] for key in LEGACY_KEYS if key in attrs}
+    return None
+
+
+def begun(attrs: Mapping[str, Any]) -> bool:
+    """Whether a search recorded the whole description of the study with these user attributes."""
+    return _description(attrs) is not None
+
+
+def half_recorded(attrs: Mapping[str, Any]) -> bool:
+    """Whether a search began recording the study (its task is there) but did not finish."""
+    return bool(attrs.get("task")) and not begun(attrs)
+
+
+def record_version(attrs: Mapping[str, Any]) -> int:
+    """The version of the run record in a study's user attributes: 1 where none is recorded (autotl <= 6f673bc)."""
+    described = attrs.get(DESCRIPTION) if isinstance(attrs.get(DESCRIPTION), dict) else {}
+    version = attrs.get(VERSION_ATTR, described.get(VERSION_ATTR, 1))
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        return -1
+
+
+def check_version(attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a study whose run record this autotl cannot read (written by a newer autotl)."""
+    version = record_version(attrs)
+    if not 1 <= version <= RECORD_VERSION:
+        shown = attrs.get(VERSION_ATTR)
+        raise RunError(f"{where} holds a run record of version {shown if version < 0 else version}, written by a "
+                       f"newer autotl; this autotl reads version {RECORD_VERSION} and older: upgrade autotl "
+                       "(pip install -U autotl) to open it")
+
+
+def begin_study(study, record: StudyRecord, before_description: Callable[[], None] = lambda: None) -> None:
+    """Record ``record``'s description in a new study, crash-safe.
+
+    The keys one by one first (for the readers), then ``before_description()`` (the search queues its
+    start points there), then the whole description in one step: from then on the study is begun; then
+    ``created`` (the last key of the older layout). A process cut anywhere before the description leaves a
+    half-recorded study, which the next search records anew.
+    """
+    description = record.description()
+    for key, value in description.items():
+        if key != "created":
+            study.set_user_attr(key, value)
+    before_description()
+    study.set_user_attr(DESCRIPTION, description)  # last, in one step: now the study is begun
+    study.set_user_attr("created", description["created"])
+
+
+def complete_keys(study) -> None:
+    """Write the description's keys a creator stopped before writing one by one (between the description and
+    ``created``)."""
+    attrs = study.user_attrs
+    for key, value in (_description(attrs) or {}).items():
+        if key not in attrs:
+            study.set_user_attr(key, value)
+
+
+def record_test_score(study, number: int, accuracy: float) -> None:
+    """Record trial ``number``'s test accuracy beside those recorded already."""
+    scores = dict(StudyRecord.from_study(study).test_scores or {})
+    scores[str(number)] = accuracy
+    study.set_user_attr("test_scores", scores)
+
+
+def record_scratch(study, scratch: dict[str, Any]) -> None:
+    """Record the from-scratch baseline (see ``Search.scratch_baseline``)."""
+    study.set_user_attr("scratch", scratch)
+
+
+def record_transferability(study, rows: list[dict[str, Any]], dropped: dict[str, str]) -> None:
+    """Record the transferability pre-ranking's rows and the models it dropped from the search."""
+    study.set_user_attr(TRANSFERABILITY_ATTR, rows)
+    study.set_user_attr(PRERANK_DROPPED_ATTR, dropped)
+
+
+@dataclass
+class TrialRecord:
+    """What a search records about one trial (its user attributes); every field may be missing (``None``)."""
+
+    worker: str | None = None  # host:pid of the process that ran it
+    config: dict[str, Any] | None = None  # every setting, sampled and fixed
+    stopped: str | None = None  # why it stopped early (pruned, time budget)
+    error: str | None = None  # why it failed
+    best_epoch: int | None = None  # 1-based
+    val_curve: list[float] | None = None
+    epoch_seconds: list[float] | None = None
+    timing: dict[str, float] | None = None  # seconds: step, eval, data, prefix, setup
+    cache: dict[str, Any] | None = None  # how the frozen-prefix cache served it
+    trainable_params: int | None = None
+    total_params: int | None = None
+    inference_params: int | None = None  # the deployed network's (LoRA merged)
+    latency: dict[str, Any] | None = None  # see autotl/latency.py
+    latency_error: str | None = None
+    weights: str | None = None  # its kept weights, relative to the run folder
+
+    @classmethod
+    def from_trial(cls, trial) -> "TrialRecord":
+        """The record of an Optuna trial (frozen or live)."""
+        attrs = trial.user_attrs
+        return cls(**{name: attrs.get(name) for name in _TRIAL_FIELDS})
+
+    @staticmethod
+    def params(trial) -> dict[str, Any]:
+        """The trial's whole configuration: the recorded ``config``, else Optuna's sampled parameters."""
+        return dict(trial.user_attrs.get("config") or trial.params)
+
+
+_TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
+
+
+def record_trial(trial, **values: Any) -> None:
+    """Record fields of :class:`TrialRecord` on a running trial; a name that is no field is a bug."""
+    for name, value in values.items():
+        if name not in _TRIAL_FIELDS:
+            raise TypeError(f"{name!r} is not a field of TrialRecord")
+        trial.set_user_attr(name, value)
+
+
+__all__ = ["DESCRIPTION", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "StudyRecord", "TRANSFERABILITY_ATTR",
+           "TrialRecord", "VERSION_ATTR", "begin_study", "begun", "check_version", "complete_keys", "half_recorded",
+           "record_scratch", "record_test_score", "record_trial", "record_transferability", "record_version"]

@@ -1,0 +1,89 @@
+"""Resuming or joining a study: what a study begun already decides for every later process of its search.
+
+The split seed, the recipe (its data options, space, fixed settings and start points), the models and
+keep_top are the study's (its :class:`~autotl.records.StudyRecord`). An option given that differs from
+the study's is refused (:class:`RunError`, saying to leave it out or start another study); one left out
+takes the study's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .base import Task
+from .errors import RunError
+from .params import ParameterSet
+from .recipes import VAL_FRACTION, Recipe, parse_recipe
+from .records import StudyRecord
+
+if TYPE_CHECKING:
+    from .search import SearchOptions
+
+KEEP_TOP = 3  # --keep-top when neither the command nor the study gives one
+#: the recipe's sections that decide the splits and the search space: a later process must not differ in them
+RECIPE_DECIDES = ("data", "models", "space", "fixed", "start_with")
+AGAIN = "or start another --study/--out"
+
+
+def new_study_options(given: SearchOptions) -> SearchOptions:
+    """The options of the process that begins the study: ``keep_top`` settled."""
+    return replace(given, keep_top=given.keep_top or KEEP_TOP)
+
+
+def check_task(record: StudyRecord, task: Task, where: str) -> None:
+    """Refuse to continue a study of another task."""
+    if record.task != task.name:
+        raise RunError(f"{where} is a {record.task} search, not {task.name}; use another --out or --study")
+
+
+def adopted_recipe(record: StudyRecord, given: SearchOptions, recipe: Recipe, parameters: ParameterSet) -> Recipe:
+    """The recipe this process runs: the study's (with this command's ``--data-option``s) when the command
+    names none, else ``recipe``, the one it names; either must agree with the study's in :data:`RECIPE_DECIDES`.
+    The study's recipe is checked against ``parameters`` (this process's declarations)."""
+    if given.recipe_raw is None and given.recipe is None:  # the study's recipe, with this command's -d
+        raw = dict(record.recipe)
+        if given.data_options:
+            raw["data"] = {**(raw.get("data") or {}), **given.data_options}
+        recipe = parse_recipe(raw, record.recipe_source or "the study's recipe", parameters)
+        option = "--data-option"
+    else:
+        option = "--recipe" + (" / --data-option" if given.data_options else "")
+    differ = [key for key in RECIPE_DECIDES if _decides(recipe.raw, key) != _decides(record.recipe, key)]
+    if differ:
+        raise RunError(f"{option} differs from the study's recipe ({record.recipe_source or '?'}) in "
+                       f"{', '.join(differ)}, which decide the splits and the search space: leave {option} out "
+                       f"to use the study's, {AGAIN}")
+    return recipe
+
+
+def adopted_options(record: StudyRecord, given: SearchOptions) -> SearchOptions:
+    """``given`` with the study's models, weights files and keep_top where the command left them out."""
+    weights = {**record.weights_files, **given.weights} if given.models is None else given.weights
+    return replace(given, models=given.models or list(record.models) or None, weights=weights,
+                   keep_top=record.keep_top or given.keep_top or KEEP_TOP)
+
+
+def check_models_and_keep_top(record: StudyRecord, given: SearchOptions, zoo: Iterable[str]) -> None:
+    """Refuse ``--models`` (resolved to ``zoo``) or ``--keep-top`` given and different from the study's."""
+    recorded, zoo = list(record.models), list(zoo)
+    if given.models is not None and set(zoo) != set(recorded):
+        raise RunError(f"--models differs from the study's ({','.join(zoo)} vs {','.join(recorded)}): "
+                       f"leave --models out to use the study's, {AGAIN}")
+    keep_top = record.keep_top
+    if keep_top is not None and given.keep_top is not None and given.keep_top != keep_top:
+        raise RunError(f"--keep-top {given.keep_top} differs from the study's ({keep_top}): leave --keep-top out "
+                       f"to use the study's, {AGAIN}")
+
+
+def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
+    """A recipe section that decides the splits or the space, as the study stores it (JSON), defaults filled in."""
+    value = json.loads(json.dumps(recipe_raw.get(key), default=str))
+    if key == "data":
+        value = {"val_fraction": VAL_FRACTION, **(value or {})}
+    return value or None
+
+
+__all__ = ["KEEP_TOP", "RECIPE_DECIDES", "adopted_options", "adopted_recipe", "check_models_and_keep_top",
+           "check_task", "new_study_options"]
