@@ -28,7 +28,7 @@ def load(path, *, device="auto", engine="torch"):
 
     See :func:`autotl.bundle.load`.
     """
-    from .api import load as load_bundle
+    from .bundle import load as load_bundle
 
     return load_bundle(path, device=device, engine=engine)
 

@@ -197,7 +197,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
     On several machines: give each the same --storage postgresql://... --study NAME (or start one
     `autotl search` and join it with `autotl worker`); they share one study and one leaderboard.
     """
-    from .api import default_out
+    from .search import default_out
     from .search import SearchOptions
 
     out = out or default_out(task, data)
@@ -255,8 +255,8 @@ def worker(storage, study, out, data, weights, trials, time_budget, max_failures
 
 
 def _run_search(options, out: Path) -> None:
-    """Run the search (:func:`autotl.api.run_search`) with the progress on stderr, then show its leaderboard."""
-    from .api import run_search
+    """Run the search (:func:`autotl.search.run_search`) with the progress on stderr, then show its leaderboard."""
+    from .search import run_search
     from .leaderboard import render
     from .progress import ConsoleReporter
 

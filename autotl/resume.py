@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from .base import Task
 from .errors import RunError
+from .options import SearchOptions
 from .params import ParameterSet
 from .recipes import VAL_FRACTION, Recipe, parse_recipe
 from .records import StudyRecord
 
-if TYPE_CHECKING:
-    from .search import SearchOptions
 
 KEEP_TOP = 3  # --keep-top when neither the command nor the study gives one
 #: the recipe's sections that decide the splits and the search space: a later process must not differ in them
