@@ -26,6 +26,7 @@ from .device import resolve_device
 from .errors import BundleError, UnreadableInputs, UsageError
 from .formats import onnx_feed, onnx_session
 from .inference import predict_logits
+from .network import trained_network
 
 #: the search scores the validation split in batches of this size; predicting in the same batches
 #: gives the same numbers.
@@ -214,15 +215,11 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a readable safetensors file ({exc}); export the bundle again") from exc
-    model = backbone.build(len(config.label_names), pretrained=False)
     try:
-        model.load_state_dict(state, strict=True)
+        model = trained_network(backbone, len(config.label_names), state, device)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise BundleError(f"the weights in {weights} do not fit {config.backbone.name!r}: {first}") from exc
-    model.to(device).eval()
-    if backbone.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     session = None
     if engine == "onnx":
         session = _onnx_session(directory, config, device)

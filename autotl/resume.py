@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any, Iterable
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from typing import Any, Callable, Iterable
 
 from .base import Task
 from .errors import RunError
@@ -84,5 +87,32 @@ def _decides(recipe_raw: dict[str, Any], key: str) -> Any:
     return value or None
 
 
+def searched_as_recorded(study: optuna.Study, recipe: Recipe, say: Callable[[str], None]) -> Recipe:
+    """``recipe`` with each range searched in the kind (whole or real numbers) the study's trials recorded it.
+
+    Before parameters were declared (autotl/params.py), a range's kind was guessed from its bounds: a
+    ``label_smoothing`` of 0 to 1 was searched in whole numbers, an ``int`` range with ``log`` in real
+    ones. Optuna refuses a parameter searched in another kind than the study recorded, so a study begun
+    then keeps its kinds, and the user is told.
+    """
+    recorded: dict[str, str] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, distribution in trial.distributions.items():
+            if isinstance(distribution, IntDistribution):
+                recorded.setdefault(name, "int")
+            elif isinstance(distribution, FloatDistribution):
+                recorded.setdefault(name, "float")
+            elif isinstance(distribution, CategoricalDistribution):
+                recorded.setdefault(name, "categorical")
+    space = dict(recipe.space)
+    for name, spec in recipe.space.items():
+        kind = recorded.get(name)
+        if kind in ("int", "float") and spec.kind in ("int", "float") and kind != spec.kind:
+            space[name] = replace(spec, type=kind)
+            say(f"The study searched {name} in {'whole' if kind == 'int' else 'real'} numbers (as autotl did before "
+                f"parameters were declared); it goes on so. A new --out searches it as declared ({spec.kind})")
+    return recipe if space == recipe.space else replace(recipe, space=space)
+
+
 __all__ = ["KEEP_TOP", "RECIPE_DECIDES", "adopted_options", "adopted_recipe", "check_models_and_keep_top",
-           "check_task", "new_study_options"]
+           "check_task", "new_study_options", "searched_as_recorded"]

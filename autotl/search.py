@@ -33,7 +33,7 @@ from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
 from .run import Run
 from .records import StudyRecord, begin_study, check_version, complete_keys, half_recorded
 from .resume import (adopted_options, adopted_recipe, check_models_and_keep_top, check_task,
-                     new_study_options)
+                     new_study_options, searched_as_recorded)
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
 from .training import configure_threads
@@ -140,6 +140,7 @@ class Search:
             existing = len(self.study.get_trials(deepcopy=False))
             self.study.sampler = make_sampler(self.recipe.sampler, resumed_sampler_seed(seed, existing))
             self.study.pruner = make_pruner(self.recipe.pruner)
+            self.recipe = searched_as_recorded(self.study, self.recipe, self.reporter.message)
         if self.lock is not None:
             for number in recover_interrupted(self.study):
                 self.reporter.message(f"Trial {number} was interrupted when its process stopped (killed or crashed): "

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import zlib
@@ -727,6 +728,27 @@ def test_parameters_are_searched_as_their_declared_type_whatever_the_bounds(tmp_
     assert trial.distributions["label_smoothing"] == optuna.distributions.FloatDistribution(0.0, 1.0)
     assert trial.distributions["epochs"] == optuna.distributions.IntDistribution(1, 2, log=True)
     assert isinstance(trial.params["epochs"], int)
+
+
+def test_a_study_that_searched_a_range_in_another_kind_resumes_in_that_kind(tmp_path, tiny_weights):
+    """A study begun before parameters were declared searched `label_smoothing: {low: 0, high: 1}` in whole
+    numbers; resumed, it goes on so (Optuna refuses another kind for the same name: every trial would fail)."""
+    text = IMAGE_RECIPE.read_text().replace("  lr: {", "  label_smoothing: {low: 0, high: 1}\n  lr: {")
+    one_trial_with_recipe(tmp_path, tiny_weights, text)
+    database = tmp_path / "run" / "study.db"
+    with sqlite3.connect(database) as db:  # as autotl up to 6f673bc recorded it: an int range
+        db.execute("UPDATE trial_params SET param_value = 0, distribution_json = ? WHERE param_name = 'label_smoothing'",
+                   (optuna.distributions.distribution_to_json(optuna.distributions.IntDistribution(0, 1)),))
+    data = tmp_path / "data"
+    result = CliRunner().invoke(cli, [str(a) for a in image_search(
+        Ctx(tmp_path, None), data, recipe=tmp_path / "recipe.yaml", trials="2",
+        models=("--models", TINY, "--weights", f"{TINY}={tiny_weights}"))], prog_name="autotl")
+    assert result.exit_code == 0, result.output
+    assert "The study searched label_smoothing in whole numbers" in result.output
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{database}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    assert all(t.distributions["label_smoothing"] == optuna.distributions.IntDistribution(0, 1) for t in trials)
 
 
 def test_hidden_sub_folders_are_neither_trained_on_nor_predicted(tmp_path, request):
