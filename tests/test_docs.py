@@ -124,3 +124,16 @@ def test_every_declared_parameter_is_in_the_recipe_reference_as_declared(param, 
     row = f"| `{param.name}` | {param.type} | {param.allowed()} | {default} | {reader} |"
     assert row in RECIPES.read_text(encoding="utf-8"), (
         f"docs/recipes.md's parameter table needs the row {row} ... (from the declaration of {param.name!r})")
+
+
+def test_every_core_module_has_its_row_in_the_architecture_page():
+    """docs/architecture.md's "Where things live" names every module of autotl/, so a newcomer finds each idea by
+    file name."""
+    package = Path(__file__).resolve().parent.parent / "autotl"
+    page = (DOCS / "architecture.md").read_text()
+    table = page.split("## Where things live", 1)[1]
+    named = set(re.findall(r"`((?:kit/)?\w+\.py)`", table)) | {f"kit/{m}" for m in re.findall(r"`(\w+\.py)`", table)}
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    assert sorted(modules - named) == []
+    kit = re.search(r"\| `testing\.py`, `kit/` \|([^\n]*)", table).group(1)
+    assert all(f"kit/{p.name}" in kit for p in (package / "kit").glob("*.py"))
