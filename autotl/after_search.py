@@ -17,15 +17,16 @@ from optuna.trial import FrozenTrial
 
 from .base import Backbone, LoadedData, Task
 from .files import load_weights
+from .inference import accuracy
 from .leaderboard import best_trial
 from .network import trained_network
 from .progress import Reporter
 from .records import TrialRecord, record_scratch, record_test_score
-from .training import accuracy, train
+from .training import train
 
 
 def test_split_accuracy(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, weights: Path,
-                  device: torch.device) -> float:
+                        device: torch.device) -> float:
     """``trial``'s network, with the weights in the file ``weights``, scored on the test split of ``data``."""
     model = trained_network(backbone, len(data.label_names), load_weights(weights), device)
     return accuracy(model, task.prepare(data, backbone, TrialRecord.params(trial)).test, device)

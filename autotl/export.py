@@ -72,8 +72,9 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
     # the saved trial weights replace every pretrained one: without --refit only the architecture is needed
     backbone = run.backbone(params["model"], pretrained=options.refit, weights=options.weights)
     task, recipe = run.task, run.recipe
-    data, data_note = run.load_data(options.data, needed_for="--refit" if options.refit else
-                                    "--format" if options.formats else None)
+    data, missing = run.load_data(options.data, needed_for="--refit" if options.refit else
+                                  "--format" if options.formats else None)
+    data_note = f"{missing}: the bundle's scores were not re-checked" if missing else ""
     device = resolve_device(options.device)
     num_classes = len(record.label_names)
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import RunError, UsageError
-from .records import StudyRecord, TrialRecord
+from .records import StudyRecord, TrialRecord, retry_of
 from .runs import RunLocation, retried_as
 
 PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA"), ("lr", "lr"))
@@ -51,8 +51,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             notes[0] = "its worker stopped sending heartbeats (killed or lost)"
         if t.number in retries:
             notes.append(f"retried as trial {retries[t.number]}")
-        if "failed_trial" in t.system_attrs:
-            notes.append(f"retry of trial {t.system_attrs['failed_trial']}")
+        if retry_of(t) is not None:
+            notes.append(f"retry of trial {retry_of(t)}")
         rows.append({
             "number": t.number,
             "state": t.state.name,

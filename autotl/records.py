@@ -43,6 +43,11 @@ LEGACY_KEYS = ("task", "data", "fingerprint", "label_names", "recipe", "recipe_s
 TRANSFERABILITY_ATTR = "transferability"
 #: the study attribute holding the models the pre-ranking dropped from the search ({model: why}).
 PRERANK_DROPPED_ATTR = "prerank_dropped"
+#: the Optuna system attributes of a trial queued to retry an interrupted one, as Optuna's
+#: ``RetryHeartbeatStaleTrialCallback`` writes them: the number of the trial it retries, and the numbers
+#: of the trials retried on the way to it (:func:`retry_attrs`, :func:`retry_of`).
+FAILED_TRIAL_ATTR = "failed_trial"
+RETRY_HISTORY_ATTR = "retry_history"
 
 
 @dataclass
@@ -141,24 +146,34 @@ def half_recorded(attrs: Mapping[str, Any]) -> bool:
     return bool(attrs.get("task")) and not begun(attrs)
 
 
-def record_version(attrs: Mapping[str, Any]) -> int:
-    """The version of the run record in a study's user attributes: 1 where none is recorded (autotl <= 6f673bc)."""
+def _recorded_version(attrs: Mapping[str, Any]) -> Any:
+    """The version a study's user attributes record, as stored: 1 where none is recorded (autotl <= 6f673bc)."""
     described = attrs.get(DESCRIPTION) if isinstance(attrs.get(DESCRIPTION), dict) else {}
-    version = attrs.get(VERSION_ATTR, described.get(VERSION_ATTR, 1))
+    return attrs.get(VERSION_ATTR, described.get(VERSION_ATTR, 1))
+
+
+def record_version(attrs: Mapping[str, Any]) -> int:
+    """The version of the run record in a study's user attributes: 1 where none is recorded (autotl <= 6f673bc);
+    -1 where the recorded one is no version (not a whole number of at least 1: the record is corrupt)."""
+    version = _recorded_version(attrs)
     try:
-        return int(version)
-    except (TypeError, ValueError):
+        number = int(version)
+    except (TypeError, ValueError, OverflowError):
         return -1
+    if isinstance(version, bool) or (isinstance(version, float) and number != version):
+        return -1
+    return number if number >= 1 else -1
 
 
 def check_version(attrs: Mapping[str, Any], where: str) -> None:
-    """Refuse a study whose run record this autotl cannot read (written by a newer autotl)."""
+    """Refuse a study whose run record this autotl cannot read: a corrupt version, or a newer autotl's."""
     version = record_version(attrs)
-    if not 1 <= version <= RECORD_VERSION:
-        shown = attrs.get(VERSION_ATTR)
-        raise RunError(f"{where} holds a run record of version {shown if version < 0 else version}, written by a "
-                       f"newer autotl; this autotl reads version {RECORD_VERSION} and older: upgrade autotl "
-                       "(pip install -U autotl) to open it")
+    if version < 1:
+        raise RunError(f"{where} holds a corrupt run record (its {VERSION_ATTR} is {_recorded_version(attrs)!r}, no "
+                       "version): start a new run with another --out, or restore the run folder from a copy")
+    if version > RECORD_VERSION:
+        raise RunError(f"{where} holds a run record of version {version}, written by a newer autotl; this autotl "
+                       f"reads version {RECORD_VERSION} and older: upgrade autotl (pip install -U autotl) to open it")
 
 
 def begin_study(study, record: StudyRecord, before_description: Callable[[], None] = lambda: None) -> None:
@@ -205,6 +220,20 @@ def record_transferability(study, rows: list[dict[str, Any]], dropped: dict[str,
     study.set_user_attr(PRERANK_DROPPED_ATTR, dropped)
 
 
+def retry_attrs(trial) -> dict[str, Any]:
+    """The Optuna system attributes of a new trial retrying the interrupted ``trial``: its own, with
+    :data:`FAILED_TRIAL_ATTR` (the first trial retried, kept from ``trial`` if it was a retry itself) and
+    :data:`RETRY_HISTORY_ATTR` (every trial retried so far, ``trial`` last)."""
+    attrs = {FAILED_TRIAL_ATTR: trial.number, RETRY_HISTORY_ATTR: [], **trial.system_attrs}
+    attrs[RETRY_HISTORY_ATTR] = [*attrs[RETRY_HISTORY_ATTR], trial.number]
+    return attrs
+
+
+def retry_of(trial) -> int | None:
+    """The number of the interrupted trial that ``trial`` retries; ``None`` when it is no retry."""
+    return trial.system_attrs.get(FAILED_TRIAL_ATTR)
+
+
 @dataclass
 class TrialRecord:
     """What a search records about one trial (its user attributes); every field may be missing (``None``)."""
@@ -248,6 +277,13 @@ def record_trial(trial, **values: Any) -> None:
         trial.set_user_attr(name, value)
 
 
-__all__ = ["DESCRIPTION", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "StudyRecord", "TRANSFERABILITY_ATTR",
-           "TrialRecord", "VERSION_ATTR", "begin_study", "begun", "check_version", "complete_keys", "half_recorded",
-           "record_scratch", "record_test_score", "record_trial", "record_transferability", "record_version"]
+def record_trial_error(storage, trial_id: int, error: str) -> None:
+    """Record why a trial failed (:attr:`TrialRecord.error`) straight in ``storage`` (an Optuna storage), for a
+    trial no live process runs (``trial_id``: the storage's id of the trial, not its number)."""
+    storage.set_trial_user_attr(trial_id, "error", error)
+
+
+__all__ = ["DESCRIPTION", "FAILED_TRIAL_ATTR", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "RETRY_HISTORY_ATTR",
+           "StudyRecord", "TRANSFERABILITY_ATTR", "TrialRecord", "VERSION_ATTR", "begin_study", "begun",
+           "check_version", "complete_keys", "half_recorded", "record_scratch", "record_test_score", "record_trial",
+           "record_trial_error", "record_transferability", "record_version", "retry_attrs", "retry_of"]

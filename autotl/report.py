@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from .errors import UsageError
+from .device import resolve_device
+from .errors import AutotlError, UsageError
+from .files import atomic_write
+from .inference import predict_logits
 from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_count, format_ms, format_value,
                           trial_rows)
-from .records import TRANSFERABILITY_ATTR as TRANSFERABILITY_KEY
 from .records import StudyRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
@@ -107,8 +110,6 @@ def write_report(location: RunLocation, out: Path, *, data: Path | None = None, 
         page.section("Misclassified samples", _mistakes(scored))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .files import atomic_write
-
     text = page.render(generated=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     say(f"Report written to {out} ({len(text.encode()) / 1e6:.1f} MB, opens with no network)")
@@ -362,22 +363,14 @@ def _transferability(record: StudyRecord, rows: list[dict], notes: list[str]) ->
 def _score_best(run: Run, data_path: Path | None, device: str,
                 say: Callable[[str], None]) -> tuple[Scored | None, str]:
     """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
-    import torch
-
-    from .device import resolve_device
-    from .errors import AutotlError
-    from .inference import predict_logits
-    from .trial_weights import owner_problem
-
     record = run.record
     best = run.best_trial()
     if best is None:
         return None, "No trial has completed: no best trial to score."
-    weights = run.find_weights(best)
+    weights, problem = run.kept_weights(best)
     if weights is None:
         return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot draw its "
                       "confusion matrix (only the top --keep-top trials keep their weights, in the run folder).")
-    problem = owner_problem(weights, run.study.study_name, best.number)
     if problem:
         return None, f"No confusion matrix: {problem}."
     task = run.find_task()
@@ -388,9 +381,9 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
     try:
         say(f"Loading the run's data from {data_path or record.data} ...")
-        data, note = run.load_data(data_path)
+        data, missing = run.load_data(data_path)
         if data is None:
-            return None, f"No confusion matrix: {note.split(': the bundle')[0]} (give --data PATH if it moved)."
+            return None, f"No confusion matrix: {missing} (give --data PATH if it moved)."
         if not data.has_test:
             return None, "The run's data has no test split, so there is no confusion matrix on it."
         items = task.split_items(data, "test")
@@ -417,8 +410,6 @@ def _score_best(run: Run, data_path: Path | None, device: str,
 def _tally(number: int, names: list[str], raw: list, labels: list[int], logits, recorded: float | None) -> Scored:
     """Trial ``number``'s predictions (``logits``) of the test items ``raw``: its confusion matrix, accuracy and
     most confident mistakes."""
-    import torch
-
     probs = torch.softmax(logits.float(), dim=-1)
     predicted = probs.argmax(-1).tolist()
     n = len(names)
@@ -506,4 +497,4 @@ def _thumbnail(item: Any) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-__all__ = ["FIGURE_CLASS", "ReportResult", "TRANSFERABILITY_KEY", "write_report"]
+__all__ = ["FIGURE_CLASS", "ReportResult", "write_report"]

@@ -26,13 +26,16 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from .base import Backbone, BackboneFamily, LoadedData, Registry, Task
+from .device import resolve_device
 from .errors import DataError, PluginError, RunError
 from .files import load_weights
 from .leaderboard import best_trial
+from .network import trained_network
+from .plugins import get_registry
 from .recipes import Recipe, parse_recipe
 from .records import StudyRecord, TrialRecord
 from .runs import RunLocation, load_study, locate
-from .trial_weights import owner_problem, recorded_weights
+from .trial_weights import kept_weights
 
 
 class Run:
@@ -57,8 +60,6 @@ class Run:
     @cached_property
     def registry(self) -> Registry:
         if self._registry is None:
-            from .plugins import get_registry
-
             self._registry = get_registry()
         return self._registry
 
@@ -101,20 +102,21 @@ class Run:
         """The run's data, loaded as the search loaded it (its split seed and data options), from ``path`` or
         where the search found it.
 
-        ``(None, why)`` when it is missing or changed since the search; with ``needed_for`` (what needs it,
-        e.g. ``"--refit"``) that is an error instead (:class:`DataError`, :class:`RunError`).
+        ``(None, why)`` when it is missing or changed since the search (``why`` says which, and the caller what
+        that costs it); with ``needed_for`` (what needs it, e.g. ``"--refit"``) that is an error instead
+        (:class:`DataError`, :class:`RunError`).
         """
         record, path = self.record, self.data_path(path)
         if not str(path) or not path.exists():
             if needed_for:
                 raise DataError(f"{needed_for} needs the run's data, and {path} does not exist; give --data PATH")
-            return None, f"the run's data ({path}) is not there: the bundle's scores were not re-checked"
+            return None, f"the run's data ({path}) is not there"
         data = self.task.load(path, seed=record.seed, val_fraction=self.recipe.val_fraction, options=self.recipe.data)
         if record.fingerprint and data.fingerprint != record.fingerprint:
             if needed_for:
                 raise RunError(f"the data in {path} changed since the search (fingerprint {record.fingerprint} -> "
                                f"{data.fingerprint}); {needed_for} needs the search's data: give --data PATH")
-            return None, f"the data in {path} changed since the search: the bundle's scores were not re-checked"
+            return None, f"the data in {path} changed since the search"
         return data, ""
 
     # -- its trials --------------------------------------------------------------------------------
@@ -143,19 +145,22 @@ class Run:
         """The test accuracy the search recorded for ``trial`` (the best one's only)."""
         return self.record.test_score(trial.number)
 
-    def find_weights(self, trial: FrozenTrial) -> Path | None:
-        """The saved weights ``trial`` recorded: in the run folder opened, else where the search wrote them.
+    def kept_weights(self, trial: FrozenTrial) -> tuple[Path | None, str | None]:
+        """The saved weights ``trial`` recorded (in the run folder opened, else where the search wrote them) and why
+        they are not its own, if they are not (:func:`autotl.trial_weights.kept_weights`); ``(None, None)`` when
+        there are none. :meth:`weights` takes them or says why it cannot."""
+        return kept_weights(trial, [self.location.folder, self.record.out], self.study.study_name)
 
-        Check them with :func:`autotl.trial_weights.owner_problem` (or take :meth:`weights`) before use."""
-        return recorded_weights(trial, [self.location.folder, self.record.out])
+    def find_weights(self, trial: FrozenTrial) -> Path | None:
+        """The file of :meth:`kept_weights`, whether or not it is ``trial``'s own."""
+        return self.kept_weights(trial)[0]
 
     def weights(self, trial: FrozenTrial) -> Path:
         """``trial``'s own kept weights; :class:`RunError` saying why they cannot be had (and to refit)."""
-        found = self.find_weights(trial)
+        found, problem = self.kept_weights(trial)
+        if problem:
+            raise RunError(f"{problem}; add --refit to train trial {trial.number}'s configuration again")
         if found is not None:
-            problem = owner_problem(found, self.study.study_name, trial.number)
-            if problem:
-                raise RunError(f"{problem}; add --refit to train trial {trial.number}'s configuration again")
             return found
         rel = TrialRecord.from_trial(trial).weights
         if not rel:
@@ -171,9 +176,6 @@ class Run:
         """``trial``'s trained network from its kept weights (or the file ``weights``), ready to predict on
         ``device`` ("auto": CUDA if there is one): built without pretrained weights, loaded, channels-last
         where the backbone asks for it (:func:`autotl.network.trained_network`)."""
-        from .device import resolve_device
-        from .network import trained_network
-
         backbone = backbone or self.backbone(self.config(trial)["model"])
         state = load_weights(weights or self.weights(trial))
         return trained_network(backbone, len(self.record.label_names), state, resolve_device(device))

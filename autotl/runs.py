@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import RunError, UsageError
 from .files import write_json
-from .records import check_version, half_recorded
+from .records import (RETRY_HISTORY_ATTR, check_version, half_recorded, record_trial_error, retry_attrs,
+                      retry_of)
 
 RUN_FILE = "run.json"
 DEFAULT_STUDY = "autotl"
@@ -326,7 +327,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)  # TrialRecord.error
+        record_trial_error(storage, trial._trial_id, INTERRUPTED)
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             continue
         failed.append(trial.number)
@@ -339,15 +340,14 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
 
     Both kinds of interruption come here: a killed local search (:func:`recover_interrupted`) and a
     worker whose heartbeat went stale (the storage's ``heartbeat_stale_trial_callback``). The retry
-    is marked as Optuna's ``RetryHeartbeatStaleTrialCallback`` marks one (system attributes
-    ``failed_trial`` and ``retry_history``), so ``retried_as`` and Optuna's own helpers read it, but
-    unlike that callback it takes none of the interrupted trial's user attributes: its weights path,
-    error, worker, curves and costs belong to the run that was cut, and a retry that inherited
-    ``weights`` would be exported with that run's weights. False when the trial was retried enough.
+    is marked as Optuna's ``RetryHeartbeatStaleTrialCallback`` marks one (:func:`autotl.records.retry_attrs`),
+    so ``retried_as`` and Optuna's own helpers read it, but unlike that callback it takes none of the
+    interrupted trial's user attributes: its weights path, error, worker, curves and costs belong to
+    the run that was cut, and a retry that inherited ``weights`` would be exported with that run's
+    weights. False when the trial was retried enough.
     """
-    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-    if len(system_attrs["retry_history"]) > MAX_RETRY:
+    system_attrs = retry_attrs(trial)
+    if len(system_attrs[RETRY_HISTORY_ATTR]) > MAX_RETRY:
         return False
     study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
                                         distributions=trial.distributions, system_attrs=system_attrs))
@@ -356,8 +356,7 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 def retried_as(study: optuna.Study) -> dict[int, int]:
     """{failed trial number: the number of the trial that retried it}."""
-    return {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
-            if "failed_trial" in t.system_attrs}
+    return {retry_of(t): t.number for t in study.get_trials(deepcopy=False) if retry_of(t) is not None}
 
 
 def load_study(location: RunLocation) -> optuna.Study:

@@ -38,14 +38,10 @@ import torch
 from .base import Backbone, LoadedData, Task, TensorSplit
 from .recipes import DEFAULTS, PRERANK_DEFAULTS, Recipe
 from .cache import prefix_outputs
-from .records import PRERANK_DROPPED_ATTR, TRANSFERABILITY_ATTR, StudyRecord, record_transferability
+from .records import StudyRecord, record_transferability
 
 #: metric name -> column title; the order of the table's columns.
 METRICS = {"logme": "LogME", "hscore": "H-score", "gbc": "GBC"}
-#: the user attribute of the study holding the ranking (a list of dicts, best first); see autotl/records.py.
-ATTR = TRANSFERABILITY_ATTR
-#: the user attribute holding the models dropped from the sampled space, with the reason.
-DROPPED_ATTR = PRERANK_DROPPED_ATTR
 
 _EPS = 1e-5  # LogME's epsilon in the denominators of its alpha and beta updates
 _TINY = np.finfo(np.float64).tiny
@@ -408,6 +404,6 @@ def sampled_models(group_counts: Mapping[str, int], user_attrs: Mapping[str, Any
     return kept or dict(group_counts)
 
 
-__all__ = ["ATTR", "DROPPED_ATTR", "ESTIMATES", "METRICS", "PRERANK_DEFAULTS", "Ranked", "choose_dropped", "combine",
+__all__ = ["ESTIMATES", "METRICS", "PRERANK_DEFAULTS", "Ranked", "choose_dropped", "combine",
            "extract_features", "feature_params", "gbc", "hscore", "logme", "plan_start_points", "prerank_study",
            "rank_models", "sampled_models", "score_features", "table"]

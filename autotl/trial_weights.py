@@ -23,6 +23,7 @@ from .leaderboard import rank_key
 from .records import TrialRecord
 from .runs import DEFAULT_STUDY
 
+
 def study_folder(study: str) -> str:
     """The folder name of ``study``'s trial weights: the name itself where it is a plain lower-case file name,
     else its safe characters and a short digest of the name (two names that read alike stay apart, also on
@@ -74,6 +75,15 @@ def owner_problem(path: Path, study: str, number: int) -> str | None:
     return None
 
 
+def kept_weights(trial: FrozenTrial, roots: Iterable[Path | str | None], study: str) -> tuple[Path | None, str | None]:
+    """``trial``'s kept weights, as every reader takes them: the file it recorded, in the first of ``roots`` (run
+    folders) that holds it (``None``: see :func:`recorded_weights`), and why that file is not trial ``trial``'s of
+    ``study`` (:func:`owner_problem`; ``None`` when it is, or when there is no file). Use the file only without a
+    problem."""
+    path = recorded_weights(trial, roots)
+    return path, None if path is None else owner_problem(path, study, trial.number)
+
+
 def ranks_in_top(study: optuna.Study, value: float, number: int, keep_top: int) -> bool:
     """Whether trial ``number``, scoring ``value``, ranks among the top ``keep_top`` completed trials of ``study``
     (by :func:`~autotl.leaderboard.rank_key`): whether its weights are worth saving."""
@@ -93,8 +103,8 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     dropped = []
     for trial in [*complete[keep_top:], *failed]:
-        path = recorded_weights(trial, [out])
-        if path is None or owner_problem(path, study.study_name, trial.number):
+        path, problem = kept_weights(trial, [out], study.study_name)
+        if path is None or problem:
             continue
         try:
             path.unlink()
@@ -104,5 +114,5 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
     return dropped
 
 
-__all__ = ["drop_outside_top", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder",
+__all__ = ["drop_outside_top", "kept_weights", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder",
            "weights_metadata", "weights_path"]

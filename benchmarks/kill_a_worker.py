@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autotl.records import StudyRecord, TrialRecord
+from autotl.records import StudyRecord, TrialRecord, retry_of
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -95,7 +95,7 @@ def main() -> int:
 
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        retry = next((t for t in trials if t.system_attrs.get("failed_trial") == killed.number), None)
+        retry = next((t for t in trials if retry_of(t) == killed.number), None)
         fail_seen = study.trials[killed.number].datetime_complete
         checks = {
             f"{args.trials} trials completed": len(complete) == args.trials,

@@ -45,6 +45,7 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
+from autotl.inference import accuracy
 from autotl.progress import quiet_libraries
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter
@@ -52,7 +53,6 @@ from autotl.recipes import load_recipe
 from autotl.records import TrialRecord
 from autotl.run import Run
 from autotl.search import Search, SearchOptions
-from autotl.training import accuracy
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")

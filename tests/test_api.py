@@ -11,7 +11,7 @@ from tiny import TINY, make_image_folder, save_tiny_weights
 
 import autotl
 from autotl.errors import RunError
-from autotl.training import accuracy
+from autotl.inference import accuracy
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")
 

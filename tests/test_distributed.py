@@ -24,6 +24,7 @@ import pytest
 from optuna.trial import TrialState
 from tiny import TINY, make_image_folder
 
+from autotl.records import retry_of
 from autotl.runs import INTERRUPTED, StudyLock, heartbeat_settings, open_storage, recover_interrupted
 
 DATA = Path(__file__).parent / "data"
@@ -169,7 +170,7 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_runs_
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     # the killed trial: failed by a live worker once its heartbeat went stale, then run again elsewhere
     assert study.trials[killed.number].state == TrialState.FAIL
-    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
+    retry = next(t for t in trials if retry_of(t) == killed.number)
     assert retry.state == TrialState.COMPLETE
     assert retry.params == killed.params
     assert not retry.user_attrs["worker"].endswith(f":{doomed.pid}")
@@ -245,7 +246,7 @@ def test_a_worker_sigstopped_past_the_grace_period_drops_the_trial_failed_under_
     study = load(postgres_url, name)
     failed = study.trials[cut.number]
     assert failed.state == TrialState.FAIL and "error" not in failed.user_attrs  # nothing recorded once failed
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == cut.number)
+    retry = next(t for t in study.trials if retry_of(t) == cut.number)
     assert retry.state == TrialState.COMPLETE and retry.params == cut.params
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
@@ -304,7 +305,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_and_reruns_only_the_kil
         assert (by_number[number].value, by_number[number].datetime_complete) == (value, finished)
     assert by_number[killed.number].state == TrialState.FAIL
     assert by_number[killed.number].user_attrs["error"] == INTERRUPTED
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number)
+    retry = next(t for t in study.trials if retry_of(t) == killed.number)
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert "error" not in retry.user_attrs
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
@@ -328,6 +329,7 @@ def test_a_second_search_on_a_run_folder_in_use_is_refused_with_what_to_use(imag
     assert "postgresql://" in lines[-1] and "Traceback" not in result.stderr
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # Optuna's retry readers
 def test_recover_interrupted_fails_running_trials_and_queues_one_retry_each():
     study = optuna.create_study(storage="sqlite:///:memory:", direction="maximize")
     done = study.ask()
@@ -341,7 +343,10 @@ def test_recover_interrupted_fails_running_trials_and_queues_one_retry_each():
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs["error"] == INTERRUPTED
-    assert trials[2].params == {"lr": lr} and trials[2].system_attrs["failed_trial"] == cut.number
+    assert trials[2].params == {"lr": lr} and retry_of(trials[2]) == cut.number
+    # marked as Optuna marks a retry: its own helpers read it
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(trials[2]) == cut.number
+    assert optuna.storages.RetryFailedTrialCallback.retry_history(trials[2]) == [cut.number]
     # the retry starts clean: the interrupted run's attributes (its weights above all) stay with it
     assert trials[2].user_attrs == {}
     assert recover_interrupted(study) == []  # nothing RUNNING any more
@@ -366,7 +371,7 @@ def test_a_retried_trial_starts_clean_and_export_never_ships_the_interrupted_tri
     assert recover_interrupted(study) == [cut.number]
 
     retry = study.trials[-1]
-    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == cut.number
+    assert retry.state == TrialState.WAITING and retry_of(retry) == cut.number
     assert retry.params == study.trials[cut.number].params and retry.user_attrs == {}
     # the retry runs and scores below the keep-top: it saves no weights of its own
     running = study.ask()
@@ -401,7 +406,7 @@ def test_a_trial_whose_heartbeat_went_stale_is_retried_clean(tmp_path, monkeypat
 
     wait_for(failed_as_stale, 60, "the lost trial's heartbeat to go stale")
     retry = study.trials[-1]
-    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == lost.number
+    assert retry.state == TrialState.WAITING and retry_of(retry) == lost.number
     assert retry.params == {"lr": lr} and retry.user_attrs == {}
     assert study.trials[lost.number].user_attrs["weights"] == "trials/0000/model.safetensors"  # kept where it was
 

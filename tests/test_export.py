@@ -116,6 +116,15 @@ def test_bundle_round_trip_holds_what_the_issue_asks(run, tmp_path):
     assert saved.keys() == bundled.keys() and all(torch.equal(saved[k], bundled[k]) for k in saved)
 
 
+def test_a_bundle_exported_without_the_runs_data_says_its_scores_were_not_checked(run, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    out = export(run, tmp_path / "bundle", data=nowhere).out
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["note"] == f"the run's data ({nowhere}) is not there: the bundle's scores were not re-checked"
+    assert "verification" not in config or not config["verification"]
+    assert f"- Note: {config['data']['note']}." in (out / "README.md").read_text()
+
+
 def test_loading_a_bundle_never_unpickles(run, tmp_path, monkeypatch):
     out = export(run, tmp_path / "bundle").out
 

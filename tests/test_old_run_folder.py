@@ -90,3 +90,18 @@ def test_a_run_folder_of_a_newer_record_version_is_refused_in_one_line(old_run, 
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
         assert "version 99" in errors[0] and "upgrade autotl" in errors[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("version", [0, -3, "1.x", None, 1.5])
+def test_a_run_folder_whose_record_version_is_corrupt_is_refused_as_corrupt(old_run, tmp_path, version):
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{old_run / 'study.db'}")
+    study.set_user_attr("record_version", version)
+    search = ["search", "--task", "image-classification", tmp_path / "data", "--out", old_run]
+    for command in (["trials", old_run], ["best", old_run], search):
+        result = CliRunner().invoke(cli, [str(a) for a in command])
+        assert result.exit_code == RunError.exit_code, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
+        assert f"corrupt run record (its record_version is {version!r}" in errors[0], errors[0]
+        assert "new run with another --out" in errors[0] and "restore the run folder" in errors[0]
+        assert "newer autotl" not in errors[0] and "Traceback" not in result.output

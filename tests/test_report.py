@@ -152,7 +152,8 @@ def test_without_saved_weights_or_data_the_report_says_so(image_run, tmp_path):
     run2 = copy_run(image_run, tmp_path / "b")
     code, _, stderr = report(run2, "--out", tmp_path / "b.html", "--data", tmp_path / "nowhere")
     assert code == 0, stderr
-    assert "No confusion matrix: the run&#x27;s data" in (tmp_path / "b.html").read_text(encoding="utf-8")
+    assert (f"No confusion matrix: the run&#x27;s data ({tmp_path / 'nowhere'}) is not there (give --data PATH if it "
+            "moved).") in (tmp_path / "b.html").read_text(encoding="utf-8")
 
 
 def test_bad_arguments_are_one_line_errors(image_run, tmp_path):

@@ -22,8 +22,9 @@ from autotl.errors import UsageError
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.recipes import PRERANK_DEFAULTS, parse_recipe
+from autotl.records import PRERANK_DROPPED_ATTR, TRANSFERABILITY_ATTR
 from autotl.search import Search, SearchOptions
-from autotl.transfer import (ATTR, DROPPED_ATTR, Ranked, choose_dropped, combine, gbc, hscore, logme,
+from autotl.transfer import (Ranked, choose_dropped, combine, gbc, hscore, logme,
                              plan_start_points, sampled_models)
 
 ESTIMATES = {"logme": logme, "hscore": hscore, "gbc": gbc}
@@ -193,7 +194,7 @@ def test_start_points_follow_the_ranking_and_the_best_model_gets_a_seeded_one():
 def test_sampled_models_leave_out_what_the_study_dropped():
     counts = {"a": 3, "b": 4}
     assert sampled_models(counts, {}) == counts
-    assert sampled_models(counts, {DROPPED_ATTR: {"b": "why"}}) == {"a": 3}
+    assert sampled_models(counts, {PRERANK_DROPPED_ATTR: {"b": "why"}}) == {"a": 3}
 
 
 def test_the_recipe_prerank_section_is_checked():
@@ -275,8 +276,8 @@ def test_a_new_search_ranks_its_models_stores_the_ranking_and_starts_with_the_be
     folder = make_image_folder(tmp_path / "data", per_class=8)
     reporter = Collect()
     search = open_search(folder, tmp_path / "run", weights, recipe, reporter)
-    ranking = search.study.user_attrs[ATTR]
-    assert search.study.user_attrs[DROPPED_ATTR] == {}, ranking
+    ranking = search.study.user_attrs[TRANSFERABILITY_ATTR]
+    assert search.study.user_attrs[PRERANK_DROPPED_ATTR] == {}, ranking
     assert {r["model"] for r in ranking} == set(weights)
     assert ranking[0]["mean_rank"] <= ranking[1]["mean_rank"]
     assert [r["rank"] for r in ranking] == [1, 2]
@@ -295,7 +296,7 @@ def test_a_new_search_ranks_its_models_stores_the_ranking_and_starts_with_the_be
     assert [p["model"] for p in waiting] == expected
     search.run()
     assert search.study.trials[0].params["model"] == ranking[0]["model"]
-    json.dumps(search.study.user_attrs[ATTR])  # JSON-serialisable for the report
+    json.dumps(search.study.user_attrs[TRANSFERABILITY_ATTR])  # JSON-serialisable for the report
 
 
 def optuna_waiting():
@@ -313,10 +314,10 @@ def test_a_dropped_model_is_never_sampled_and_stays_dropped_on_resume(tmp_path, 
     torch.save({k: torch.zeros_like(v) for k, v in torch.load(weights[TINY2]).items()}, weights[TINY2])
     folder = make_image_folder(tmp_path / "data", per_class=8)
     search = open_search(folder, tmp_path / "run", weights, recipe)
-    ranking = search.study.user_attrs[ATTR]
+    ranking = search.study.user_attrs[TRANSFERABILITY_ATTR]
     loser = TINY2
     assert [r["model"] for r in ranking] == [TINY, TINY2] and ranking[1]["mean_rank"] == 2.0
-    assert search.study.user_attrs[DROPPED_ATTR].keys() == {loser} and ranking[1]["dropped"]
+    assert search.study.user_attrs[PRERANK_DROPPED_ATTR].keys() == {loser} and ranking[1]["dropped"]
     assert loser not in search.group_counts
     search.run()
     search.close()
@@ -344,7 +345,7 @@ def test_no_prerank_skips_the_ranking(tmp_path, two_models):
     assert result.exit_code == 0, result.output
     assert "Pre-ranking" not in result.output
     search = open_search(folder, tmp_path / "run", weights, recipe)  # resumes: does not rank either
-    assert ATTR not in search.study.user_attrs
+    assert TRANSFERABILITY_ATTR not in search.study.user_attrs
     assert search.study.trials[0].params["model"] == TINY  # the recipe's start point, as given
 
 
@@ -355,9 +356,9 @@ def test_the_recipe_switch_and_a_single_model_skip_the_ranking(tmp_path, two_mod
     raw["prerank"] = {"enabled": False}
     off = tmp_path / "off.yaml"
     off.write_text(yaml.safe_dump(raw))
-    assert ATTR not in open_search(folder, tmp_path / "r1", weights, off).study.user_attrs
+    assert TRANSFERABILITY_ATTR not in open_search(folder, tmp_path / "r1", weights, off).study.user_attrs
     single = {TINY: weights[TINY]}
-    assert ATTR not in open_search(folder, tmp_path / "r2", single, recipe).study.user_attrs
+    assert TRANSFERABILITY_ATTR not in open_search(folder, tmp_path / "r2", single, recipe).study.user_attrs
 
 
 def test_a_model_whose_features_fail_is_listed_unranked_and_still_searched(tmp_path, two_models, monkeypatch):
@@ -373,7 +374,7 @@ def test_a_model_whose_features_fail_is_listed_unranked_and_still_searched(tmp_p
     monkeypatch.setattr(transfer, "extract_features", flaky)
     reporter = Collect()
     search = open_search(folder, tmp_path / "run", weights, recipe, reporter)
-    ranking = search.study.user_attrs[ATTR]
+    ranking = search.study.user_attrs[TRANSFERABILITY_ATTR]
     assert [(r["model"], r["rank"]) for r in ranking] == [(TINY, 1), (TINY2, None)]
     assert "no features today" in ranking[1]["error"]
     assert set(search.group_counts) == set(weights)
