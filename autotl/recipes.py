@@ -18,8 +18,6 @@ import yaml
 from .errors import UsageError
 from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 
-#: parameters the core itself interprets (declared in autotl/params.py); every other parameter is handed to the task.
-CORE_PARAMS = tuple(CORE)
 #: the defaults every trial's configuration records (the training loop's, autotl/params.py).
 DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "label_smoothing",
                                                    "warmup_epochs")}
