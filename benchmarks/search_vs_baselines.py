@@ -51,7 +51,7 @@ from autotl.progress import ConsoleReporter
 from autotl.recipes import load_recipe
 from autotl.records import TrialRecord
 from autotl.run import Run
-from autotl.search import Search, SearchOptions
+from autotl.controller import Search, SearchOptions
 from autotl.training import accuracy
 
 HERE = Path(__file__).resolve().parent

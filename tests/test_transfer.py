@@ -22,7 +22,7 @@ from autotl.errors import UsageError
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.recipes import PRERANK_DEFAULTS, parse_recipe
-from autotl.search import Search, SearchOptions
+from autotl.controller import Search, SearchOptions
 from autotl.transfer import (ATTR, DROPPED_ATTR, Ranked, choose_dropped, combine, gbc, hscore, logme,
                              plan_start_points, sampled_models)
 
