@@ -197,8 +197,8 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
     On several machines: give each the same --storage postgresql://... --study NAME (or start one
     `autotl search` and join it with `autotl worker`); they share one study and one leaderboard.
     """
-    from .search import default_out
-    from .search import SearchOptions
+    from .api import default_out
+    from .options import SearchOptions
 
     out = out or default_out(task, data)
     options = SearchOptions(
@@ -233,8 +233,8 @@ def worker(storage, study, out, data, weights, trials, time_budget, max_failures
     failed after the heartbeat grace period and run again by another worker.
     """
     from .records import StudyRecord
+    from .options import SearchOptions
     from .runs import RunLocation, load_study, sqlite_file
-    from .search import SearchOptions
 
     if sqlite_file(storage) is not None:
         raise UsageError("autotl worker needs a storage several processes can share, not SQLite: use "
@@ -255,11 +255,16 @@ def worker(storage, study, out, data, weights, trials, time_budget, max_failures
 
 
 def _run_search(options, out: Path) -> None:
-    """Run the search (:func:`autotl.search.run_search`) with the progress on stderr, then show its leaderboard."""
-    from .search import run_search
+    """Run the search (:func:`autotl.api.run_search`) with the progress on stderr, then show its leaderboard.
+
+    Optuna's and timm's chatter is turned off first (:func:`autotl.progress.quiet_libraries`), as the other
+    commands do; the API leaves it to its caller.
+    """
+    from .api import run_search
     from .leaderboard import render
     from .progress import ConsoleReporter
 
+    quiet_libraries()
     result = run_search(options, ConsoleReporter(_console(stderr=True)),
                         on_open=lambda: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt))
     render(result.run.study, result.run.location, _console())
@@ -312,7 +317,6 @@ def best(run, storage, study, within, as_json):
     """
     from .leaderboard import best_summary, choose_trial
     from .run import open_run
-    from .trial_weights import owner_problem
 
     opened = open_run(run, storage=storage, study=study)
     loaded = opened.study
@@ -333,8 +337,7 @@ def best(run, storage, study, within, as_json):
         click.echo(f"  parameters: {f'{count:,}' if count else '-'}; latency per item: "
                    + (f"{latency['batch1_ms']:.2f} ms at batch 1, {latency['batched_ms']:.2f} ms at batch "
                       f"{latency['batch_size']} ({latency['device']})" if latency else "not measured"))
-    weights = opened.find_weights(choice.trial)
-    problem = weights and owner_problem(weights, loaded.study_name, choice.trial.number)
+    weights, problem = opened.kept_weights(choice.trial)
     if weights is None or problem:
         click.echo(f"  {problem or 'its weights were not kept (only the top --keep-top trials keep theirs)'}: "
                    "`autotl export --refit` trains it again")

@@ -1,5 +1,6 @@
 """What a search is asked to do (:class:`SearchOptions`, the command's options) and how it ended
-(:class:`SearchOutcome`): plain records the controller (:mod:`autotl.search`) and the modules it is made of share."""
+(:class:`SearchOutcome`): plain records the controller (:mod:`autotl.controller`) and the modules it is made of
+share."""
 
 from __future__ import annotations
 

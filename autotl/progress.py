@@ -126,7 +126,8 @@ class ConsoleReporter(Reporter):
 
 def quiet_libraries() -> None:
     """Turn off the chatter of the libraries a search runs (Optuna's per-trial log, timm's and peft's
-    warnings), so that the search's own progress is what shows; the command and :func:`autotl.search` call it."""
+    warnings), so that the search's own progress is what shows. The commands and the benchmarks call it; the
+    API (:func:`autotl.search`) leaves the process's logging and warnings as its caller set them."""
     import logging
     import warnings
 

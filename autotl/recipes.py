@@ -29,7 +29,7 @@ VAL_FRACTION = 0.2
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
-#: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/search.py).
+#: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/samplers.py).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
            "none": "NopPruner"}

@@ -151,10 +151,6 @@ class Run:
         there are none. :meth:`weights` takes them or says why it cannot."""
         return kept_weights(trial, [self.location.folder, self.record.out], self.study.study_name)
 
-    def find_weights(self, trial: FrozenTrial) -> Path | None:
-        """The file of :meth:`kept_weights`, whether or not it is ``trial``'s own."""
-        return self.kept_weights(trial)[0]
-
     def weights(self, trial: FrozenTrial) -> Path:
         """``trial``'s own kept weights; :class:`RunError` saying why they cannot be had (and to refit)."""
         found, problem = self.kept_weights(trial)

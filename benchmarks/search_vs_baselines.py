@@ -45,14 +45,13 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
+from autotl.controller import Search, SearchOptions
 from autotl.inference import accuracy
-from autotl.progress import quiet_libraries
 from autotl.plugins import get_registry
-from autotl.progress import ConsoleReporter
+from autotl.progress import ConsoleReporter, quiet_libraries
 from autotl.recipes import load_recipe
 from autotl.records import TrialRecord
 from autotl.run import Run
-from autotl.search import Search, SearchOptions
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("autotl", "random", "manual")

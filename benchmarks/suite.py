@@ -150,7 +150,7 @@ def open_search(task: str, data: Path, seed: int, models: list[str] | None = Non
     """A Search with the task's built-in recipe and zoo (not opened), and the data loaded as a trial's is."""
     from autotl.plugins import get_registry
     from autotl.progress import Reporter
-    from autotl.search import Search, SearchOptions
+    from autotl.controller import Search, SearchOptions
 
     options = SearchOptions(task=task, data=data, out=Path(tempfile.gettempdir()), seed=seed, models=models,
                             weights=dict(weights or {}))

@@ -593,7 +593,7 @@ def finished_run(tmp_path_factory, tiny_weights) -> Path:
     from autotl.plugins import get_registry
     from autotl.progress import Reporter
     from autotl.runs import locate
-    from autotl.search import Search, SearchOptions
+    from autotl.controller import Search, SearchOptions
 
     root = tmp_path_factory.mktemp("finished")
     data = make_image_folder(root / "data", classes=("dark", "light"), per_class=6, size=16)

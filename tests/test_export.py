@@ -28,7 +28,7 @@ from autotl.leaderboard import choose_trial, trial_rows
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
-from autotl.search import Search, SearchOptions, weights_path
+from autotl.controller import Search, SearchOptions, weights_path
 
 COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 

@@ -277,8 +277,8 @@ def test_an_installed_plugin_with_a_bad_hook_signature_is_a_plugin_error(install
 def test_the_core_imports_no_plugin_and_no_model_library():
     code = textwrap.dedent("""
         import sys
-        import autotl, autotl.cli, autotl.search, autotl.plugins, autotl.leaderboard, autotl.adapt, autotl.training
-        import autotl.transfer
+        import autotl, autotl.cli, autotl.controller, autotl.plugins, autotl.leaderboard, autotl.adapt, autotl.training
+        import autotl.api, autotl.transfer
         loaded = [m for m in ("timm", "transformers", "peft", "autotl_timm", "autotl_image", "autotl_transformers",
                               "autotl_text") if m in sys.modules]
         assert not loaded, loaded

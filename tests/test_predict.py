@@ -23,7 +23,7 @@ from autotl.inference import predict_logits
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
-from autotl.search import Search, SearchOptions
+from autotl.controller import Search, SearchOptions
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")
 

@@ -20,7 +20,7 @@ import tinybert
 from autotl.cli import cli
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
-from autotl.search import Search, SearchOptions, weights_path
+from autotl.controller import Search, SearchOptions, weights_path
 
 CHROMIUM = os.environ.get("AUTOTL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

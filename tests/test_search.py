@@ -19,7 +19,7 @@ from autotl.leaderboard import best_summary, trial_rows
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import load_study, locate
-from autotl.search import Search, SearchOptions, weights_path
+from autotl.controller import Search, SearchOptions, weights_path
 from autotl.inference import accuracy
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")

@@ -134,7 +134,7 @@ def test_a_storage_password_never_reaches_output_logs_run_files_or_the_leaderboa
     message, file and table autotl writes sees the URL with its password.
     """
     import autotl.runs
-    import autotl.search
+    import autotl.controller
 
     database = tmp_path / "stand-in.db"
     real_open = autotl.runs.open_storage
@@ -146,7 +146,7 @@ def test_a_storage_password_never_reaches_output_logs_run_files_or_the_leaderboa
         return real_open(f"sqlite:///{database}")
 
     monkeypatch.setattr(autotl.runs, "open_storage", open_storage)
-    monkeypatch.setattr(autotl.search, "open_storage", open_storage)
+    monkeypatch.setattr(autotl.controller, "open_storage", open_storage)
     data = make_image_folder(tmp_path / "data", classes=("dark", "light"), per_class=6, size=16)
     out = tmp_path / "run"
     runner = CliRunner()

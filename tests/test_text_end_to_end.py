@@ -20,7 +20,7 @@ from autotl.errors import RunError
 from autotl.files import load_weights
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
-from autotl.search import Search, SearchOptions, weights_path
+from autotl.controller import Search, SearchOptions, weights_path
 from autotl.inference import accuracy
 
 DATA = Path(__file__).parent / "data" / "text"

@@ -30,7 +30,7 @@ from autotl.inference import predict_logits
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
-from autotl.search import Search, SearchOptions
+from autotl.controller import Search, SearchOptions
 from autotl_text import TextClassification
 from autotl_text._table import encode
 from autotl_transformers import TransformersFamily

@@ -22,8 +22,8 @@ from autotl.errors import UsageError
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.recipes import PRERANK_DEFAULTS, parse_recipe
+from autotl.controller import Search, SearchOptions
 from autotl.records import PRERANK_DROPPED_ATTR, TRANSFERABILITY_ATTR
-from autotl.search import Search, SearchOptions
 from autotl.transfer import (Ranked, choose_dropped, combine, gbc, hscore, logme,
                              plan_start_points, sampled_models)
 

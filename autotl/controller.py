@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
-import types
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -28,9 +26,8 @@ from .files import write_json
 from .objective import Objective
 from .options import SearchOptions, SearchOutcome
 from .params import ParameterSet, parameters_for
-from .progress import Reporter, quiet_libraries
+from .progress import Reporter
 from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
-from .run import Run
 from .records import StudyRecord, begin_study, check_version, complete_keys, half_recorded
 from .resume import (adopted_options, adopted_recipe, check_models_and_keep_top, check_task,
                      new_study_options, searched_as_recorded)
@@ -39,7 +36,7 @@ from .samplers import make_pruner, make_sampler, resumed_sampler_seed
 from .training import configure_threads
 from .trial_loop import TrialLoop
 from .transfer import prerank_study, sampled_models
-from .trial_weights import drop_outside_top, owner_problem, recorded_weights, weights_path
+from .trial_weights import drop_outside_top, kept_weights, weights_path
 from .zoo import layer_group_counts, resolve_zoo
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -244,10 +241,8 @@ class Search:
 
     def kept_weights(self, trial: optuna.trial.FrozenTrial) -> Path | None:
         """The weights ``trial`` recorded, if they are in the run folder and are its own."""
-        path = recorded_weights(trial, [self.options.out])
-        if path is None or owner_problem(path, self.location.study_name, trial.number):
-            return None
-        return path
+        path, problem = kept_weights(trial, [self.options.out], self.location.study_name)
+        return None if problem else path
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""
@@ -325,91 +320,4 @@ def check_data_options(task: Task, options: dict[str, Any], where: str) -> None:
                          f"its options are {', '.join(known)}")
 
 
-@dataclass
-class SearchResult:
-    """What :func:`search` returns: the run, opened, and how the search ended."""
-
-    run: Run
-    stop_reason: str
-    trials_run: int  # by this process
-    interrupted: bool = False
-    too_many_failures: bool = False  # stopped by max_failures
-    test_score: dict[str, Any] | None = None  # the best trial on the test split: trial, test_accuracy, test_size
-    scratch: dict[str, Any] | None = None  # the from-scratch baseline, when asked for
-
-
-def default_out(task: str, data: Path | str) -> Path:
-    """The run folder of a search that names none: ``runs/<task>-<data folder name>``."""
-    return Path("runs") / f"{task}-{Path(data).resolve().name}"
-
-
-def search(data: Path | str, *, task: str, out: Path | str | None = None, reporter: Reporter | None = None,
-           registry: Registry | None = None, **options: Any) -> SearchResult:
-    """Search for the best way to adapt a pretrained model to ``data``, as ``autotl search`` does.
-
-    :param data: the data folder or file, as the task reads it.
-    :param task: the task, e.g. ``"image-classification"`` (``autotl plugins`` lists them).
-    :param out: the run folder [default: ``runs/<task>-<data folder name>``]; the same one resumes the study.
-    :param reporter: receives the progress (:class:`autotl.progress.ConsoleReporter` prints it) [default: silent].
-    :param registry: the plugins [default: the installed ones].
-    :param options: the other fields of :class:`autotl.search.SearchOptions`, as the command's options:
-        ``recipe``, ``models`` (a list), ``weights`` ({model: file}), ``trials``, ``time_budget`` (seconds),
-        ``seed``, ``storage``, ``study``, ``device``, ``keep_top``, ``scratch_baseline``, ``data_options``,
-        ``max_failures``, ``prerank``, ``cache``.
-    :raises autotl.AutotlError: what the command reports as its one ``Error:`` line.
-    """
-    known = {f.name for f in fields(SearchOptions)} - {"task", "data", "out"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"autotl.search() got unknown option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(known))}")
-    settings = SearchOptions(task=task, data=Path(data), out=Path(out) if out else default_out(task, data), **options)
-    return run_search(settings, reporter, registry)
-
-
-def run_search(options, reporter: Reporter | None = None, registry: Registry | None = None,
-               on_open: Callable[[], None] = lambda: None) -> SearchResult:
-    """Run the search ``options`` (a :class:`autotl.search.SearchOptions`) describes: open the study, run trials
-    until it stops, score the best trial on the test split and, if asked, train the scratch baseline.
-
-    ``on_open()`` is called once the study is open (the command installs its SIGTERM handler there).
-    """
-    from .plugins import get_registry
-
-    quiet_libraries()
-    reporter = reporter or Reporter()
-    registry = registry or get_registry()
-    runner = Search(options, registry, reporter)
-    try:
-        runner.open()
-        on_open()
-        outcome = runner.run()
-        result = SearchResult(Run(runner.location, runner.study, registry), outcome.stop_reason, outcome.trials_run,
-                              outcome.interrupted, outcome.too_many_failures)
-        try:
-            result.test_score = runner.score_best_on_test()
-            if result.test_score:
-                score = result.test_score
-                reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
-                                 f"accuracy {score['test_accuracy']:.4f}")
-            if options.scratch_baseline and not outcome.interrupted:
-                result.scratch = runner.scratch_baseline()
-        except KeyboardInterrupt:
-            result.interrupted = True
-    finally:
-        runner.close()
-    return result
-
-
-class _CallableModule(types.ModuleType):
-    """``autotl.search`` is this module, and calling it runs a search: ``autotl.search(DATA, task=...)`` is
-    :func:`search`."""
-
-    def __call__(self, data, **options):
-        return search(data, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["Search", "SearchOptions", "SearchOutcome", "SearchResult", "default_out", "run_search", "search",
-           "weights_path"]
+__all__ = ["Search", "SearchOptions", "SearchOutcome", "weights_path"]
