@@ -71,13 +71,7 @@ def test_export_and_report_of_a_text_run_whose_weights_file_is_gone(tmp_path):
     folder = tinybert.save_tiny_bert(tmp_path / "tinybert")
     checkpoint = Path(shutil.copy(folder / "model.safetensors", tmp_path / "encoder.safetensors"))
     data = tinybert.make_text_folder(tmp_path / "data", per_class=12)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "task": "text-classification", "data": {"val_fraction": 0.25},
-        "space": {"lr": {"low": 1.0e-2, "high": 3.0e-2, "log": True}},
-        "fixed": {"epochs": 1, "batch_size": 8, "max_length": 16, "freeze": 0, "lora_rank": 0},
-        "sampler": {"name": "random"}, "pruner": {"name": "none"},
-    }))
+    recipe = tinybert.write_recipe(tmp_path / "recipe.yaml", epochs=1)
     code, output = cli_run("search", "--task", "text-classification", data, "--out", tmp_path / "run", "--recipe",
                            recipe, "--models", folder, "--weights", f"{folder}={checkpoint}", "--trials", 1,
                            "--device", "cpu", "--no-prerank")

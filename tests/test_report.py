@@ -58,13 +58,7 @@ def text_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report-text")
     model = str(tinybert.save_tiny_bert(root / "tinybert"))
     data = tinybert.make_text_folder(root / "data", per_class=16)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "task": "text-classification", "data": {"val_fraction": 0.25},
-        "space": {"lr": {"low": 1.0e-2, "high": 3.0e-2, "log": True}},
-        "fixed": {"epochs": 2, "batch_size": 8, "max_length": 16, "freeze": 0, "lora_rank": 0},
-        "sampler": {"name": "random"}, "pruner": {"name": "none"},
-    }))
+    recipe = tinybert.write_recipe(root / "recipe.yaml", epochs=2)
     options = SearchOptions(task="text-classification", data=data, out=root / "run", recipe=str(recipe),
                             models=[model], trials=1, seed=0, keep_top=1, device="cpu")
     search = Search(options, get_registry(), Reporter())

@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+import yaml
+
 POSITIVE = ["good", "great", "excellent", "lovely", "tasty", "fresh", "happy", "best", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "terrible", "stale", "bland", "sad", "worst", "poor", "broken", "nasty"]
 NEUTRAL = ["the", "a", "food", "was", "this", "is", "it", "and", "very", "tea", "coffee", "box", "my", "i", "we",
@@ -85,4 +87,17 @@ def write_rows(path: Path, rows, columns=("text", "label")) -> Path:
                             quoting=csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL)
         writer.writerow(columns)
         writer.writerows(rows)
+    return path
+
+
+def write_recipe(path: Path, *, epochs: int) -> Path:
+    """A text-classification recipe for the tiny BERT: full fine-tuning, ``epochs`` epochs, only ``lr`` searched
+    (random sampler, no pruner), a quarter of the training data held out."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({
+        "task": "text-classification", "data": {"val_fraction": 0.25},
+        "space": {"lr": {"low": 1.0e-2, "high": 3.0e-2, "log": True}},
+        "fixed": {"epochs": epochs, "batch_size": 8, "max_length": 16, "freeze": 0, "lora_rank": 0},
+        "sampler": {"name": "random"}, "pruner": {"name": "none"},
+    }))
     return path
