@@ -15,7 +15,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from .base import Backbone, LoadedData, Task
+from .base import Backbone, LoadedData, Task, TensorSplit
 from .files import load_weights
 from .inference import accuracy
 from .leaderboard import best_trial
@@ -25,11 +25,11 @@ from .records import TrialRecord, record_scratch, record_test_score
 from .training import train
 
 
-def test_split_accuracy(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, weights: Path,
+def test_split_accuracy(backbone: Backbone, num_classes: int, test: TensorSplit, weights: Path,
                         device: torch.device) -> float:
-    """``trial``'s network, with the weights in the file ``weights``, scored on the test split of ``data``."""
-    model = trained_network(backbone, len(data.label_names), load_weights(weights), device)
-    return accuracy(model, task.prepare(data, backbone, TrialRecord.params(trial)).test, device)
+    """``backbone``'s network, with the weights in the file ``weights``, scored on the prepared split ``test``."""
+    model = trained_network(backbone, num_classes, load_weights(weights), device)
+    return accuracy(model, test, device)
 
 
 def score_best_on_test(study: optuna.Study, task: Task, data: LoadedData, zoo: dict[str, Backbone],
@@ -56,9 +56,9 @@ def score_best_on_test(study: optuna.Study, task: Task, data: LoadedData, zoo: d
         reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
         return None
     split = task.prepare(data, backbone, params).test
-    score = {"trial": best.number, "test_accuracy": test_split_accuracy(task, data, backbone, best, weights, device),
-             "test_size": len(split)}
-    record_test_score(study, best.number, score["test_accuracy"])
+    test_accuracy = test_split_accuracy(backbone, len(data.label_names), split, weights, device)
+    score = {"trial": best.number, "test_accuracy": test_accuracy, "test_size": len(split)}
+    record_test_score(study, best.number, test_accuracy)
     return score
 
 
