@@ -9,8 +9,8 @@ The Python API (see autotl/api.py and docs/guide.md, "From Python"):
 - ``autotl.load(BUNDLE)`` loads a bundle written by ``autotl export``: ``.predict(inputs)``.
 """
 
-from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData, Registry, Task, TensorSplit,
-                   TrialData)
+from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData, Registry, Target, Task,
+                   TensorSplit, TrialData)
 from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
@@ -33,6 +33,7 @@ __all__ = [
     "Param",
     "Registry",
     "SkippedItem",
+    "Target",
     "Task",
     "TensorSplit",
     "TextPreprocessing",

@@ -114,6 +114,18 @@ class Backbone(ABC):
         """
         return None
 
+    def build_per_position(self, num_outputs: int, pretrained: bool = True) -> nn.Module:
+        """Like :meth:`build`, with a head giving ``num_outputs`` numbers per input position (token).
+
+        What a task whose :attr:`Target.per_position` is true (token classification) trains: the module
+        returns ``(batch, positions, num_outputs)``, positions as in its input. :meth:`layer_groups`,
+        :meth:`lora_targets` and :meth:`split` must work on it as on :meth:`build`'s network.
+
+        :raises autotl.errors.PluginError: by default: the backbone gives one output per input only.
+        """
+        raise PluginError(f"backbone {self.name!r} gives one output per input, not one per position (token); "
+                          "choose a model whose plugin implements Backbone.build_per_position")
+
     def describe(self) -> str:
         """A short human description for listings."""
         return self.name
@@ -220,7 +232,8 @@ class TensorSplit:
     """One split as tensors already in memory: decoded once, batched every epoch.
 
     :attr inputs: a tensor whose first dimension indexes samples, or a mapping of such tensors.
-    :attr labels: integer class indices.
+    :attr labels: the targets, one row per sample, as the task's :class:`Target` reads them (class
+        indices, numbers, 0/1 rows of label sets, a tag index per position with -100 where none is scored).
     :attr transform: applied to each batch of inputs, ``transform(inputs, train)``; it
         normalises, and augments when ``train`` is true.
     :attr random_augmentation: whether ``transform(inputs, True)`` is random (augmentation). Only a
@@ -340,6 +353,8 @@ class Task(ABC):
     name: str
     modality: str
     description: str = ""
+    #: what the task predicts and how it is scored (its loss, metrics and decoding): see :class:`Target`.
+    target: "Target"
     #: the options :meth:`load` reads from the recipe's ``data`` section (and ``--data-option``), each
     #: with a short description; ``autotl search`` refuses any other option. ``None``: not declared,
     #: every option is handed to :meth:`load` unchecked. ``val_fraction`` is the core's own.
@@ -435,6 +450,90 @@ class Task(ABC):
         :raises ExportUnsupportedError: by default.
         """
         raise _unsupported(self, "task", "Task.preprocess_for_predict(raw, backbone, settings)")
+
+
+class Target(ABC):
+    """What a task predicts and how it is scored: its loss, its metrics, how outputs become predictions.
+
+    A :class:`Task` names its target (:attr:`Task.target`); the core trains, validates, ranks, prunes,
+    exports and predicts only through it, so it names no loss, metric or kind of label itself. Built-in
+    targets (one class per item, a number, a set of labels, a tag per token) live in the ``autotl_tasks``
+    plugin (:mod:`autotl_tasks.targets`), which a third party may import or copy.
+
+    ``outputs`` below is what the network returns for a whole split, float32 on the CPU
+    (:func:`autotl.inference.predict_outputs`): ``(items, width)``, or ``(items, positions, width)``
+    for a target with :attr:`per_position`; ``labels`` is the split's :attr:`TensorSplit.labels`.
+    ``calibration`` is a JSON-serialisable dict: what :meth:`fit` learnt from the training labels
+    (a regression target's mean and spread), completed by :meth:`tune` on the validation outputs (a
+    multi-label target's thresholds). It is recorded with every trial and travels in the bundle.
+
+    :attr metrics: every metric :meth:`score` reports, name -> ``"maximize"`` or ``"minimize"``.
+    :attr primary: the metric trials are ranked by, unless the recipe's ``metric:`` names another of
+        :attr:`metrics`.
+    :attr per_position: the network gives one output per input position (a token), not one per
+        item: the backbone is built with :meth:`Backbone.build_per_position`.
+    """
+
+    metrics: Mapping[str, str]
+    primary: str
+    per_position: bool = False
+
+    def width(self, label_names: Sequence[str]) -> int:
+        """How many numbers the network outputs per item (or per position): by default one per label name."""
+        return len(label_names)
+
+    def fit(self, labels: torch.Tensor) -> dict[str, Any]:
+        """What the loss and the scores need from the training split's labels (the default: nothing)."""
+        return {}
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+             params: Mapping[str, Any]) -> torch.Tensor:
+        """The training loss of one batch (a scalar, the mean over its items); ``params`` are the trial's."""
+
+    def tune(self, calibration: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """``calibration`` completed on the validation split's outputs (thresholds...); the default: unchanged."""
+        return dict(calibration)
+
+    @abstractmethod
+    def score(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any]) -> dict[str, float]:
+        """Every metric of :attr:`metrics` on a split (``nan`` where undefined, an empty split say)."""
+
+    @abstractmethod
+    def decode(self, outputs: torch.Tensor, split: "TensorSplit", calibration: Mapping[str, Any],
+               label_names: Sequence[str], top_k: int = 1) -> list[dict[str, Any]]:
+        """One JSON-serialisable prediction per item of ``split``, from its ``outputs``.
+
+        What ``autotl predict`` prints besides the input's name (``{"label": ..., "probability": ...}``, a
+        number in the target's units, a set of labels, a tag per word). ``split`` is what
+        :meth:`Task.preprocess_for_predict` made: a per-position target reads there which positions
+        start a word.
+        """
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The outputs as the numbers an exported format must reproduce (probabilities); the default: as they are."""
+        return outputs
+
+    def rankable(self, labels: torch.Tensor) -> "torch.Tensor | None":
+        """Class indices (one per item) that source models' features can be ranked by before any trial.
+
+        ``None`` (the default): the transferability pre-ranking is left out for this target.
+        """
+        return None
+
+    def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+               label_names: Sequence[str]) -> Any:
+        """A plotly figure of the best trial's test predictions for ``autotl report`` (a confusion matrix,
+        predicted against true, per-label F1...), or ``None`` (the default: no such plot)."""
+        return None
+
+    def best_epoch(self, value: float, best: float, metric: str) -> bool:
+        """Whether an epoch scoring ``value`` on ``metric`` beats the best so far (``nan`` never does)."""
+        if value != value:
+            return False
+        if best != best:
+            return True
+        return value < best if self.metrics.get(metric) == "minimize" else value > best
 
 
 @dataclass

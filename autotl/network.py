@@ -16,13 +16,21 @@ from torch import nn
 from .base import Backbone
 
 
-def trained_network(backbone: Backbone, num_classes: int, state: Mapping[str, torch.Tensor],
-                    device: torch.device | None = None) -> nn.Module:
-    """``backbone``'s network with ``num_classes`` outputs and the weights ``state`` (strict), ready to predict.
+def built(backbone: Backbone, width: int, *, pretrained: bool, per_position: bool = False) -> nn.Module:
+    """``backbone``'s network with a new head of ``width`` outputs per item, or per position (token) where the
+    task's target asks for that (:attr:`autotl.Target.per_position`)."""
+    if per_position:
+        return backbone.build_per_position(width, pretrained=pretrained)
+    return backbone.build(width, pretrained=pretrained)
+
+
+def trained_network(backbone: Backbone, width: int, state: Mapping[str, torch.Tensor],
+                    device: torch.device | None = None, *, per_position: bool = False) -> nn.Module:
+    """``backbone``'s network with ``width`` outputs and the weights ``state`` (strict), ready to predict.
 
     Raises :class:`RuntimeError` (torch's) when ``state`` does not fit the network; callers say what to do.
     """
-    model = backbone.build(num_classes, pretrained=False)
+    model = built(backbone, width, pretrained=False, per_position=per_position)
     model.load_state_dict(state, strict=True)
     if device is not None:
         model.to(device)
@@ -32,4 +40,4 @@ def trained_network(backbone: Backbone, num_classes: int, state: Mapping[str, to
     return model
 
 
-__all__ = ["trained_network"]
+__all__ = ["built", "trained_network"]

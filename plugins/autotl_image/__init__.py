@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from autotl import Backbone, ImagePreprocessing, LoadedData, Param, Task, TensorSplit, TrialData, hookimpl
+from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
 from ._folder import (RASTER_FORMATS, ImageData, _decode, image_files, load_image_folder, pixels, resize_all, shown,
@@ -33,6 +34,7 @@ MIN_MAX_SIDE = 16
 class ImageClassification(Task):
     name = "image-classification"
     modality = "image"
+    target = ClassLabel()
     description = "ImageFolder of labelled images: DATA/train/<class>/*, optional val/ and test/"
     data_options = {"max_side": f"longest side images are kept at when decoded (default {DEFAULT_MAX_SIDE})"}
     parameters = (

@@ -21,6 +21,7 @@ import torch
 
 from autotl import Backbone, LoadedData, Param, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
 from autotl.base import Inputs
+from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UsageError
 
 from ._table import (Options, TableRow, TextData, decode_utf8, encode, load_text_folder, read_predict_file,
@@ -35,6 +36,7 @@ BUCKET_BATCHES = 20
 class TextClassification(Task):
     name = "text-classification"
     modality = "text"
+    target = ClassLabel()
     description = "labelled texts: DATA/train.csv (columns text,label), optional val.csv and test.csv; or .tsv, .jsonl"
     data_options = {
         "text_column": "the column (or JSON key) holding the text (default text)",

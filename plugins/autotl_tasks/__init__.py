@@ -1,0 +1,17 @@
+"""autotl's built-in task types beyond single-label classification, and the targets every built-in task uses.
+
+:mod:`autotl_tasks.targets` holds the targets (loss, metrics, decoding); the task modules register
+regression, multi-label and token classification through the same entry point a third party uses.
+"""
+
+from __future__ import annotations
+
+from autotl import hookimpl
+
+
+@hookimpl
+def register_tasks(register):
+    pass  # the task modules add theirs here
+
+
+__all__ = ["register_tasks"]
