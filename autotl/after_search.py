@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from .base import Backbone, LoadedData, Task, TensorSplit
+from .base import Backbone, LoadedData, Target, Task, TensorSplit
 from .files import load_weights
-from .inference import accuracy
+from .inference import predict_outputs
 from .leaderboard import best_trial
 from .network import trained_network
 from .progress import Reporter
@@ -25,17 +25,19 @@ from .records import TrialRecord, record_scratch, record_test_score
 from .training import train
 
 
-def test_split_accuracy(backbone: Backbone, num_classes: int, test: TensorSplit, weights: Path,
-                        device: torch.device) -> float:
-    """``backbone``'s network, with the weights in the file ``weights``, scored on the prepared split ``test``."""
-    model = trained_network(backbone, num_classes, load_weights(weights), device)
-    return accuracy(model, test, device)
+def test_split_scores(backbone: Backbone, target: Target, width: int, test: TensorSplit, weights: Path,
+                      device: torch.device, calibration: Mapping[str, Any]) -> dict[str, float]:
+    """Every metric of ``target`` for ``backbone``'s network, with the weights in the file ``weights`` and the
+    trial's ``calibration``, on the prepared split ``test``."""
+    model = trained_network(backbone, width, load_weights(weights), device, per_position=target.per_position)
+    return target.score(predict_outputs(model, test, device), test.labels, calibration)
 
 
-def score_best_on_test(study: optuna.Study, task: Task, data: LoadedData, zoo: dict[str, Backbone],
-                       kept_weights: Callable[[FrozenTrial], Path | None], out: Path, device: torch.device,
-                       reporter: Reporter) -> dict[str, Any] | None:
-    """Score the best trial on the test split and record it on the study: ``{trial, test_accuracy, test_size}``.
+def score_best_on_test(study: optuna.Study, task: Task, target: Target, metric: str, data: LoadedData,
+                       zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None], out: Path,
+                       device: torch.device, reporter: Reporter) -> dict[str, Any] | None:
+    """Score the best trial on the test split and record it on the study: ``{trial, test_<metric>, test_metrics,
+    test_size}`` (``metric``: the one the study ranks by; ``test_metrics``: every metric of ``target``).
 
     ``None``, said to ``reporter``, when there is no completed trial, no test split, or no kept weights
     (``kept_weights(trial)``: the path in the run folder ``out``, or ``None``) or loaded model for the best trial.
@@ -56,15 +58,17 @@ def score_best_on_test(study: optuna.Study, task: Task, data: LoadedData, zoo: d
         reporter.message(f"Model {params['model']} of trial {best.number} is not loaded; no test score.")
         return None
     split = task.prepare(data, backbone, params).test
-    test_accuracy = test_split_accuracy(backbone, len(data.label_names), split, weights, device)
-    score = {"trial": best.number, "test_accuracy": test_accuracy, "test_size": len(split)}
-    record_test_score(study, best.number, test_accuracy)
+    metrics = test_split_scores(backbone, target, target.width(data.label_names), split, weights, device,
+                                TrialRecord.from_trial(best).calibration)
+    score = {"trial": best.number, f"test_{metric}": metrics[metric], "test_metrics": metrics, "test_size": len(split)}
+    record_test_score(study, best.number, metrics[metric], metrics)
     return score
 
 
-def scratch_baseline(study: optuna.Study, task: Task, data: LoadedData, zoo: dict[str, Backbone],
-                     device: torch.device, seed: int, reporter: Reporter) -> dict[str, Any] | None:
-    """Train the best trial's network from random weights (everything trains), score it, record it on the study."""
+def scratch_baseline(study: optuna.Study, task: Task, target: Target, metric: str, data: LoadedData,
+                     zoo: dict[str, Backbone], device: torch.device, seed: int, reporter: Reporter) -> dict[str, Any] | None:
+    """Train the best trial's network from random weights (everything trains), score it (``val_<metric>``,
+    ``test_<metric>``, and every metric in ``val_metrics``, ``test_metrics``), record it on the study."""
     best = best_trial(study)
     if best is None:
         return None
@@ -74,15 +78,18 @@ def scratch_baseline(study: optuna.Study, task: Task, data: LoadedData, zoo: dic
                      f"{params['epochs']} epochs, lr {params['lr']:.2g} ...")
     prepared = task.prepare(data, backbone, params)
     started = time.time()
-    result = train(backbone, params, prepared.train, prepared.val, len(data.label_names), device=device,
-                   seed=seed, pretrained=False)
+    result = train(backbone, params, prepared.train, prepared.val, target, target.width(data.label_names),
+                   metric=metric, device=device, seed=seed, pretrained=False)
     model = result.adapted.model
     model.load_state_dict(result.best_state)
-    scratch = {"model": params["model"], "params": params, "val_accuracy": result.best_accuracy,
-               "test_accuracy": accuracy(model, prepared.test, device) if prepared.test is not None else None,
+    test = (target.score(predict_outputs(model, prepared.test, device), prepared.test.labels, result.calibration)
+            if prepared.test is not None else None)
+    scratch = {"model": params["model"], "params": params, f"val_{metric}": result.best_value,
+               f"test_{metric}": test[metric] if test is not None else None,
+               "val_metrics": result.best_metrics, "test_metrics": test,
                "duration_s": round(time.time() - started, 1), "compared_with_trial": best.number}
     record_scratch(study, scratch)
     return scratch
 
 
-__all__ = ["score_best_on_test", "scratch_baseline", "test_split_accuracy"]
+__all__ = ["score_best_on_test", "scratch_baseline", "test_split_scores"]

@@ -4,7 +4,7 @@
 
     import autotl
 
-    result = autotl.search("data/flowers", task="image-classification", time_budget=600, out="runs/flowers")
+    result = autotl.search("data/flowers", task=TASK, time_budget=600, out="runs/flowers")  # `autotl plugins`
     run = result.run                       # or later: autotl.open_run("runs/flowers")
     best = run.best_trial()
     print(best.value, run.test_score(best), run.config(best))
@@ -38,7 +38,7 @@ class SearchResult:
     trials_run: int  # by this process
     interrupted: bool = False
     too_many_failures: bool = False  # stopped by max_failures
-    test_score: dict[str, Any] | None = None  # the best trial on the test split: trial, test_accuracy, test_size
+    test_score: dict[str, Any] | None = None  # the best trial on the test split: trial, test_<metric>, test_metrics, test_size
     scratch: dict[str, Any] | None = None  # the from-scratch baseline, when asked for
 
 
@@ -52,7 +52,7 @@ def search(data: Path | str, *, task: str, out: Path | str | None = None, report
     """Search for the best way to adapt a pretrained model to ``data``, as ``autotl search`` does.
 
     :param data: the data folder or file, as the task reads it.
-    :param task: the task, e.g. ``"image-classification"`` (``autotl plugins`` lists them).
+    :param task: the task's name (``autotl plugins`` lists those installed).
     :param out: the run folder [default: ``runs/<task>-<data folder name>``]; the same one resumes the study.
     :param reporter: receives the progress (:class:`autotl.progress.ConsoleReporter` prints it) [default: silent].
     :param registry: the plugins [default: the installed ones].
@@ -93,9 +93,9 @@ def run_search(options, reporter: Reporter | None = None, registry: Registry | N
         try:
             result.test_score = runner.score_best_on_test()
             if result.test_score:
-                score = result.test_score
+                score, metric = result.test_score, runner.metric
                 reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
-                                 f"accuracy {score['test_accuracy']:.4f}")
+                                 f"{metric} {score[f'test_{metric}']:.4f}")
             if options.scratch_baseline and not outcome.interrupted:
                 result.scratch = runner.scratch_baseline()
         except KeyboardInterrupt:

@@ -115,15 +115,15 @@ class Backbone(ABC):
         return None
 
     def build_per_position(self, num_outputs: int, pretrained: bool = True) -> nn.Module:
-        """Like :meth:`build`, with a head giving ``num_outputs`` numbers per input position (token).
+        """Like :meth:`build`, with a head giving ``num_outputs`` numbers per input position (each word piece).
 
-        What a task whose :attr:`Target.per_position` is true (token classification) trains: the module
+        What a task whose :attr:`Target.per_position` is true (a tag per word, say) trains: the module
         returns ``(batch, positions, num_outputs)``, positions as in its input. :meth:`layer_groups`,
         :meth:`lora_targets` and :meth:`split` must work on it as on :meth:`build`'s network.
 
         :raises autotl.errors.PluginError: by default: the backbone gives one output per input only.
         """
-        raise PluginError(f"backbone {self.name!r} gives one output per input, not one per position (token); "
+        raise PluginError(f"backbone {self.name!r} gives one output per input, not one per position (word piece); "
                           "choose a model whose plugin implements Backbone.build_per_position")
 
     def describe(self) -> str:
@@ -344,7 +344,7 @@ class TrialData:
 
 
 class Task(ABC):
-    """A task type (image classification, text classification, ...) registered by a plugin.
+    """A task type registered by a plugin (``autotl plugins`` lists those installed).
 
     :attr name: the value of ``autotl search --task``.
     :attr modality: backbones of the same modality serve this task.
@@ -443,7 +443,7 @@ class Task(ABC):
         Return a :class:`TensorSplit` (labels: any integers, e.g. zeros) whose batches, with its
         ``transform`` applied (``train=False``), equal what the search validated on for the same
         inputs: the bundle's promise is that predicting the validation split reproduces the
-        trial's validation accuracy exactly. Raise :class:`autotl.errors.DataError` for an item
+        trial's validation score exactly. Raise :class:`autotl.errors.DataError` for an item
         that cannot be read, naming it; for items ``autotl predict`` may skip (an image that does
         not decode), one :class:`autotl.errors.UnreadableInputs` listing every one of them.
 
@@ -457,26 +457,30 @@ class Target(ABC):
 
     A :class:`Task` names its target (:attr:`Task.target`); the core trains, validates, ranks, prunes,
     exports and predicts only through it, so it names no loss, metric or kind of label itself. Built-in
-    targets (one class per item, a number, a set of labels, a tag per token) live in the ``autotl_tasks``
+    targets (one class per item, a number, a set of labels, a tag per word) live in the ``autotl_tasks``
     plugin (:mod:`autotl_tasks.targets`), which a third party may import or copy.
 
     ``outputs`` below is what the network returns for a whole split, float32 on the CPU
     (:func:`autotl.inference.predict_outputs`): ``(items, width)``, or ``(items, positions, width)``
     for a target with :attr:`per_position`; ``labels`` is the split's :attr:`TensorSplit.labels`.
     ``calibration`` is a JSON-serialisable dict: what :meth:`fit` learnt from the training labels
-    (a regression target's mean and spread), completed by :meth:`tune` on the validation outputs (a
+    (a numeric target's mean and spread), completed by :meth:`tune` on the validation outputs (a
     multi-label target's thresholds). It is recorded with every trial and travels in the bundle.
 
     :attr metrics: every metric :meth:`score` reports, name -> ``"maximize"`` or ``"minimize"``.
     :attr primary: the metric trials are ranked by, unless the recipe's ``metric:`` names another of
         :attr:`metrics`.
-    :attr per_position: the network gives one output per input position (a token), not one per
+    :attr per_position: the network gives one output per input position (a word piece), not one per
         item: the backbone is built with :meth:`Backbone.build_per_position`.
+    :attr parameters: the trial parameters :meth:`loss` reads (autotl/params.py: type, range or choices,
+        default), which a recipe's ``space``, ``fixed`` and ``start_with`` may then name, as the task's
+        own :attr:`Task.parameters`; every trial records their defaults where the recipe sets none.
     """
 
     metrics: Mapping[str, str]
     primary: str
     per_position: bool = False
+    parameters: Sequence[Param] = ()
 
     def width(self, label_names: Sequence[str]) -> int:
         """How many numbers the network outputs per item (or per position): by default one per label name."""
@@ -524,7 +528,7 @@ class Target(ABC):
     def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
                label_names: Sequence[str]) -> Any:
         """A plotly figure of the best trial's test predictions for ``autotl report`` (a confusion matrix,
-        predicted against true, per-label F1...), or ``None`` (the default: no such plot)."""
+        predicted against true, per-label scores...), or ``None`` (the default: no such plot)."""
         return None
 
     def best_epoch(self, value: float, best: float, metric: str) -> bool:

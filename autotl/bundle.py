@@ -8,7 +8,7 @@ reads JSON and safetensors only, never a pickle, and refuses weights whose check
 The network is rebuilt by the backbone family's :meth:`~autotl.BackboneFamily.from_bundle`, inputs
 are read and preprocessed by the task's :meth:`~autotl.Task.read_inputs` and
 :meth:`~autotl.Task.preprocess_for_predict`, and logits come from the same function that scored the
-validation split during the search (:func:`autotl.inference.predict_logits`), in the same batches.
+validation split during the search (:func:`autotl.inference.predict_outputs`), in the same batches.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .bundle_config import CONFIG, ONNX, TORCHSCRIPT, WEIGHTS, BundleConfig
 from .device import resolve_device
 from .errors import BundleError, UnreadableInputs, UsageError
 from .formats import onnx_feed, onnx_session
-from .inference import predict_logits
+from .inference import predict_outputs
 from .network import trained_network
 
 #: the search scores the validation split in batches of this size; predicting in the same batches
@@ -109,7 +109,7 @@ class Bundle:
             outputs = [torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
                        for x, _ in split.batches(batch_size)]
             return torch.cat(outputs) if outputs else torch.empty(0, len(self.label_names))
-        return predict_logits(self.model, split, self.device, batch_size)
+        return predict_outputs(self.model, split, self.device, batch_size)
 
     def probabilities(self, inputs: Sequence[Any], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
         """``(len(inputs), classes)`` probabilities, in the order of :attr:`label_names`."""

@@ -163,7 +163,7 @@ def trial_loop_options(func):
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--task", "-t", required=True, help="Task type, e.g. image-classification (`autotl plugins` lists them).")
+@click.option("--task", "-t", required=True, help="Task type (`autotl plugins` lists them).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Run folder for the study, weights and reports [default: runs/<task>-<data folder name>].")
 @click.option("--recipe", "-r", metavar="NAME|FILE", help="Built-in recipe name or YAML file [default: the task's].")
@@ -299,8 +299,8 @@ def trials(run, storage, study, as_json):
 
 def within_option(func):
     return click.option("--within", type=click.FloatRange(min=0), metavar="MARGIN",
-                        help="Pick the fastest trial (batch-1 latency) whose val accuracy is within MARGIN "
-                             "(e.g. 0.01) of the best.")(func)
+                        help="Pick the fastest trial (batch-1 latency) whose validation score (the study's "
+                             "metric) is within MARGIN (e.g. 0.01) of the best, in the metric's direction.")(func)
 
 
 @cli.command()
@@ -310,25 +310,26 @@ def within_option(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the best trial as JSON.")
 @handle_errors
 def best(run, storage, study, within, as_json):
-    """Show the best trial of RUN with its validation and test accuracy.
+    """Show the best trial of RUN with its validation and test score (in the study's metric).
 
-    With --within 0.01: the fastest trial whose validation accuracy is within 0.01 of the best,
+    With --within 0.01: the fastest trial whose validation score is within 0.01 of the best,
     the production pick that `autotl export --within 0.01` exports.
     """
-    from .leaderboard import best_summary, choose_trial
+    from .leaderboard import best_summary, choose_trial, metric_name
     from .run import open_run
 
     opened = open_run(run, storage=storage, study=study)
     loaded = opened.study
+    metric = metric_name(loaded)
     choice = choose_trial(loaded, within=within)
-    summary = best_summary(loaded, choice.trial.number)
+    summary = best_summary(loaded, choice.trial.number, metric)
     summary["chosen_by"] = choice.reason
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    test = summary["test_accuracy"]
+    test = summary[f"test_{metric}"]
     title = "Best trial" if within is None else "Production pick: trial"
-    click.echo(f"{title} {summary['number']}: val accuracy {summary['val_accuracy']:.4f}, test accuracy "
+    click.echo(f"{title} {summary['number']}: val {metric} {summary[f'val_{metric}']:.4f}, test {metric} "
                f"{'not scored' if test is None else f'{test:.4f}'}")
     click.echo(f"  chosen by: {choice.reason}")
     latency = summary.get("latency") or {}

@@ -27,9 +27,10 @@ from .objective import Objective
 from .options import SearchOptions, SearchOutcome
 from .params import ParameterSet, parameters_for
 from .progress import Reporter
-from .recipes import Recipe, builtin_recipes, load_recipe, parse_recipe
+from .plugins import target_of
+from .recipes import Recipe, builtin_recipes, checked_metric, load_recipe, parse_recipe
 from .records import StudyRecord, begin_study, check_version, complete_keys, half_recorded
-from .resume import (adopted_options, adopted_recipe, check_models_and_keep_top, check_task,
+from .resume import (adopted_options, adopted_recipe, check_metric, check_models_and_keep_top, check_task,
                      new_study_options, searched_as_recorded)
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
@@ -59,11 +60,13 @@ class Search:
         self.registry = registry
         self.reporter = reporter
         self.task = _find_task(registry, options.task)
+        self.target = target_of(self.task)
         self.parameters = parameters_for(self.task, registry.families_for(self.task))
         if options.recipe_raw is not None:  # checked when the study began: names nobody declares now pass
             self.recipe = parse_recipe(options.recipe_raw, "the study's recipe", replace(self.parameters, strict=False))
         else:
             self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options, self.parameters)
+        self.metric = checked_metric(self.recipe, self.target)  # what trials are ranked by (a begun study's: open)
         self.device = resolve_device(options.device)
         if self.device.type == "cpu":
             configure_threads()
@@ -125,7 +128,7 @@ class Search:
         seed = self.options.seed
         self.study = optuna.create_study(study_name=self.location.study_name, storage=storage,
                                          sampler=make_sampler(self.recipe.sampler, seed),
-                                         pruner=make_pruner(self.recipe.pruner), direction="maximize",
+                                         pruner=make_pruner(self.recipe.pruner), direction=self.direction,
                                          load_if_exists=True)
         now = _described(self.study.user_attrs)
         if now is not None and now != described:  # another process began the study while this one loaded data
@@ -163,6 +166,8 @@ class Search:
             return None
         check_task(record, self.task, where)
         self.recipe = adopted_recipe(record, given, self.recipe, replace(self.parameters, strict=False))
+        self.metric = checked_metric(self.recipe, self.target)
+        check_metric(record, self.metric, self.task, where)
         self.options = adopted_options(record, given)
         self.resolve_zoo()  # first: a misspelt --models is told as such
         check_models_and_keep_top(record, given, self.zoo)
@@ -207,13 +212,19 @@ class Search:
                            label_names=data.label_names, recipe=self.recipe.raw, recipe_source=self.recipe.source,
                            seed=self.split_seed, models={name: b.describe() for name, b in self.zoo.items()},
                            weights_files=self.weight_files, out=str(Path(opts.out).resolve()), keep_top=opts.keep_top,
-                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                           metric=self.metric, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @property
+    def direction(self) -> str:
+        """``"maximize"`` or ``"minimize"``: the direction of the metric trials are ranked by, the study's."""
+        return self.target.metrics[self.metric]
 
     # -- the search loop (see autotl/trial_loop.py) -------------------------------------------
     def run(self) -> SearchOutcome:
         opts = self.options
         self.budget = Budget(opts.trials, opts.time_budget)
-        self.objective = Objective(task=self.task, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
+        self.reporter.ranking(self.metric, self.direction)
+        self.objective = Objective(task=self.task, target=self.target, metric=self.metric, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
                                    recipe=self.recipe, device=self.device, cache=self.cache, seed=opts.seed,
                                    out=Path(opts.out), study_name=self.location.study_name, keep_top=opts.keep_top,
                                    worker=self.worker_id, reporter=self.reporter, deadline=self.budget.deadline)
@@ -236,8 +247,8 @@ class Search:
     # -- after the search (see autotl/after_search.py) -----------------------------------------
     def score_best_on_test(self) -> dict[str, Any] | None:
         """Score the best trial on the test split, which chose nothing; stored on the study."""
-        return score_best_on_test(self.study, self.task, self.data, self.zoo, self.kept_weights, self.options.out,
-                                  self.device, self.reporter)
+        return score_best_on_test(self.study, self.task, self.target, self.metric, self.data, self.zoo,
+                                  self.kept_weights, self.options.out, self.device, self.reporter)
 
     def kept_weights(self, trial: optuna.trial.FrozenTrial) -> Path | None:
         """The weights ``trial`` recorded, if they are in the run folder and are its own."""
@@ -246,8 +257,8 @@ class Search:
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""
-        return scratch_baseline(self.study, self.task, self.data, self.zoo, self.device, self.options.seed,
-                                self.reporter)
+        return scratch_baseline(self.study, self.task, self.target, self.metric, self.data, self.zoo, self.device,
+                                self.options.seed, self.reporter)
 
 
 def _enqueue(study: optuna.Study, points: list[dict[str, Any]]) -> None:

@@ -76,7 +76,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
                                   "--format" if options.formats else None)
     data_note = f"{missing}: the bundle's scores were not re-checked" if missing else ""
     device = resolve_device(options.device)
-    num_classes = len(record.label_names)
+    num_classes = run.width
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -182,7 +182,7 @@ def _refit(task: Task, data: LoadedData, backbone: Backbone, params: Mapping[str
     say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
         f"epoch(s), the trial's best epoch) ...")
     started = time.time()
-    result = train(backbone, dict(params, epochs=epochs), splits.train, splits.val, num_classes, device=device,
+    result = train(backbone, dict(params, epochs=epochs), splits.train, splits.val, task.target, num_classes, device=device,
                    seed=seed + trial.number)
     model = merged(result.adapted.model)  # the last epoch's weights: no held-out split chose an epoch
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}

@@ -40,7 +40,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, sync: bool = True
 def _new_temp(path: Path) -> Path:
     """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path``, created as ``open()`` creates files (umask applies)."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.randbits(32):08x}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:

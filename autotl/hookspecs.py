@@ -28,7 +28,7 @@ def register_backbone_families(register: Callable) -> None:
 
 @hookspec
 def register_tasks(register: Callable) -> None:
-    """Register task types (image classification, text classification, ...).
+    """Register task types (:class:`autotl.Task`: what a dataset holds and what is predicted).
 
     :param register: call ``register(task)`` once for each :class:`autotl.Task` instance the
         plugin provides.

@@ -1,4 +1,4 @@
-"""Running a network on inputs: batches moved to a device, the forward call, a split's logits and accuracy.
+"""Running a network on inputs: batches moved to a device, the forward call, a split's outputs.
 
 Training (autotl/training.py), the frozen-prefix cache (autotl/cache.py), latency measurement,
 the bundle's predictions and the conformance kit all run networks through these, so a bundle
@@ -35,17 +35,21 @@ def _move(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-    """The float32 logits of every sample of ``split``, in its order, on the CPU (eval mode, no gradients)."""
+def predict_outputs(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    """The float32 outputs for every item of ``split``, in its order, on the CPU (eval mode, no gradients).
+
+    ``(items, width)``; or, for a network giving one output per position, ``(items, positions, width)``,
+    each batch right-padded with zeros along the positions to the widest batch's. The task's
+    :class:`~autotl.Target` scores and decodes them.
+    """
     model.eval()
     outputs = [forward(model, to_device(x, device)).float().cpu() for x, _ in split.batches(batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    if not outputs:
+        return torch.empty(0)
+    if outputs[0].dim() == 3:
+        widest = max(o.shape[1] for o in outputs)
+        outputs = [torch.nn.functional.pad(o, (0, 0, 0, widest - o.shape[1])) for o in outputs]
+    return torch.cat(outputs)
 
 
-def accuracy(model: nn.Module, split: TensorSplit, device: torch.device) -> float:
-    """The share of ``split`` whose top logit is its label (``nan`` for an empty split)."""
-    logits = predict_logits(model, split, device)
-    return float((logits.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
-
-
-__all__ = ["accuracy", "forward", "predict_logits", "to_device"]
+__all__ = ["forward", "predict_outputs", "to_device"]

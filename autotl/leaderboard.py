@@ -1,4 +1,8 @@
-"""The leaderboard: every trial of a study as rows, as a table for people and as JSON for programs."""
+"""The leaderboard: every trial of a study as rows, as a table for people and as JSON for programs.
+
+Trials rank by the study's metric (the recipe's ``metric:``, else the task's primary; :func:`metric_name`)
+in its direction (the Optuna study's: :func:`direction_sign`), everywhere: here, ``best``, keep-top.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.markup import escape
@@ -19,16 +24,36 @@ PARAM_COLUMNS = (("model", "model"), ("freeze", "freeze"), ("lora_rank", "LoRA")
 EXTRA_COLUMNS = (("resolution", "res"), ("max_length", "max len"), ("epochs", "epochs"), ("batch_size", "batch"))
 
 
-def rank_key(trial: FrozenTrial) -> tuple[float, int]:
-    """How completed trials rank, everywhere: the higher validation accuracy first; on a tie, the lower trial
-    number (the trial asked first). Sort by it, ascending; storages order tied values as they please."""
-    return (-trial.value, trial.number)
+def direction_sign(study: optuna.Study) -> float:
+    """1 where the study maximises its metric, -1 where it minimises it: ``sign * value`` is higher for better."""
+    return -1.0 if study.direction == StudyDirection.MINIMIZE else 1.0
+
+
+def metric_name(study: optuna.Study) -> str:
+    """The metric the study ranks its trials by: the one it recorded, else (a study begun before it was recorded)
+    the primary metric of its task's target, if an installed plugin provides the task; else ``"value"``."""
+    from .plugins import get_registry
+
+    record = StudyRecord.from_study(study)
+    if record.metric:
+        return record.metric
+    task = get_registry().tasks.get(record.task or "")
+    return record.metric_for(task) if getattr(task, "target", None) is not None else "value"
+
+
+def rank_key(trial: FrozenTrial, sign: float = 1.0) -> tuple[float, int]:
+    """How completed trials rank, everywhere: the better value first (the higher where ``sign`` is 1, the
+    study maximising; the lower where it is -1: :func:`direction_sign`); on a tie, the lower trial number (the
+    trial asked first). Sort by it, ascending; storages order tied values as they please."""
+    return (-sign * trial.value, trial.number)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best completed trial by :func:`rank_key` (never ``study.best_trial``, whose pick among ties the
-    storage decides); ``None`` before any trial completed."""
-    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=rank_key, default=None)
+    """The best completed trial by :func:`rank_key` in the study's direction (never ``study.best_trial``, whose
+    pick among ties the storage decides); ``None`` before any trial completed."""
+    sign = direction_sign(study)
+    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign),
+               default=None)
 
 
 def best_number(study: optuna.Study) -> int | None:
@@ -40,12 +65,13 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial: ``number``, ``state``, ``value``, ``params`` (every setting), ``duration_s``..."""
     best = best_number(study)
     retries = retried_as(study)
+    better = max if direction_sign(study) > 0 else min
     rows = []
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.from_trial(t)
         value = t.value
         if value is None and t.intermediate_values:  # pruned: the best epoch it reached
-            value = max(t.intermediate_values.values())
+            value = better(t.intermediate_values.values())
         notes = [record.error or record.stopped or ""]
         if t.state == TrialState.FAIL and not notes[0]:
             notes[0] = "its worker stopped sending heartbeats (killed or lost)"
@@ -58,6 +84,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "state": t.state.name,
             "value": value,
             "params": TrialRecord.params(t),
+            "val_metrics": record.val_metrics,  # every metric of the task's target at the best epoch
             "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
             "epochs_run": len(t.intermediate_values),
             "best": t.number == best,
@@ -74,18 +101,28 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
-def best_summary(study: optuna.Study, number: int | None = None) -> dict[str, Any] | None:
-    """The best trial (or trial ``number``) with its validation and (if scored) test accuracy."""
+def best_summary(study: optuna.Study, number: int | None = None, metric: str | None = None) -> dict[str, Any] | None:
+    """The best trial (or trial ``number``) with its validation and (if scored) test score.
+
+    The scores are keyed by the study's ``metric`` (:func:`metric_name` when not given): ``val_<metric>`` and
+    ``test_<metric>``; ``metric`` and ``direction`` name it, ``val_metrics`` and ``test_metrics`` give every
+    metric of the task's target (``{}`` where the search recorded none).
+    """
     number = best_number(study) if number is None else number
     if number is None:
         return None
+    metric = metric or metric_name(study)
     row = next(r for r in trial_rows(study) if r["number"] == number)
     record = StudyRecord.from_study(study)
     return {
         "number": number,
         "params": row["params"],
-        "val_accuracy": row["value"],
-        "test_accuracy": record.test_score(number),
+        f"val_{metric}": row["value"],
+        f"test_{metric}": record.test_score(number),
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "val_metrics": row["val_metrics"],
+        "test_metrics": record.test_metrics(number),
         "duration_s": row["duration_s"],
         "trainable_params": row["trainable_params"],
         "total_params": row["total_params"],
@@ -105,13 +142,15 @@ class Choice:
 
 
 def choose_trial(study: optuna.Study, *, number: int | None = None, within: float | None = None) -> Choice:
-    """The trial ``number``; else the fastest one within ``within`` of the best validation accuracy; else the best
-    (:func:`best_trial`: ties go to the lower trial number).
+    """The trial ``number``; else the fastest one within ``within`` of the best validation score (in the direction
+    of the study's metric: at most ``within`` below the best where it maximises, above where it minimises); else
+    the best (:func:`best_trial`: ties go to the lower trial number).
 
     "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
-    user attribute); ties go to the higher accuracy, then the lower trial number. Trials without a
+    user attribute); ties go to the better score, then the lower trial number. Trials without a
     measured latency are never picked for speed.
     """
+    sign, metric = direction_sign(study), metric_name(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if number is not None:
         found = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
@@ -122,19 +161,19 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         return Choice(found, f"named with --trial {number}")
     if not complete:
         raise RunError("no trial of the study has completed yet")
-    best = min(complete, key=rank_key)
+    best = min(complete, key=lambda t: rank_key(t, sign))
     if within is None:
-        return Choice(best, f"the best validation accuracy ({best.value:.4f}) of {len(complete)} completed trials")
+        return Choice(best, f"the best validation {metric} ({best.value:.4f}) of {len(complete)} completed trials")
     if within < 0:
-        raise UsageError(f"--within {within}: give a non-negative accuracy margin such as 0.01")
-    close = [t for t in complete if t.value >= best.value - within - 1e-12]
+        raise UsageError(f"--within {within}: give a non-negative margin of {metric} such as 0.01")
+    close = [t for t in complete if sign * (best.value - t.value) <= within + 1e-12]
     timed = [t for t in close if _batch1(t) is not None]
     if not timed:
-        return Choice(best, f"the best validation accuracy ({best.value:.4f}); no trial within {within:g} of it has "
+        return Choice(best, f"the best validation {metric} ({best.value:.4f}); no trial within {within:g} of it has "
                             "a measured latency")
-    fastest = min(timed, key=lambda t: (_batch1(t), -t.value, t.number))
+    fastest = min(timed, key=lambda t: (_batch1(t), -sign * t.value, t.number))
     return Choice(fastest, f"the lowest batch-1 latency ({_batch1(fastest):.2f} ms/item) among the "
-                           f"{len(close)} trial(s) within {within:g} of the best validation accuracy "
+                           f"{len(close)} trial(s) within {within:g} of the best validation {metric} "
                            f"({best.value:.4f}, trial {best.number})")
 
 
@@ -144,8 +183,12 @@ def _batch1(trial: FrozenTrial) -> float | None:
     return float(value) if value is not None else None
 
 
-def render(study: optuna.Study, location: RunLocation, console: Console | None = None) -> None:
+def render(study: optuna.Study, location: RunLocation, console: Console | None = None, metric: str | None = None) -> None:
+    """The leaderboard as a table on ``console``, best first, its value column headed by the study's ``metric``
+    (:func:`metric_name` when not given), then the best trial's scores."""
     console = console or Console()
+    metric = metric or metric_name(study)
+    sign = direction_sign(study)
     rows = trial_rows(study)
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
     task = StudyRecord.from_study(study).task or "?"
@@ -155,7 +198,7 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     table.add_column("#", justify="right")
     for _, header in PARAM_COLUMNS + tuple(extras):
         table.add_column(header, justify="left" if header == "model" else "right")
-    table.add_column("val acc", justify="right")
+    table.add_column(f"val {metric}", justify="right")
     table.add_column("params", justify="right")
     table.add_column("ms/item b1", justify="right")
     table.add_column(f"ms/item b{_batched_size(rows)}", justify="right")
@@ -164,7 +207,8 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     if workers:
         table.add_column("worker")
     table.add_column("state")
-    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
+    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", r["value"] is None, -sign * (r["value"] or 0.0),
+                                        r["number"]))
     for r in order:
         p = r["params"]
         cells = ["★" if r["best"] else "", str(r["number"])]
@@ -189,19 +233,19 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
                       + (f", {timed['threads']} thread(s)" if timed.get("threads") else "")
                       + " (`autotl best --within 0.01` picks the fastest close to the best)",
                       highlight=False)
-    summary = best_summary(study)
+    summary = best_summary(study, metric=metric)
     if summary is None:
         console.print("No trial has completed yet.")
         return
-    test = summary["test_accuracy"]
-    console.print(f"[bold]Best trial {summary['number']}[/]: val accuracy {summary['val_accuracy']:.4f}, "
-                  + (f"test accuracy {test:.4f} (the test split chose nothing)" if test is not None
-                     else "test accuracy not scored"), highlight=False)
+    test = summary[f"test_{metric}"]
+    console.print(f"[bold]Best trial {summary['number']}[/]: val {metric} {summary[f'val_{metric}']:.4f}, "
+                  + (f"test {metric} {test:.4f} (the test split chose nothing)" if test is not None
+                     else f"test {metric} not scored"), highlight=False)
     scratch = summary.get("scratch")
-    if scratch:
-        test_s = f"{scratch['test_accuracy']:.4f}" if scratch.get("test_accuracy") is not None else "-"
+    if scratch and scratch.get(f"val_{metric}") is not None:
+        test_s = f"{scratch[f'test_{metric}']:.4f}" if scratch.get(f"test_{metric}") is not None else "-"
         console.print(f"From scratch (same network and settings, random initial weights, all layers trained): "
-                      f"val accuracy {scratch['val_accuracy']:.4f}, test accuracy {test_s}", highlight=False)
+                      f"val {metric} {scratch[f'val_{metric}']:.4f}, test {metric} {test_s}", highlight=False)
 
 
 def _batched_size(rows: list[dict[str, Any]]) -> str:

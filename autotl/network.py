@@ -17,7 +17,7 @@ from .base import Backbone
 
 
 def built(backbone: Backbone, width: int, *, pretrained: bool, per_position: bool = False) -> nn.Module:
-    """``backbone``'s network with a new head of ``width`` outputs per item, or per position (token) where the
+    """``backbone``'s network with a new head of ``width`` outputs per item, or per position (word piece) where the
     task's target asks for that (:attr:`autotl.Target.per_position`)."""
     if per_position:
         return backbone.build_per_position(width, pretrained=pretrained)

@@ -15,12 +15,12 @@ from typing import Any
 
 import optuna
 
-from .base import Backbone, LoadedData, Task, TensorSplit
+from .base import Backbone, LoadedData, Target, Task, TensorSplit
 from .cache import FeatureCache
 from .files import save_weights
 from .latency import measure_trial
 from .progress import Reporter
-from .recipes import Recipe
+from .recipes import Recipe, defaults_for
 from .records import record_trial
 from .space import suggest
 from .training import TrainResult, train
@@ -29,9 +29,11 @@ from .trial_weights import ranks_in_top, weights_metadata, weights_path
 
 @dataclass
 class Objective:
-    """Runs one trial (``objective(trial)`` returns its best validation accuracy), as the search set it up."""
+    """Runs one trial (``objective(trial)`` returns its best validation ``metric``), as the search set it up."""
 
     task: Task
+    target: Target  # the task's: the loss, the metrics, the network's width
+    metric: str  # the metric trials are ranked by (one of the target's)
     data: LoadedData
     zoo: dict[str, Backbone]
     group_counts: dict[str, int]  # {model: layer groups}: the freeze depths sampled
@@ -51,7 +53,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
         record_trial(trial, worker=self.worker)
-        params = suggest(trial, self.recipe, self.group_counts)
+        params = suggest(trial, self.recipe, self.group_counts, defaults_for(self.target))
         record_trial(trial, config=params)
         backbone = self.zoo[params["model"]]
         self.reporter.trial_started(trial.number, params)
@@ -65,7 +67,12 @@ class Objective:
         except Exception as exc:
             self._record_failure(trial, exc, started, f"after training, {self._step}")
             raise
-        return result.best_accuracy
+        return result.best_value
+
+    @property
+    def width(self) -> int:
+        """The network's outputs per item (or per position), as the target sizes them for the data's labels."""
+        return self.target.width(self.data.label_names)
 
     def _train(self, trial: optuna.Trial, params: dict[str, Any], backbone: Backbone,
                started: float) -> tuple[TrainResult, TensorSplit]:
@@ -76,14 +83,15 @@ class Objective:
         try:
             trial_data = self.task.prepare(self.data, backbone, params)
             on_epoch = self._on_epoch(trial, int(params["epochs"]), curve)
-            result = train(backbone, params, trial_data.train, trial_data.val, len(self.data.label_names),
-                           device=self.device, seed=self.seed + trial.number, on_epoch=on_epoch,
+            result = train(backbone, params, trial_data.train, trial_data.val, self.target, self.width,
+                           metric=self.metric, device=self.device, seed=self.seed + trial.number, on_epoch=on_epoch,
                            deadline=self.deadline, cache=self.cache,
                            cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint},
                            stats=stats)
         except optuna.TrialPruned as exc:
             _record_stats(trial, stats)
-            self.reporter.trial_finished(trial.number, "PRUNED", max(curve, default=None), time.time() - started,
+            better = min if self.target.metrics[self.metric] == "minimize" else max
+            self.reporter.trial_finished(trial.number, "PRUNED", better(curve, default=None), time.time() - started,
                                          str(exc))
             raise
         except KeyboardInterrupt:
@@ -97,10 +105,10 @@ class Objective:
     def _on_epoch(self, trial: optuna.Trial, epochs: int, curve: list[float]):
         """What ``train`` calls after each epoch: report to the pruner, prune, or stop at the deadline."""
 
-        def on_epoch(epoch: int, loss: float, val_accuracy: float) -> str | None:
-            curve.append(val_accuracy)
-            trial.report(val_accuracy, epoch + 1)  # the step: epochs done, Hyperband's resource
-            self.reporter.epoch(trial.number, epoch, epochs, loss, val_accuracy)
+        def on_epoch(epoch: int, loss: float, value: float) -> str | None:
+            curve.append(value)
+            trial.report(value, epoch + 1)  # the step: epochs done, Hyperband's resource
+            self.reporter.epoch(trial.number, epoch, epochs, loss, value)
             if epoch + 1 < epochs and trial.should_prune():
                 record_trial(trial, stopped=f"pruned after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
@@ -117,21 +125,22 @@ class Objective:
         if result.stopped:
             record_trial(trial, stopped=result.stopped)
         record_trial(trial, best_epoch=result.best_epoch + 1, val_curve=[round(v, 4) for v in result.curve],
-                     epoch_seconds=[round(s, 2) for s in result.epoch_seconds])
+                     epoch_seconds=[round(s, 2) for s in result.epoch_seconds], val_metrics=result.best_metrics,
+                     calibration=result.calibration)
         _record_stats(trial, {"timing": result.timing, "cache": result.cache})
         record_trial(trial, trainable_params=result.adapted.trainable_params, total_params=result.adapted.total_params)
         self._step = "merging the weights"
-        state = result.merged_state(backbone, len(self.data.label_names))
+        state = result.merged_state(backbone)
         self._step = "measuring the cost"
         self._record_cost(trial, backbone, state, val)
-        if ranks_in_top(trial.study, result.best_accuracy, trial.number, self.keep_top):
+        if ranks_in_top(trial.study, result.best_value, trial.number, self.keep_top):
             # Weights outside the top are dropped by the search's keep-top callback, once Optuna recorded this trial.
             self._step = "saving the weights"
             path = weights_path(self.out, trial.number, self.study_name)
             save_weights(path, state, weights_metadata(self.study_name, trial.number, params["model"]))
             record_trial(trial, weights=str(path.relative_to(self.out)))
         self._step = "reporting the result"
-        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_accuracy, time.time() - started,
+        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_value, time.time() - started,
                                      result.stopped)
 
     def _record_failure(self, trial: optuna.Trial, exc: Exception, started: float, during: str = "") -> None:
@@ -146,7 +155,7 @@ class Objective:
     def _record_cost(self, trial: optuna.Trial, backbone: Backbone, state: dict, val: TensorSplit) -> None:
         """Parameter count and inference latency of the merged network (see autotl/latency.py)."""
         try:
-            cost = measure_trial(backbone, state, len(self.data.label_names), val, self.device)
+            cost = measure_trial(backbone, state, self.width, val, self.device, per_position=self.target.per_position)
         except Exception as exc:  # a cost we cannot measure must not cost the trial
             record_trial(trial, latency_error=f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return

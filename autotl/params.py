@@ -135,7 +135,6 @@ CORE: dict[str, Param] = {p.name: p for p in (
     Param("epochs", "int", "training epochs", default=10, low=1, aliases=("num_epochs", "max_epochs")),
     Param("batch_size", "int", "training batch size", default=32, low=1, aliases=("batch", "batchsize")),
     Param("weight_decay", "float", "AdamW weight decay", default=0.0, low=0),
-    Param("label_smoothing", "float", "label smoothing of the cross-entropy loss", default=0.0, low=0, high=1),
     Param("warmup_epochs", "float", "epochs of linear warm-up before the cosine decay (fractions allowed)",
           default=0, low=0, aliases=("warmup", "warm_up_epochs")),
     Param("head_init", "categorical", "how the new head starts: zeros, or the layer's default random init",
@@ -180,13 +179,14 @@ CORE_ONLY = ParameterSet(CORE, strict=False)
 
 
 def parameters_for(task: Any, families: Iterable[Any], *, strict: bool = True) -> ParameterSet:
-    """The core's parameters with those ``task`` and ``families`` declare (``parameters`` attributes).
+    """The core's parameters with those ``task``, its target (:attr:`autotl.Target.parameters`) and ``families``
+    declare (``parameters`` attributes).
 
     A task whose ``parameters`` is ``None`` declares nothing: the set is then not strict, so that its
     parameters reach it unchecked. A core name a plugin declares again keeps the core's declaration.
     """
     declared = dict(CORE)
-    for owner in (task, *families):
+    for owner in (task, getattr(task, "target", None), *families):
         for param in getattr(owner, "parameters", None) or ():
             declared.setdefault(param.name, param)
     strict = strict and getattr(task, "parameters", None) is not None
@@ -201,7 +201,6 @@ class TrainingParams:
     epochs: int
     batch_size: int
     weight_decay: float
-    label_smoothing: float
     warmup_epochs: float
     freeze: int
     lora_rank: int

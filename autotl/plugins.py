@@ -13,7 +13,7 @@ from typing import Iterable
 import pluggy
 
 from . import hookspecs
-from .base import BackboneFamily, Registry, Task
+from .base import BackboneFamily, Registry, Target, Task
 from .errors import PluginError
 
 ENTRY_POINT_GROUP = "autotl"
@@ -104,3 +104,14 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 def get_registry() -> Registry:
     """The registry of the installed plugins, loaded once per process."""
     return collect(make_manager())
+
+
+def target_of(task: Task) -> Target:
+    """``task``'s :class:`~autotl.Target` (what it predicts: its loss, metrics and decoding); a :class:`PluginError`
+    naming the task when it sets none."""
+    target = getattr(task, "target", None)
+    if not isinstance(target, Target):
+        raise PluginError(f"task {task.name!r} sets no target ({target!r}): set `target` on the task to an "
+                          "autotl.Target instance (its loss, metrics and decoding; the autotl_tasks plugin's "
+                          "autotl_tasks.targets holds the built-in ones)")
+    return target

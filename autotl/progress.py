@@ -27,7 +27,10 @@ class Reporter:
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
 
-    def epoch(self, number: int, epoch: int, epochs: int, loss: float, val_accuracy: float) -> None: ...
+    def ranking(self, metric: str, direction: str) -> None:
+        """The metric trials are ranked by and its direction (``"maximize"`` or ``"minimize"``), told before any trial."""
+
+    def epoch(self, number: int, epoch: int, epochs: int, loss: float, value: float) -> None: ...
 
     def trial_finished(self, number: int, state: str, value: float | None, duration_s: float, note: str) -> None: ...
 
@@ -41,6 +44,7 @@ class ConsoleReporter(Reporter):
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.best: float | None = None
+        self.sign = 1.0  # -1 where the metric is minimised (see ranking)
         self._overall = None
         self._trial = None
         self._started = 0.0
@@ -90,18 +94,22 @@ class ConsoleReporter(Reporter):
         desc = escape(f"trial {number}: {_describe(params)}")
         self._trial = self.progress.add_task(desc, total=int(params.get("epochs", 1)))
 
-    def epoch(self, number, epoch, epochs, loss, val_accuracy) -> None:
+    def ranking(self, metric, direction) -> None:
+        self.sign = -1.0 if direction == "minimize" else 1.0
+
+    def epoch(self, number, epoch, epochs, loss, value) -> None:
         if self.progress is None or self._trial is None:
             return
         self._tick()
         best = f" best {self.best:.3f}" if self.best is not None else ""
         self.progress.update(self._trial, completed=epoch + 1,
                              description=f"trial {number} epoch {epoch + 1}/{epochs}: loss {loss:.3f} "
-                                         f"val {val_accuracy:.3f}{best}")
+                                         f"val {value:.3f}{best}")
 
     def trial_finished(self, number, state, value, duration_s, note) -> None:
         self._tick()
-        if state == "COMPLETE" and value is not None and (self.best is None or value > self.best):
+        if state == "COMPLETE" and value is not None and (self.best is None
+                                                             or self.sign * (value - self.best) > 0):
             self.best = value
             mark = " [green]new best[/]"
         else:

@@ -18,11 +18,11 @@ import yaml
 from .errors import UsageError
 from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 
-#: the defaults every trial's configuration records (the training loop's, autotl/params.py).
-DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "label_smoothing",
-                                                   "warmup_epochs")}
-_TOP_KEYS = {"task", "description", "models", "data", "space", "fixed", "start_with", "sampler", "pruner", "prerank",
-             "cache"}
+#: the defaults every trial's configuration records (the training loop's, autotl/params.py); the task's target
+#: adds those of its own parameters (:func:`defaults_for`).
+DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "warmup_epochs")}
+_TOP_KEYS = {"task", "description", "metric", "models", "data", "space", "fixed", "start_with", "sampler", "pruner",
+             "prerank", "cache"}
 #: the share of the training data held out for validation where the recipe's ``data`` names none.
 VAL_FRACTION = 0.2
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
@@ -76,6 +76,7 @@ class Recipe:
     task: str
     source: str
     description: str = ""
+    metric: str | None = None  # the metric trials are ranked by; None: the task's primary (see checked_metric)
     models: list[str] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     space: dict[str, ParamSpec] = field(default_factory=dict)
@@ -134,10 +135,12 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
     if unknown:
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
-        fail("task", "missing; name the task, e.g. `task: image-classification`")
+        fail("task", "missing; name the task: `task: NAME`, one of those `autotl plugins` lists")
     for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
+    if raw.get("metric") is not None and not isinstance(raw["metric"], str):
+        fail("metric", f"must be the name of one of the task's metrics, not {raw['metric']!r}")
     models = raw.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         fail("models", "must be a list of model names")
@@ -158,6 +161,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         task=raw["task"],
         source=source,
         description=str(raw.get("description") or "").strip(),
+        metric=raw.get("metric"),
         models=models,
         data=dict(raw.get("data") or {}),
         space=space,
@@ -169,6 +173,22 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         cache=_cache(raw.get("cache") or {}, fail),
         raw=raw,
     )
+
+
+def checked_metric(recipe: Recipe, target: Any) -> str:
+    """The metric the search ranks trials by: the recipe's ``metric:``, else the primary of the task's ``target``
+    (:class:`autotl.Target`); a name that is none of the target's metrics is a :class:`UsageError` naming them."""
+    name = recipe.metric or target.primary
+    if name not in target.metrics:
+        raise UsageError(f"recipe {recipe.source}: metric: {name!r} is not a metric of task {recipe.task!r}; "
+                         f"use one of {', '.join(target.metrics)} (its primary, {target.primary}, when left out)")
+    return name
+
+
+def defaults_for(target: Any) -> dict[str, Any]:
+    """What every trial's configuration starts from: :data:`DEFAULTS` and the defaults of the parameters the
+    task's ``target`` declares (:attr:`autotl.Target.parameters`)."""
+    return {**DEFAULTS, **{p.name: p.default for p in getattr(target, "parameters", ()) if p.default is not None}}
 
 
 def _switched_section(name: str, spec: dict, defaults: dict[str, Any], fail) -> dict[str, Any]:

@@ -70,13 +70,19 @@ class StudyRecord:
     weights_files: dict[str, str] = field(default_factory=dict)  # {model: checkpoint file}, for export --refit
     out: str | None = None  # the run folder of the search that began it (where its trials' weights lie)
     keep_top: int | None = None
+    #: the metric the study ranks trials by (the recipe's ``metric:``); ``None`` in a study begun before it
+    #: was recorded: the task's primary metric then (:meth:`metric_for`)
+    metric: str | None = None
     created: str | None = None
     record_version: int = RECORD_VERSION
     # -- added after the search began the study
-    test_scores: dict[str, float] = field(default_factory=dict)  # {trial number: test accuracy}
+    test_scores: dict[str, float] = field(default_factory=dict)  # {trial number: its test score, in the metric}
+    #: {trial number: every metric of the task's target on the test split}, beside ``test_scores``
+    all_test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     scratch: dict[str, Any] | None = None  # the from-scratch baseline (Search.scratch_baseline)
     transferability: list[dict[str, Any]] | None = None  # the pre-ranking's rows
     prerank_dropped: dict[str, str] = field(default_factory=dict)
+    prerank_skipped: str | None = None  # why the pre-ranking was left out (the task's target gives nothing to rank by)
     #: whether the study holds a whole description (False: nobody began it, or its creator was cut)
     begun: bool = False
 
@@ -116,14 +122,24 @@ class StudyRecord:
         return {key: getattr(self, key) for key in _DESCRIBED}
 
     def test_score(self, number: int | None) -> float | None:
-        """The test accuracy recorded for trial ``number``, if it was scored."""
+        """The test score (in the study's metric) recorded for trial ``number``, if it was scored."""
         return None if number is None else (self.test_scores or {}).get(str(number))
+
+    def test_metrics(self, number: int | None) -> dict[str, float]:
+        """Every metric recorded on the test split for trial ``number`` (``{}``: not scored, or scored before
+        they were recorded)."""
+        return {} if number is None else dict((self.all_test_metrics or {}).get(str(number)) or {})
+
+    def metric_for(self, task: Any) -> str:
+        """The metric the study ranks by: the recorded one, else (a study begun before it was recorded) the
+        primary metric of ``task``'s target (``task``: the :class:`autotl.Task` the study searched)."""
+        return self.metric or task.target.primary
 
 
 #: the description's keys, in the order they are written; `created` is written last, after DESCRIPTION.
 _DESCRIBED = ("record_version", "task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed",
-              "models", "weights_files", "out", "keep_top", "created")
-_LATER = ("test_scores", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR)
+              "models", "weights_files", "out", "keep_top", "metric", "created")
+_LATER = ("test_scores", "all_test_metrics", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR, "prerank_skipped")
 
 
 def _description(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -202,11 +218,15 @@ def complete_keys(study) -> None:
             study.set_user_attr(key, value)
 
 
-def record_test_score(study, number: int, accuracy: float) -> None:
-    """Record trial ``number``'s test accuracy beside those recorded already."""
-    scores = dict(StudyRecord.from_study(study).test_scores or {})
-    scores[str(number)] = accuracy
+def record_test_score(study, number: int, value: float, metrics: Mapping[str, float] | None = None) -> None:
+    """Record trial ``number``'s test score (``value``, in the study's metric) beside those recorded already, and
+    with ``metrics`` every metric of the target on the test split."""
+    record = StudyRecord.from_study(study)
+    scores = dict(record.test_scores or {})
+    scores[str(number)] = value
     study.set_user_attr("test_scores", scores)
+    if metrics is not None:
+        study.set_user_attr("all_test_metrics", {**(record.all_test_metrics or {}), str(number): dict(metrics)})
 
 
 def record_scratch(study, scratch: dict[str, Any]) -> None:
@@ -218,6 +238,11 @@ def record_transferability(study, rows: list[dict[str, Any]], dropped: dict[str,
     """Record the transferability pre-ranking's rows and the models it dropped from the search."""
     study.set_user_attr(TRANSFERABILITY_ATTR, rows)
     study.set_user_attr(PRERANK_DROPPED_ATTR, dropped)
+
+
+def record_prerank_skipped(study, why: str) -> None:
+    """Record why the transferability pre-ranking was left out (the models keep their order)."""
+    study.set_user_attr("prerank_skipped", why)
 
 
 def retry_attrs(trial) -> dict[str, Any]:
@@ -243,7 +268,12 @@ class TrialRecord:
     stopped: str | None = None  # why it stopped early (pruned, time budget)
     error: str | None = None  # why it failed
     best_epoch: int | None = None  # 1-based
-    val_curve: list[float] | None = None
+    val_curve: list[float] | None = None  # the study's metric after each epoch
+    #: every metric of the task's target at the best epoch, name -> value ({} in older records)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    #: the target's calibration at the best epoch: fit on the training labels, tuned on validation
+    #: (:class:`autotl.Target`); what the trial's network is scored and decoded with ({} in older records)
+    calibration: dict[str, Any] = field(default_factory=dict)
     epoch_seconds: list[float] | None = None
     timing: dict[str, float] | None = None  # seconds: step, eval, data, prefix, setup
     cache: dict[str, Any] | None = None  # how the frozen-prefix cache served it
@@ -258,7 +288,8 @@ class TrialRecord:
     def from_trial(cls, trial) -> "TrialRecord":
         """The record of an Optuna trial (frozen or live)."""
         attrs = trial.user_attrs
-        return cls(**{name: attrs.get(name) for name in _TRIAL_FIELDS})
+        return cls(**{name: attrs[name] if attrs.get(name) is not None else ({} if name in _DICTS else None)
+                      for name in _TRIAL_FIELDS})
 
     @staticmethod
     def params(trial) -> dict[str, Any]:
@@ -267,6 +298,8 @@ class TrialRecord:
 
 
 _TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
+#: the fields a trial that recorded none reads as ``{}`` (every other one: ``None``)
+_DICTS = frozenset(f.name for f in dataclasses.fields(TrialRecord) if f.default_factory is dict)
 
 
 def record_trial(trial, **values: Any) -> None:
@@ -285,5 +318,5 @@ def record_trial_error(storage, trial_id: int, error: str) -> None:
 
 __all__ = ["DESCRIPTION", "FAILED_TRIAL_ATTR", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "RETRY_HISTORY_ATTR",
            "StudyRecord", "TRANSFERABILITY_ATTR", "TrialRecord", "VERSION_ATTR", "begin_study", "begun",
-           "check_version", "complete_keys", "half_recorded", "record_scratch", "record_test_score", "record_trial",
+           "check_version", "complete_keys", "half_recorded", "record_prerank_skipped", "record_scratch", "record_test_score", "record_trial",
            "record_trial_error", "record_transferability", "record_version", "retry_attrs", "retry_of"]

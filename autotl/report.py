@@ -8,7 +8,7 @@ best trial's confusion matrix on the test split and samples it got wrong.
 
 The confusion matrix comes from the best trial's saved weights, predicted through the bundle's path
 (:meth:`Task.split_items`, :meth:`Task.export_settings`, :meth:`Task.preprocess_for_predict`,
-:func:`autotl.inference.predict_logits`): nothing is trained again.
+:func:`autotl.inference.predict_outputs`): nothing is trained again.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from .device import resolve_device
 from .errors import AutotlError, UsageError
 from .files import atomic_write
-from .inference import predict_logits
+from .inference import predict_outputs
 from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_count, format_ms, format_value,
                           trial_rows)
 from .records import StudyRecord
@@ -400,7 +400,7 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         parts = []
         for start in range(0, len(raw), CHUNK):
             split = task.preprocess_for_predict(raw[start:start + CHUNK], backbone, settings)
-            parts.append(predict_logits(model, split, dev))
+            parts.append(predict_outputs(model, split, dev))
         logits = torch.cat(parts) if parts else torch.empty(0, len(record.label_names))
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"

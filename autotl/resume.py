@@ -60,6 +60,16 @@ def adopted_recipe(record: StudyRecord, given: SearchOptions, recipe: Recipe, pa
     return recipe
 
 
+def check_metric(record: StudyRecord, metric: str, task: Task, where: str) -> None:
+    """Refuse to continue a study that ranks its trials by another metric than ``metric`` (the recipe's); a study
+    begun before the metric was recorded ranks by its task's primary one (:meth:`StudyRecord.metric_for`)."""
+    recorded = record.metric_for(task)
+    if metric != recorded:
+        raise RunError(f"the recipe's metric ({metric}) differs from the one {where} ranks its trials by "
+                       f"({recorded}): set `metric: {recorded}` in the recipe (or leave it out to use the study's "
+                       f"recipe), {AGAIN}")
+
+
 def adopted_options(record: StudyRecord, given: SearchOptions) -> SearchOptions:
     """``given`` with the study's models, weights files and keep_top where the command left them out."""
     weights = {**record.weights_files, **given.weights} if given.models is None else given.weights
@@ -91,7 +101,7 @@ def searched_as_recorded(study: optuna.Study, recipe: Recipe, say: Callable[[str
     """``recipe`` with each range searched in the kind (whole or real numbers) the study's trials recorded it.
 
     Before parameters were declared (autotl/params.py), a range's kind was guessed from its bounds: a
-    ``label_smoothing`` of 0 to 1 was searched in whole numbers, an ``int`` range with ``log`` in real
+    real-valued parameter of 0 to 1 was searched in whole numbers, an ``int`` range with ``log`` in real
     ones. Optuna refuses a parameter searched in another kind than the study recorded, so a study begun
     then keeps its kinds, and the user is told.
     """
@@ -114,5 +124,5 @@ def searched_as_recorded(study: optuna.Study, recipe: Recipe, say: Callable[[str
     return recipe if space == recipe.space else replace(recipe, space=space)
 
 
-__all__ = ["KEEP_TOP", "RECIPE_DECIDES", "adopted_options", "adopted_recipe", "check_models_and_keep_top",
+__all__ = ["KEEP_TOP", "RECIPE_DECIDES", "adopted_options", "adopted_recipe", "check_metric", "check_models_and_keep_top",
            "check_task", "new_study_options", "searched_as_recorded"]

@@ -25,13 +25,13 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from .base import Backbone, BackboneFamily, LoadedData, Registry, Task
+from .base import Backbone, BackboneFamily, LoadedData, Registry, Target, Task
 from .device import resolve_device
 from .errors import DataError, PluginError, RunError
 from .files import load_weights
 from .leaderboard import best_trial
 from .network import trained_network
-from .plugins import get_registry
+from .plugins import get_registry, target_of
 from .recipes import Recipe, parse_recipe
 from .records import StudyRecord, TrialRecord
 from .runs import RunLocation, load_study, locate
@@ -74,6 +74,26 @@ class Run:
         if task is None:
             raise PluginError(f"the study is a {self.record.task!r} search, but no installed plugin provides that task")
         return task
+
+    @property
+    def target(self) -> Target:
+        """What the study's task predicts and how it is scored (:class:`autotl.Target`)."""
+        return target_of(self.task)
+
+    @property
+    def metric(self) -> str:
+        """The metric the study ranks its trials by (the recipe's ``metric:``, else the target's primary)."""
+        return self.record.metric_for(self.task)
+
+    @property
+    def direction(self) -> str:
+        """``"maximize"`` or ``"minimize"``: the direction of :attr:`metric`, as the study optimises it."""
+        return self.study.direction.name.lower()
+
+    @property
+    def width(self) -> int:
+        """How many numbers the trials' networks output per item (or per position): the target's width."""
+        return self.target.width(self.record.label_names)
 
     def find_family(self, model: str) -> BackboneFamily | None:
         """The installed backbone family, serving the study's task, that knows ``model``; ``None`` if none does."""
@@ -142,7 +162,7 @@ class Run:
         return TrialRecord.params(trial)
 
     def test_score(self, trial: FrozenTrial) -> float | None:
-        """The test accuracy the search recorded for ``trial`` (the best one's only)."""
+        """The test score (in :attr:`metric`) the search recorded for ``trial`` (the best one's only)."""
         return self.record.test_score(trial.number)
 
     def kept_weights(self, trial: FrozenTrial) -> tuple[Path | None, str | None]:
@@ -174,7 +194,8 @@ class Run:
         where the backbone asks for it (:func:`autotl.network.trained_network`)."""
         backbone = backbone or self.backbone(self.config(trial)["model"])
         state = load_weights(weights or self.weights(trial))
-        return trained_network(backbone, len(self.record.label_names), state, resolve_device(device))
+        return trained_network(backbone, self.width, state, resolve_device(device),
+                               per_position=self.target.per_position)
 
 
 def open_run(run: str | Path | None = None, *, storage: str | None = None, study: str | None = None,

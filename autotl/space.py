@@ -7,16 +7,18 @@ is left unfrozen to adapt. Every other parameter comes from the recipe's ``space
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 
 from .recipes import DEFAULTS, ParamSpec, Recipe
 
 
-def suggest(trial: optuna.Trial, recipe: Recipe, group_counts: dict[str, int]) -> dict[str, Any]:
-    """Sample one configuration; returns every parameter the trial runs with, fixed ones included."""
-    params: dict[str, Any] = dict(DEFAULTS)
+def suggest(trial: optuna.Trial, recipe: Recipe, group_counts: dict[str, int],
+            defaults: Mapping[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """Sample one configuration; returns every parameter the trial runs with, fixed ones included, over
+    ``defaults`` (:func:`autotl.recipes.defaults_for`: the core's and the task's target's)."""
+    params: dict[str, Any] = dict(defaults)
     params.update(recipe.fixed)
     model = trial.suggest_categorical("model", sorted(group_counts))
     params["model"] = model

@@ -207,7 +207,7 @@ class _BundleChecks(Subject):
     def exported_network(self, c: str):
         """A network with weights unlike any fresh build's (the reload must really load them): its state
         dict, the example inputs as a split, and its logits on them."""
-        from .inference import predict_logits
+        from .inference import predict_outputs
 
         model = self.build(c, seed=1)
         with torch.no_grad():
@@ -216,11 +216,11 @@ class _BundleChecks(Subject):
                 p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         split = self.split(c)
-        return state, split, predict_logits(model, split, torch.device("cpu"))
+        return state, split, predict_outputs(model, split, torch.device("cpu"))
 
     def check_architecture(self, c: str, backbone: Backbone, state: dict, split, expected) -> None:
         """``family.architecture`` (export without --refit, the report) loads the saved weights into the same network."""
-        from .inference import predict_logits
+        from .inference import predict_outputs
 
         try:
             skeleton = self.family.architecture(self.name, self.shared.weights.get(self.name))
@@ -232,7 +232,7 @@ class _BundleChecks(Subject):
         if skeleton.describe() != backbone.describe():
             raise self.fail(c, f"family.architecture({self.name!r}).describe() is {skeleton.describe()!r}, but get() "
                                f"gave {backbone.describe()!r}: a bundle's card would name another source")
-        got = predict_logits(rebuilt, split, torch.device("cpu"))
+        got = predict_outputs(rebuilt, split, torch.device("cpu"))
         if got.shape != expected.shape or not torch.allclose(expected, got, atol=ATOL, rtol=1e-3):
             raise self.fail(c, f"family.architecture({self.name!r}) builds a network that predicts differently from "
                                "get()'s with the same weights")

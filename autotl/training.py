@@ -14,22 +14,28 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapt import Adapted, adapt, merged
-from .base import Backbone, Inputs, TensorSplit
+from .base import Backbone, Inputs, Target, TensorSplit
 from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
-from .inference import accuracy, forward, to_device
+from .inference import forward, predict_outputs, to_device
+from .network import built
 from .params import TrainingParams
 
 
 @dataclass
 class TrainResult:
-    best_accuracy: float
-    best_epoch: int
-    curve: list[float]
+    """What training one configuration gave: its best epoch (by the metric trained for) and how it got there."""
+
+    best_value: float  # the metric at the best epoch (``nan`` when no epoch scored)
+    best_epoch: int  # 0-based; -1 when no epoch scored
+    curve: list[float]  # the metric after each epoch
+    #: every metric of the target at the best epoch (:meth:`autotl.Target.score`)
+    best_metrics: dict[str, float]
+    #: the target's calibration: fit on the training labels, tuned on the best epoch's validation outputs
+    calibration: dict[str, Any]
     epoch_seconds: list[float]
     adapted: Adapted
     best_state: dict[str, torch.Tensor] = field(repr=False)
@@ -42,7 +48,7 @@ class TrainResult:
     #: ``{"skipped": reason}``; empty when the trial had nothing to cache
     cache: dict[str, str] = field(default_factory=dict)
 
-    def merged_state(self, backbone: Backbone, num_classes: int) -> dict[str, torch.Tensor]:
+    def merged_state(self, backbone: Backbone) -> dict[str, torch.Tensor]:
         """The best epoch's weights as a plain network's state dict (LoRA merged)."""
         model = self.adapted.model
         model.load_state_dict(self.best_state)
@@ -60,8 +66,10 @@ def train(
     params: Mapping[str, Any],
     train_split: TensorSplit,
     val_split: TensorSplit,
-    num_classes: int,
+    target: Target,
+    width: int,
     *,
+    metric: str | None = None,
     device: torch.device,
     seed: int,
     pretrained: bool = True,
@@ -70,10 +78,18 @@ def train(
     cache: FeatureCache | None = None,
     cache_context: Mapping[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train one configuration and return the epoch with the best validation accuracy.
+    """Train one configuration and return the epoch with the best validation ``metric``.
 
-    ``on_epoch(epoch, train_loss, val_accuracy)`` runs after every epoch. If it returns a reason
+    The task's ``target`` decides everything task-specific (:class:`autotl.Target`): the network
+    has ``width`` outputs per item (or per position, :attr:`~autotl.Target.per_position`); the loss
+    is ``target.loss``, with the ``calibration`` fit on the training labels (``None``:
+    ``target.fit(train_split.labels)``); after each epoch the validation outputs tune it
+    (``target.tune``) and are scored (``target.score``); the best epoch is the best ``metric``
+    (``None``: the target's primary) in its direction (``target.best_epoch``).
+
+    ``on_epoch(epoch, train_loss, value)`` runs after every epoch with the epoch's ``metric``. If it returns a reason
     (a non-empty string), training stops there and the result keeps the best epoch so far; an
     exception it raises (Optuna's ``TrialPruned``, say) abandons the training. Past ``deadline``
     (a ``time.time()`` value) the epoch under way is cut short, validated, and training stops.
@@ -84,12 +100,14 @@ def train(
     ``stats``, a dict, receives ``timing`` and ``cache`` (as on the result) while training runs.
     On CUDA the training forward pass runs in bfloat16 autocast where the card supports it
     (``precision: fp32`` in the recipe's ``fixed`` section turns it off); validation stays float32,
-    so the accuracy recorded is what the exported float32 network gives.
+    so the score recorded is what the exported float32 network gives.
     """
     setup_started = time.perf_counter()
     seed_everything(seed)
     settings = TrainingParams.from_params(params)
-    adapted = _adapted(backbone, settings, num_classes, pretrained, device)
+    metric = metric or target.primary
+    fitted = dict(target.fit(train_split.labels) if calibration is None else calibration)
+    adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device)
     model = adapted.model
     autocast = _autocast(device, settings.precision)
     optimizer, scheduler = _optimizer(model, settings, len(train_split))
@@ -100,16 +118,16 @@ def train(
         backbone, model, evaluated, settings, train_split, val_split, device, cache, cache_context, timing)
     if stats is not None:  # filled as training goes, so that a trial that is pruned or fails still has them
         stats.update(timing=timing, cache=cache_info)
-    stepper = _Stepper(model, runs, optimizer, scheduler, autocast, ema, settings.label_smoothing, device)
-    progress = _Progress(evaluated)
+    stepper = _Stepper(model, runs, optimizer, scheduler, autocast, ema, target, fitted, params, device)
+    progress = _Progress(evaluated, target, metric, calibration=dict(fitted))
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         adapted.train_mode()
         loss, cut = _train_epoch(stepper, train_split, settings.batch_size, generator, epoch, deadline, timing)
-        val_accuracy = _evaluate(run_evaluated, val_split, device, timing)
-        progress.keep(epoch, val_accuracy, time.perf_counter() - started)
-        stopped = (on_epoch(epoch, loss, val_accuracy) or "") if on_epoch is not None else ""
+        metrics, tuned = _evaluate(run_evaluated, val_split, target, fitted, device, timing)
+        progress.keep(epoch, metrics, tuned, time.perf_counter() - started)
+        stopped = (on_epoch(epoch, loss, metrics[metric]) or "") if on_epoch is not None else ""
         if cut and not stopped:
             stopped = f"time budget reached during epoch {epoch + 1} of {settings.epochs}"
         if stopped:
@@ -137,10 +155,10 @@ def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, s
     return runs, run_evaluated, train_split, val_split, cache_info
 
 
-def _adapted(backbone: Backbone, settings: TrainingParams, num_classes: int, pretrained: bool,
+def _adapted(backbone: Backbone, settings: TrainingParams, width: int, per_position: bool, pretrained: bool,
              device: torch.device) -> Adapted:
     """The network built, adapted (frozen groups, LoRA, the new head zeroed or not) and moved to ``device``."""
-    model = backbone.build(num_classes, pretrained=pretrained)
+    model = built(backbone, width, pretrained=pretrained, per_position=per_position)
     adapted = adapt(model, backbone, settings.freeze, settings.lora_rank,
                     zero_head=pretrained and settings.head_init == "zeros")
     adapted.model.to(device)
@@ -160,7 +178,7 @@ def _optimizer(model: nn.Module, settings: TrainingParams, samples: int):
 
 @dataclass
 class _Stepper:
-    """One optimisation step: forward (under autocast), loss, backward, optimizer and schedule, average."""
+    """One optimisation step: forward (under autocast), the target's loss, backward, optimizer and schedule, average."""
 
     model: nn.Module  # the adapted network: what the optimizer and the moving average follow
     runs: nn.Module  # what the batches go through: the network, or its rest after a cached prefix
@@ -168,13 +186,15 @@ class _Stepper:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     autocast: Any
     ema: "_EMA | None"
-    smoothing: float
+    target: Target
+    calibration: Mapping[str, Any]  # what the target fit on the training labels
+    params: Mapping[str, Any]  # the trial's: the target's loss may read its own
     device: torch.device
 
     def step(self, inputs: Inputs, labels: torch.Tensor, epoch: int) -> float:
         """Train on one batch (already on the device); returns the batch's summed loss."""
         with self.autocast:
-            loss = F.cross_entropy(forward(self.runs, inputs).float(), labels, label_smoothing=self.smoothing)
+            loss = self.target.loss(forward(self.runs, inputs).float(), labels, self.calibration, self.params)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
@@ -209,37 +229,49 @@ def _train_epoch(stepper: _Stepper, split: TensorSplit, batch_size: int, generat
         timing["step"] += time.perf_counter() - stepped
 
 
-def _evaluate(model: nn.Module, split: TensorSplit, device: torch.device, timing: dict[str, float]) -> float:
-    """Validation accuracy of ``model`` on ``split``; ``timing["eval"]`` gains the seconds it took."""
+def _evaluate(model: nn.Module, split: TensorSplit, target: Target, calibration: Mapping[str, Any],
+              device: torch.device, timing: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every metric of ``model`` on the validation ``split``, and the ``calibration`` tuned on its outputs;
+    ``timing["eval"]`` gains the seconds it took."""
     started = time.perf_counter()
-    value = accuracy(model, split, device)
+    outputs = predict_outputs(model, split, device)
+    tuned = target.tune(calibration, outputs, split.labels)
+    metrics = target.score(outputs, split.labels, tuned)
     timing["eval"] += time.perf_counter() - started
-    return value
+    return metrics, tuned
 
 
 @dataclass
 class _Progress:
-    """The validation curve so far, and the best epoch's weights (of ``evaluated``: the network or its average)."""
+    """The validation curve so far (of ``metric``), and the best epoch's metrics, calibration and weights (of
+    ``evaluated``: the network or its average)."""
 
     evaluated: nn.Module
+    target: Target
+    metric: str
     curve: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-    best_accuracy: float = -1.0
+    best_value: float = float("nan")
     best_epoch: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
     stopped: str = ""
 
-    def keep(self, epoch: int, val_accuracy: float, seconds: float) -> None:
+    def keep(self, epoch: int, metrics: Mapping[str, float], calibration: Mapping[str, Any], seconds: float) -> None:
         """Record an epoch; copy the weights off the device when it is the best so far."""
+        value = metrics[self.metric]
         self.epoch_seconds.append(seconds)
-        self.curve.append(val_accuracy)
-        if val_accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = val_accuracy, epoch
+        self.curve.append(value)
+        if self.target.best_epoch(value, self.best_value, self.metric):
+            self.best_value, self.best_epoch = value, epoch
+            self.best_metrics, self.calibration = dict(metrics), dict(calibration)
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.evaluated.state_dict().items()})
 
     def result(self, adapted: Adapted, timing: dict[str, float], cache_info: dict[str, str]) -> TrainResult:
-        return TrainResult(self.best_accuracy, self.best_epoch, self.curve, self.epoch_seconds, adapted,
-                           self.best_state, self.stopped, {k: round(v, 3) for k, v in timing.items()}, cache_info)
+        return TrainResult(self.best_value, self.best_epoch, self.curve, self.best_metrics, self.calibration,
+                           self.epoch_seconds, adapted, self.best_state, self.stopped,
+                           {k: round(v, 3) for k, v in timing.items()}, cache_info)
 
 
 def usable_cpus() -> int:

@@ -22,7 +22,9 @@ own (ImageNet) classes, which the plugin contract does not expose; they are not 
 The search uses the ranking to order its start points (best model first), to seed a start point
 for the best model when it has none, and to drop hopeless models from the sampled space
 (:func:`choose_dropped`); ``autotl search --no-prerank`` or ``prerank: {enabled: false}`` in the
-recipe turns it off. The core reaches models only through :meth:`Backbone.feature_extractor`.
+recipe turns it off. The core reaches models only through :meth:`Backbone.feature_extractor`, and
+the labels only through the task's target (:meth:`autotl.Target.rankable`): a target that gives no
+class per item to rank by skips the pre-ranking, which the run records (``prerank_skipped``).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import numpy as np
 import torch
 
 from .base import Backbone, LoadedData, Task, TensorSplit
-from .recipes import DEFAULTS, PRERANK_DEFAULTS, Recipe
+from .recipes import DEFAULTS, PRERANK_DEFAULTS, Recipe, defaults_for
 from .cache import prefix_outputs
-from .records import StudyRecord, record_transferability
+from .records import StudyRecord, record_prerank_skipped, record_transferability
 
 #: metric name -> column title; the order of the table's columns.
 METRICS = {"logme": "LogME", "hscore": "H-score", "gbc": "GBC"}
@@ -211,13 +213,14 @@ def extract_features(backbone: Backbone, split: TensorSplit, device: torch.devic
     return out.numpy().astype(np.float64)
 
 
-def feature_params(recipe: Recipe, model: str) -> dict[str, Any]:
+def feature_params(recipe: Recipe, model: str, defaults: Mapping[str, Any] = DEFAULTS) -> dict[str, Any]:
     """The trial parameters the features of ``model`` are computed with: its preprocessing as a trial's.
 
-    The defaults and the recipe's ``fixed`` settings, then the model's own start point, or else the
-    recipe's first start point (its resolution or max length, say), with ``model`` set.
+    The ``defaults`` (:func:`autotl.recipes.defaults_for` the task's target) and the recipe's ``fixed``
+    settings, then the model's own start point, or else the recipe's first start point (its resolution or
+    max length, say), with ``model`` set.
     """
-    params: dict[str, Any] = dict(DEFAULTS)
+    params: dict[str, Any] = dict(defaults)
     params.update(recipe.fixed)
     own = next((p for p in recipe.start_with if p.get("model") == model), None)
     params.update(own or (recipe.start_with[0] if recipe.start_with else {}))
@@ -255,30 +258,44 @@ def _round(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.6g}") + 0.0
 
 
+class Unrankable(Exception):
+    """The task's target gives no class per item (:meth:`autotl.Target.rankable` is ``None``): nothing to rank by."""
+
+
 def rank_models(task: Task, data: LoadedData, zoo: Mapping[str, Backbone], recipe: Recipe, device: torch.device,
                 *, settings: Mapping[str, Any] | None = None, seed: int = 0,
                 say: Callable[[str], None] = lambda text: None) -> list[Ranked]:
     """Score every model of ``zoo`` on the training split of ``data``; the rows best first.
 
-    A model that fails (its features cannot be had) is reported and listed last, without a rank.
-    At most ``settings["max_samples"]`` training samples are used (a seeded random subset).
+    The labels the features are scored against are the task's target's :meth:`~autotl.Target.rankable` ones;
+    :class:`Unrankable` where it gives none. A model that fails (its features cannot be had) is reported and
+    listed last, without a rank. At most ``settings["max_samples"]`` training samples are used (a seeded
+    random subset).
     """
     settings = {**PRERANK_DEFAULTS, **(settings or {})}
+    target = task.target
+    defaults = defaults_for(target)
     rows: list[Ranked] = []
     chosen: torch.Tensor | None = None
     for i, (name, backbone) in enumerate(zoo.items(), 1):
         started = time.perf_counter()
         row = Ranked(name)
         try:
-            split = task.prepare(data, backbone, feature_params(recipe, name)).train
+            split = task.prepare(data, backbone, feature_params(recipe, name, defaults)).train
             if chosen is None:
                 chosen = _sample(len(split), int(settings["max_samples"]), seed)
             if chosen is not None and len(chosen) < len(split):
                 split = split.take(chosen)
+            rankable = target.rankable(split.labels)
+            if rankable is None:
+                raise Unrankable(f"task {task.name!r} gives no class per item to rank source models' features by "
+                                 "(its target's rankable() is None)")
             features = extract_features(backbone, split, device, int(settings["batch_size"]))
-            labels = split.labels.numpy()
+            labels = rankable.numpy()
             row.samples, row.features = features.shape
             row.scores = score_features(features, labels)
+        except Unrankable:
+            raise
         except Exception as exc:  # the ranking only advises: a model it cannot score is still searched
             row.error = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
         row.seconds = time.perf_counter() - started
@@ -380,7 +397,12 @@ def prerank_study(study, task: Task, data: LoadedData, zoo: Mapping[str, Backbon
     started = time.perf_counter()
     say(f"Pre-ranking {len(zoo)} source models by transferability (features of the training split; "
         f"LogME, H-score, GBC) ...")
-    rows = rank_models(task, data, zoo, recipe, device, settings=settings, seed=seed, say=say)
+    try:
+        rows = rank_models(task, data, zoo, recipe, device, settings=settings, seed=seed, say=say)
+    except Unrankable as exc:
+        say(f"Pre-ranking skipped: {exc}; the models keep their order")
+        record_prerank_skipped(study, str(exc))
+        return [dict(p) for p in points]
     dropped = choose_dropped(rows, settings.get("drop_below"))
     for r in rows:
         r.dropped = dropped.get(r.model, "")

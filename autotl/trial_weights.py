@@ -19,7 +19,7 @@ from typing import Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .leaderboard import rank_key
+from .leaderboard import direction_sign, rank_key
 from .records import TrialRecord
 from .runs import DEFAULT_STUDY
 
@@ -86,20 +86,22 @@ def kept_weights(trial: FrozenTrial, roots: Iterable[Path | str | None], study: 
 
 def ranks_in_top(study: optuna.Study, value: float, number: int, keep_top: int) -> bool:
     """Whether trial ``number``, scoring ``value``, ranks among the top ``keep_top`` completed trials of ``study``
-    (by :func:`~autotl.leaderboard.rank_key`): whether its weights are worth saving."""
+    (by :func:`~autotl.leaderboard.rank_key`, in the study's direction): whether its weights are worth saving."""
+    sign = direction_sign(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sum(rank_key(t) < (-value, number) for t in done) < keep_top
+    return sum(rank_key(t, sign) < (-sign * value, number) for t in done) < keep_top
 
 
 def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]:
     """Delete the weights, in run folder ``out``, of the completed trials of ``study`` outside the top
-    ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key`), and of its failed trials (a failure after
+    ``keep_top`` (ranked by :func:`~autotl.leaderboard.rank_key` in the study's direction), and of its failed trials (a failure after
     the weights were saved, or a trial failed under a paused worker).
 
     Call it only once Optuna has recorded the trials it ranks (an Optuna callback): a trial whose result is not
     recorded yet is neither ranked nor displaces one. Only files recorded by trials of this study, whose
     metadata names no other trial, are deleted. Returns the numbers of the trials whose weights went."""
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=rank_key)
+    sign = direction_sign(study)
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign))
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     dropped = []
     for trial in [*complete[keep_top:], *failed]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autotl import Target, TensorSplit
+from autotl import Param, Target, TensorSplit
 
 
 class ClassLabel(Target):
@@ -25,6 +25,8 @@ class ClassLabel(Target):
     metrics = {"accuracy": "maximize", "balanced_accuracy": "maximize", "macro_f1": "maximize",
                "log_loss": "minimize"}
     primary = "accuracy"
+    parameters = (Param("label_smoothing", "float", "label smoothing of the cross-entropy loss", default=0.0, low=0,
+                        high=1),)
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
              params: Mapping[str, Any]) -> torch.Tensor:
