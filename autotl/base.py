@@ -464,8 +464,8 @@ class Target(ABC):
     (:func:`autotl.inference.predict_outputs`): ``(items, width)``, or ``(items, positions, width)``
     for a target with :attr:`per_position`; ``labels`` is the split's :attr:`TensorSplit.labels`.
     ``calibration`` is a JSON-serialisable dict: what :meth:`fit` learnt from the training labels
-    (a numeric target's mean and spread), completed by :meth:`tune` on the validation outputs (a
-    multi-label target's thresholds). It is recorded with every trial and travels in the bundle.
+    (a numeric target's mean and spread), completed by :meth:`tune` on the validation outputs (the
+    thresholds of a target of label sets). It is recorded with every trial and travels in the bundle.
 
     :attr metrics: every metric :meth:`score` reports, name -> ``"maximize"`` or ``"minimize"``.
     :attr primary: the metric trials are ranked by, unless the recipe's ``metric:`` names another of

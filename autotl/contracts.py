@@ -149,7 +149,7 @@ class TextPreprocessing(Preprocessing):
     modality: ClassVar[str] = "text"
 
     #: a Hugging Face tokenizer (``transformers.PreTrainedTokenizerBase``), loaded: called on a list of
-    #: texts with ``truncation``, ``max_length`` and ``padding``; its ``pad_token``, ``padding_side``
+    #: texts with ``truncation``, ``max_length`` and ``padding``; its padding id, ``padding_side``
     #: and ``truncation_side`` are read, and it is saved into bundles by the backbone's ``bundle_files``.
     tokenizer: Any
     #: a name for the tokenizer shared by the backbones that use it: texts are tokenised once per key

@@ -152,7 +152,7 @@ class ParameterSet:
 
     :attr strict: whether a name no one declares is refused; ``False`` where the task declares nothing
         (a third-party task written before declarations): such names pass to the task unchecked.
-    :attr owner: who declared them, for messages (``task 'image-classification'``).
+    :attr owner: who declared them, for messages (``task 'NAME'``).
     """
 
     params: Mapping[str, Param]

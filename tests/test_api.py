@@ -16,7 +16,7 @@ from tiny import TINY, make_image_folder, save_tiny_weights
 import autotl
 import autotl.api
 from autotl.errors import RunError
-from autotl.inference import accuracy
+from tiny import accuracy
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")
 

@@ -20,6 +20,7 @@ from autotl.cli import cli
 from autotl.errors import UsageError
 from autotl.recipes import parse_recipe
 from autotl.training import train, unwrapped
+from autotl_tasks.targets import ClassLabel
 
 PARAMS = {"freeze": 3, "lora_rank": 0, "lr": 5e-3, "epochs": 3, "batch_size": 8, "resolution": 32, "augment": "none"}
 CPU = torch.device("cpu")
@@ -43,7 +44,7 @@ def prepared(image_task, loaded, backbone, **params):
 
 def run(backbone, data, cache, **params):
     params = {**PARAMS, **params}
-    return train(backbone, params, data.train, data.val, 3, device=CPU, seed=0, cache=cache,
+    return train(backbone, params, data.train, data.val, ClassLabel(), 3, device=CPU, seed=0, cache=cache,
                  cache_context={"task": "image-classification", "fingerprint": "f"})
 
 
@@ -120,7 +121,7 @@ def test_a_cached_text_trial_trains_the_same_network_as_an_uncached_one(tiny_tex
     data = task.load(tinybert.make_text_folder(tmp_path / "d", per_class=20), seed=0, val_fraction=0.25, options={})
     params = {"freeze": freeze, "lora_rank": 0, "lr": 3e-3, "epochs": 2, "batch_size": 4, "max_length": 32}
     split = task.prepare(data, tiny_text_backbone, params)
-    results = [train(tiny_text_backbone, params, split.train, split.val, 2, device=CPU, seed=0, cache=cache,
+    results = [train(tiny_text_backbone, params, split.train, split.val, ClassLabel(), 2, device=CPU, seed=0, cache=cache,
                      cache_context={"task": task.name, "fingerprint": data.fingerprint})
                for cache in (None, FeatureCache(directory=tmp_path / "c"))]
     plain, cached = results

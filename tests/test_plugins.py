@@ -154,6 +154,34 @@ def test_an_extra_plugin_is_listed_with_what_it_registered(no_plugin_env):
     assert listed == [["backbone family toy", "task toy-task"]]
 
 
+def test_a_task_without_a_target_is_refused_naming_the_task(no_plugin_env, tmp_path):
+    """The core trains and scores only through the task's target: a search of a task that sets none stops before
+    anything is read, saying which task and what to set."""
+    import autotl
+
+    registry = collect(make_manager(extra_plugins=[ToyPlugin()]))
+    with pytest.raises(PluginError, match=r"task 'toy-task' sets no target .*set `target` on the task"):
+        autotl.search(tmp_path / "data", task="toy-task", registry=registry, out=tmp_path / "run", trials=1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_task_target_declares_its_own_trial_parameters(no_plugin_env):
+    """What the target's loss reads (a label smoothing) is declared by the target, not the core, and a recipe may
+    name it for the task that uses that target only."""
+    from autotl.params import CORE, ParamError, parameters_for
+    from autotl_tasks.targets import ClassLabel
+
+    class ToyClassTask(ToyTask):
+        target = ClassLabel()
+        parameters = ()
+
+    assert "label_smoothing" not in CORE
+    declared = parameters_for(ToyClassTask(), [])
+    assert declared.lookup("label_smoothing").high == 1 and declared.lookup("label_smoothing").default == 0.0
+    with pytest.raises(ParamError, match="unknown parameter 'label_smoothing'"):
+        parameters_for(type("Bare", (ToyTask,), {"parameters": ()})(), []).lookup("label_smoothing")
+
+
 def test_registering_something_that_is_not_a_backbone_family_is_a_plugin_error(no_plugin_env):
     pm = make_manager(extra_plugins=[ToyPlugin(family=object())], entry_points=False)
     with pytest.raises(PluginError, match="not an autotl.BackboneFamily"):

@@ -19,7 +19,7 @@ from autotl.bundle import BundleError
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
 from autotl.export import ExportOptions, export_bundle
-from autotl.inference import predict_logits
+from autotl.inference import predict_outputs
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
@@ -113,7 +113,7 @@ def test_the_python_api_matches_the_search_pipeline_bit_for_bit(bundle_dir, run)
     probs = bundle.probabilities(files)
     trial = run.study.best_trial
     split = run.task.prepare(run.data, run.zoo[TINY], trial.user_attrs["config"]).val
-    assert torch.equal(probs, torch.softmax(predict_logits(bundle.model, split, torch.device("cpu")), -1))
+    assert torch.equal(probs, torch.softmax(predict_outputs(bundle.model, split, torch.device("cpu")), -1))
     # PIL images in memory are preprocessed like the same file (PNG: no draft decoding)
     with Image.open(files[0]) as image:
         image.load()

@@ -132,7 +132,7 @@ def test_keep_top_keeps_the_best_weights_when_the_new_trial_is_never_recorded(ti
 
     def better(*args, **kwargs):  # the next trial ranks above trial 0, so it would displace its weights
         result = real_train(*args, **kwargs)
-        result.best_accuracy = best.value + 0.5
+        result.best_value = best.value + 0.5
         return result
 
     real_set_state = optuna.storages.RDBStorage.set_trial_state_values

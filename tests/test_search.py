@@ -20,7 +20,7 @@ from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import load_study, locate
 from autotl.controller import Search, SearchOptions, weights_path
-from autotl.inference import accuracy
+from tiny import accuracy
 
 RECIPE = str(Path(__file__).parent / "data" / "tiny-image.yaml")
 

@@ -21,7 +21,7 @@ from autotl.files import load_weights
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.controller import Search, SearchOptions, weights_path
-from autotl.inference import accuracy
+from tiny import accuracy
 
 DATA = Path(__file__).parent / "data" / "text"
 TINY_RECIPE = DATA / "tiny-text.yaml"

@@ -26,7 +26,7 @@ from autotl.errors import DataError, ModelUnavailableError
 from autotl.export import ExportOptions, export_bundle
 from autotl.files import load_weights
 from autotl.formats import TOLERANCE
-from autotl.inference import predict_logits
+from autotl.inference import predict_outputs
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.runs import locate
@@ -209,7 +209,7 @@ def test_prediction_tokenises_pads_and_trims_exactly_as_the_search(run, bundle_d
     order = torch.argsort(lengths, descending=True, stable=True).tolist()  # how the search stores the split
     in_search_order = [texts[i] for i in order]
     for batch_size in (128, 4, 3):
-        search = predict_logits(bundle.model, val, torch.device("cpu"), batch_size)
+        search = predict_outputs(bundle.model, val, torch.device("cpu"), batch_size)
         predicted = bundle.logits(bundle.split(in_search_order), batch_size)
         assert torch.equal(predicted, search), batch_size
     split = bundle.split(in_search_order)
@@ -219,10 +219,10 @@ def test_prediction_tokenises_pads_and_trims_exactly_as_the_search(run, bundle_d
     by_file = bundle.split(texts)
     assert by_file.search_order().tolist() == order
     for batch_size in (128, 4):
-        search = predict_logits(bundle.model, val, torch.device("cpu"), batch_size)
+        search = predict_outputs(bundle.model, val, torch.device("cpu"), batch_size)
         assert torch.equal(bundle.logits(by_file.take(by_file.search_order()), batch_size), search)
     # and in the file's order itself (other batches, other padding): the same logits to rounding, row for row
-    assert torch.allclose(bundle.logits(by_file)[order], predict_logits(bundle.model, val, torch.device("cpu")),
+    assert torch.allclose(bundle.logits(by_file)[order], predict_outputs(bundle.model, val, torch.device("cpu")),
                           atol=1e-5)
 
 
@@ -420,4 +420,4 @@ def test_minilm_round_trips_through_bundle_files_with_the_same_tokens_and_logits
     copy = rebuilt.build(3, pretrained=False).eval()
     copy.load_state_dict(model.state_dict(), strict=True)
     cpu = torch.device("cpu")
-    assert torch.equal(predict_logits(model, a, cpu), predict_logits(copy, b, cpu))
+    assert torch.equal(predict_outputs(model, a, cpu), predict_outputs(copy, b, cpu))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from autotl.errors import UsageError
-from autotl.inference import accuracy
 from autotl.training import train
+from autotl_tasks.targets import ClassLabel
+from tiny import accuracy
 
 PARAMS = {"freeze": 0, "lora_rank": 0, "lr": 5e-3, "epochs": 3, "batch_size": 8, "resolution": 32,
           "augment": "flip"}
@@ -26,17 +27,18 @@ def splits(tiny_folder, tiny_backbone):
 
 def run(tiny_backbone, splits, **overrides):
     params = {**PARAMS, **overrides}
-    return train(tiny_backbone, params, splits.train, splits.val, 3, device=torch.device("cpu"), seed=0)
+    return train(tiny_backbone, params, splits.train, splits.val, ClassLabel(), 3, device=torch.device("cpu"), seed=0)
 
 
 def test_training_returns_the_best_epoch_and_its_weights(tiny_backbone, splits):
     result = run(tiny_backbone, splits)
     assert len(result.curve) == 3
-    assert result.best_accuracy == max(result.curve)
-    assert result.curve[result.best_epoch] == result.best_accuracy
+    assert result.best_value == max(result.curve)
+    assert result.curve[result.best_epoch] == result.best_value
+    assert result.best_metrics["accuracy"] == result.best_value and set(result.best_metrics) == set(ClassLabel.metrics)
     model = result.adapted.model
     model.load_state_dict(result.best_state)
-    assert accuracy(model, splits.val, torch.device("cpu")) == result.best_accuracy
+    assert accuracy(model, splits.val, torch.device("cpu")) == result.best_value
 
 
 def test_the_new_head_starts_at_zero_by_default(tiny_backbone, splits):
@@ -45,7 +47,7 @@ def test_the_new_head_starts_at_zero_by_default(tiny_backbone, splits):
     def first_epoch(epoch, loss, val_accuracy):
         seen.setdefault("loss", loss)
 
-    train(tiny_backbone, {**PARAMS, "lr": 1e-12, "epochs": 1}, splits.train, splits.val, 3,
+    train(tiny_backbone, {**PARAMS, "lr": 1e-12, "epochs": 1}, splits.train, splits.val, ClassLabel(), 3,
           device=torch.device("cpu"), seed=0, on_epoch=first_epoch)
     assert seen["loss"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-3)  # uniform over 3 classes
 
@@ -57,7 +59,7 @@ def test_weight_averaging_keeps_the_averaged_weights(tiny_backbone, splits):
     assert not torch.equal(plain.best_state[key], averaged.best_state[key])
     model = averaged.adapted.model
     model.load_state_dict(averaged.best_state)
-    assert accuracy(model, splits.val, torch.device("cpu")) == averaged.best_accuracy
+    assert accuracy(model, splits.val, torch.device("cpu")) == averaged.best_value
 
 
 def test_a_bad_ema_decay_is_a_usage_error(tiny_backbone, splits):
@@ -66,7 +68,7 @@ def test_a_bad_ema_decay_is_a_usage_error(tiny_backbone, splits):
 
 
 def test_a_passed_deadline_cuts_the_epoch_short_and_keeps_what_was_learnt(tiny_backbone, splits):
-    result = train(tiny_backbone, {**PARAMS, "epochs": 5}, splits.train, splits.val, 3, device=torch.device("cpu"),
+    result = train(tiny_backbone, {**PARAMS, "epochs": 5}, splits.train, splits.val, ClassLabel(), 3, device=torch.device("cpu"),
                    seed=0, deadline=time.time())
     assert len(result.curve) == 1
     assert result.stopped == "time budget reached during epoch 1 of 5"

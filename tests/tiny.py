@@ -61,3 +61,14 @@ def make_image_folder(root: Path, classes=("dark", "light", "striped"), per_clas
                     image = image.convert("RGBA")  # other modes must work too
                 image.save(folder / f"{split}_{i:03d}.png")
     return root
+
+
+def accuracy(model, split, device) -> float:
+    """The share of ``split`` whose top output is its label (``nan`` for an empty split): what the search scores
+    a single-label task's trials with, computed here independently of its target."""
+    import torch
+
+    from autotl.inference import predict_outputs
+
+    outputs = predict_outputs(model, split, device)
+    return float((outputs.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
