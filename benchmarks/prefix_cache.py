@@ -77,9 +77,10 @@ def main() -> None:
 
     def run(cache: FeatureCache | None) -> tuple[float, float, dict, dict]:
         started = time.perf_counter()
-        result = train(backbone, params, prepared.train, prepared.val, len(data.label_names), device=device,
-                       seed=args.seed, cache=cache, cache_context=context)
-        return time.perf_counter() - started, result.best_accuracy, result.timing, result.cache
+        result = train(backbone, params, prepared.train, prepared.val, task.target,
+                       task.target.width(data.label_names), device=device, seed=args.seed, cache=cache,
+                       cache_context=context)
+        return time.perf_counter() - started, result.best_value, result.timing, result.cache
 
     rows = {}
     with tempfile.TemporaryDirectory() as folder:

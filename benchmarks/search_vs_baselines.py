@@ -46,7 +46,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autotl.controller import Search, SearchOptions
-from autotl.inference import accuracy
+from autotl.inference import predict_outputs
 from autotl.plugins import get_registry
 from autotl.progress import ConsoleReporter, quiet_libraries
 from autotl.recipes import load_recipe
@@ -110,7 +110,10 @@ def test_accuracy(search: Search, trial) -> float | None:
     params = run.config(trial)
     backbone = search.zoo[params["model"]]
     model = run.network(trial, search.device, weights=weights, backbone=backbone)
-    return round(accuracy(model, search.task.prepare(search.data, backbone, params).test, search.device), 4)
+    test = search.task.prepare(search.data, backbone, params).test
+    scores = search.target.score(predict_outputs(model, test, search.device), test.labels,
+                                 TrialRecord.from_trial(trial).calibration)
+    return round(scores[search.metric], 4)
 
 
 def time_to(result: dict, target: float) -> float | None:

@@ -71,8 +71,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            result = train(backbone, {**params, **extra}, train_split, prepared.val, len(data.label_names),
-                           device=device, seed=0)
+            result = train(backbone, {**params, **extra}, train_split, prepared.val, task.target,
+                           task.target.width(data.label_names), device=device, seed=0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall = time.perf_counter() - started
@@ -83,12 +83,12 @@ def main() -> None:
         rows[name] = {"wall_s": round(wall, 2), "train_samples_per_s": round(len(train_split) * len(result.curve)
                                                                               / max(timing["step"] + timing["data"], 1e-9), 1),
                       "share": {k: round(v / wall, 4) for k, v in timing.items()},
-                      "outside_forward_backward": round(outside / wall, 4), "val_accuracy": round(result.best_accuracy, 4)}
+                      "outside_forward_backward": round(outside / wall, 4), "val_accuracy": round(result.best_value, 4)}
         share = rows[name]["share"]
         print(f"{name:20s} {wall:8.1f} s  {rows[name]['train_samples_per_s']:8.1f} samples/s  "
               f"step {share['step']:.1%}  eval {share['eval']:.1%}  data {share['data']:.1%}  "
               f"setup {share['setup']:.1%}  outside fwd/bwd {rows[name]['outside_forward_backward']:.1%}  "
-              f"val {result.best_accuracy:.4f}", flush=True)
+              f"val {result.best_value:.4f}", flush=True)
     base = rows["fp32"]["train_samples_per_s"]
     for name, row in rows.items():
         row["speedup_vs_fp32"] = round(row["train_samples_per_s"] / base, 2)

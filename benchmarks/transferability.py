@@ -32,7 +32,7 @@ from scipy.stats import kendalltau
 
 from autotl.plugins import get_registry
 from autotl.recipes import load_recipe
-from autotl.inference import accuracy, predict_logits
+from autotl.inference import predict_outputs
 from autotl.training import train
 from autotl.transfer import METRICS, feature_params, rank_models, table
 
@@ -63,19 +63,20 @@ def step_finetune(task, recipe, zoo, data, model: str, seed: int) -> dict:
     params = feature_params(recipe, model)
     prepared = task.prepare(data, backbone, params)
     started = time.perf_counter()
-    result = train(backbone, params, prepared.train, prepared.val, len(data.label_names), device=torch.device("cpu"),
-                   seed=seed)
+    result = train(backbone, params, prepared.train, prepared.val, task.target, task.target.width(data.label_names),
+                   device=torch.device("cpu"), seed=seed)
     seconds = time.perf_counter() - started
     net = result.adapted.model
     net.load_state_dict(result.best_state)
-    test = accuracy(net, prepared.test, torch.device("cpu")) if prepared.test is not None else None
+    scores = (task.target.score(predict_outputs(net, prepared.test, torch.device("cpu")), prepared.test.labels,
+                                result.calibration) if prepared.test is not None else None)
+    test = scores["accuracy"] if scores is not None else None
     # the mean cross-entropy on the test split tells models apart where accuracies tie (lfw_faces: all 1.0)
-    loss = (float(torch.nn.functional.cross_entropy(predict_logits(net, prepared.test, torch.device("cpu")),
-                                                    prepared.test.labels)) if prepared.test is not None else None)
-    row = {"model": model, "val_accuracy": result.best_accuracy, "test_accuracy": test, "test_loss": loss,
+    loss = scores["log_loss"] if scores is not None else None
+    row = {"model": model, "val_accuracy": result.best_value, "test_accuracy": test, "test_loss": loss,
            "best_epoch": result.best_epoch + 1,
            "seconds": round(seconds, 1), "params": {k: v for k, v in params.items() if k != "model"}}
-    print(f"{model}: val {result.best_accuracy:.4f}, test {test if test is None else round(test, 4)}, "
+    print(f"{model}: val {result.best_value:.4f}, test {test if test is None else round(test, 4)}, "
           f"{seconds:.0f}s", flush=True)
     return row
 

@@ -115,6 +115,9 @@ def declared_parameters():
     found += [(param, f"task `{name}`") for name, task in sorted(registry.tasks.items()) for param in task.parameters or ()]
     found += [(param, f"family `{name}`") for name, family in sorted(registry.families.items())
               for param in family.parameters]
+    targets = {type(task.target).__name__: task.target for task in registry.tasks.values()
+               if getattr(task, "target", None) is not None}
+    found += [(param, f"target `{name}`") for name, target in sorted(targets.items()) for param in target.parameters]
     return found
 
 
