@@ -290,3 +290,23 @@ def test_a_study_begun_before_metrics_were_recorded_resumes_with_its_primary_nam
     assert [r["state"] for r in rows] == ["COMPLETE"] * 4
     assert set(rows[3]["val_metrics"]) == {"accuracy", "balanced_accuracy", "macro_f1", "log_loss"}
     assert rows[0]["val_metrics"] == {}  # recorded before the metrics were
+
+
+def test_per_position_outputs_are_right_padded_with_zeros_to_the_widest_batch():
+    """A network giving an output per position may give batches of different widths: the split's outputs are
+    right-padded with zeros along the positions, in the split's order."""
+    from autotl import TensorSplit
+    from autotl.inference import predict_outputs
+
+    class Positions(torch.nn.Module):
+        def forward(self, x):  # x[:, 0] holds each item's width; a batch is as wide as its widest item
+            width = int(x[:, 0].max())
+            return torch.ones(len(x), width, 2) * x[:, :1, None]
+
+    split = TensorSplit(torch.tensor([[2.0], [1.0], [4.0], [3.0], [1.0]]), torch.zeros(5), random_augmentation=False)
+    outputs = predict_outputs(Positions(), split, torch.device("cpu"), batch_size=2)
+    assert outputs.shape == (5, 4, 2) and outputs.dtype == torch.float32
+    assert outputs[0, :2].eq(2).all() and outputs[0, 2:].eq(0).all()  # batch 1 was 2 wide: zeros after
+    assert outputs[2].eq(4).all() and outputs[4, :1].eq(1).all() and outputs[4, 1:].eq(0).all()
+    flat = predict_outputs(torch.nn.Linear(1, 3), split, torch.device("cpu"), batch_size=2)
+    assert flat.shape == (5, 3)
