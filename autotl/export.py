@@ -33,7 +33,7 @@ from .errors import BundleError, UsageError
 from .files import load_weights, save_weights
 from .formats import FORMATS, export_format
 from .latency import count_parameters, measure_model, sample_inputs
-from .leaderboard import choose_trial, rank_key
+from .leaderboard import choose_trial, direction_sign, rank_key
 from .records import StudyRecord, TrialRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
@@ -242,7 +242,8 @@ def _trial_states(study: optuna.Study) -> dict[str, int]:
 def _rank(study: optuna.Study, trial: FrozenTrial) -> int:
     """``trial``'s place among the study's complete trials by the leaderboard's order (1: the best)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return 1 + sum(rank_key(t) < rank_key(trial) for t in complete)
+    sign = direction_sign(study)
+    return 1 + sum(rank_key(t, sign) < rank_key(trial, sign) for t in complete)
 
 
 def _record_files(config: BundleConfig, folder: Path) -> None:
