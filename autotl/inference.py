@@ -42,10 +42,24 @@ def predict_logits(model: nn.Module, split: TensorSplit, device: torch.device, b
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+@torch.inference_mode()
+def predict_outputs(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    """SHIM (helper EXPORT, replaced by TRAIN's at merge): the float32 outputs of every item of ``split``, on the
+    CPU; per-position outputs right-padded with zeros along dim 1 to the widest batch."""
+    model.eval()
+    outputs = [forward(model, to_device(x, device)).float().cpu() for x, _ in split.batches(batch_size)]
+    if not outputs:
+        return torch.empty(0)
+    if outputs[0].dim() == 3:
+        width = max(o.shape[1] for o in outputs)
+        outputs = [torch.nn.functional.pad(o, (0, 0, 0, width - o.shape[1])) for o in outputs]
+    return torch.cat(outputs)
+
+
 def accuracy(model: nn.Module, split: TensorSplit, device: torch.device) -> float:
     """The share of ``split`` whose top logit is its label (``nan`` for an empty split)."""
     logits = predict_logits(model, split, device)
     return float((logits.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
 
 
-__all__ = ["accuracy", "forward", "predict_logits", "to_device"]
+__all__ = ["accuracy", "forward", "predict_logits", "predict_outputs", "to_device"]

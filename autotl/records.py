@@ -115,6 +115,13 @@ class StudyRecord:
         """The description as the study stores it (:data:`DESCRIPTION`): the fields up to ``record_version``."""
         return {key: getattr(self, key) for key in _DESCRIBED}
 
+    #: SHIM (EXPORT): the metric the study ranks by (None: the target's primary); TRAIN records it.
+    metric: str | None = None
+
+    def test_metrics(self, number: int | None) -> dict[str, float]:
+        """SHIM (EXPORT): every test metric recorded for trial ``number``."""
+        return dict((getattr(self, "test_metric_sets", None) or {}).get(str(number)) or {})
+
     def test_score(self, number: int | None) -> float | None:
         """The test accuracy recorded for trial ``number``, if it was scored."""
         return None if number is None else (self.test_scores or {}).get(str(number))
@@ -253,6 +260,8 @@ class TrialRecord:
     latency: dict[str, Any] | None = None  # see autotl/latency.py
     latency_error: str | None = None
     weights: str | None = None  # its kept weights, relative to the run folder
+    val_metrics: dict[str, float] | None = None  # SHIM (EXPORT): TRAIN records these
+    calibration: dict[str, Any] | None = None  # SHIM (EXPORT): TRAIN records these
 
     @classmethod
     def from_trial(cls, trial) -> "TrialRecord":

@@ -119,6 +119,23 @@ class Run:
             return None, f"the data in {path} changed since the search"
         return data, ""
 
+    # -- SHIM (EXPORT): TRAIN implements these ---------------------------------------------------------
+    @property
+    def target(self):
+        return self.task.target
+
+    @property
+    def metric(self) -> str:
+        return self.record.metric or self.target.primary
+
+    @property
+    def direction(self) -> str:
+        return self.target.metrics[self.metric]
+
+    @property
+    def width(self) -> int:
+        return self.target.width(self.record.label_names)
+
     # -- its trials --------------------------------------------------------------------------------
     def best_trial(self) -> FrozenTrial | None:
         """The best completed trial (:func:`autotl.leaderboard.best_trial`); ``None`` before any completed."""
@@ -174,7 +191,7 @@ class Run:
         where the backbone asks for it (:func:`autotl.network.trained_network`)."""
         backbone = backbone or self.backbone(self.config(trial)["model"])
         state = load_weights(weights or self.weights(trial))
-        return trained_network(backbone, len(self.record.label_names), state, resolve_device(device))
+        return trained_network(backbone, self.width, state, resolve_device(device), per_position=self.target.per_position)
 
 
 def open_run(run: str | Path | None = None, *, storage: str | None = None, study: str | None = None,

@@ -42,7 +42,7 @@ class TrainResult:
     #: ``{"skipped": reason}``; empty when the trial had nothing to cache
     cache: dict[str, str] = field(default_factory=dict)
 
-    def merged_state(self, backbone: Backbone, num_classes: int) -> dict[str, torch.Tensor]:
+    def merged_state(self, backbone: Backbone, num_classes: int = 0) -> dict[str, torch.Tensor]:
         """The best epoch's weights as a plain network's state dict (LoRA merged)."""
         model = self.adapted.model
         model.load_state_dict(self.best_state)
@@ -55,7 +55,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(
+def train(backbone: Backbone, params: Mapping[str, Any], train_split: TensorSplit, val_split: TensorSplit,
+          target, width: int | None = None, *, metric: str | None = None, calibration: Mapping[str, Any] | None = None,
+          **kwargs: Any) -> TrainResult:
+    """SHIM (helper EXPORT; TRAIN's train replaces it at merge): the old loop, then the target's calibration and
+    metrics of the last epoch's network on ``val_split`` (enough for ``export --refit``)."""
+    from .inference import predict_outputs
+
+    if isinstance(target, int):  # the old callers (objective, after_search) until TRAIN's branch is merged
+        return _train_classes(backbone, params, train_split, val_split, target, **kwargs)
+    result = _train_classes(backbone, params, train_split, val_split, width, **kwargs)
+    fitted = dict(calibration) if calibration is not None else target.fit(train_split.labels)
+    outputs = predict_outputs(result.adapted.model, val_split, kwargs["device"])
+    result.calibration = target.tune(fitted, outputs, val_split.labels)
+    result.best_metrics = target.score(outputs, val_split.labels, result.calibration)
+    result.best_value = result.best_metrics[metric or target.primary]
+    return result
+
+
+def _train_classes(
     backbone: Backbone,
     params: Mapping[str, Any],
     train_split: TensorSplit,
