@@ -112,13 +112,14 @@ def measure_model(model: nn.Module, inputs: Inputs, device: torch.device, *, cha
     return out
 
 
-def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], num_classes: int, val: TensorSplit,
-                  device: torch.device) -> dict[str, Any]:
-    """Parameter count and latency of a trial's merged network, built as a bundle builds it.
+def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], width: int, val: TensorSplit,
+                  device: torch.device, *, per_position: bool = False) -> dict[str, Any]:
+    """Parameter count and latency of a trial's merged network, built as a bundle builds it: ``width`` outputs
+    per item, or per position where the task's target has :attr:`~autotl.Target.per_position`.
 
     Returns the trial user attributes ``inference_params`` and ``latency`` (see :func:`measure_model`).
     """
-    model = trained_network(backbone, num_classes, state)
+    model = trained_network(backbone, width, state, per_position=per_position)
     params = count_parameters(model)
     latency = measure_model(model, sample_inputs(val), device, channels_last=backbone.channels_last)
     return {"inference_params": params, "latency": latency}
