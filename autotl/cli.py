@@ -505,17 +505,18 @@ def _report_skipped(skipped: list[tuple[str, str]], given: int, predicted: int) 
 @click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE.html",
               help="The HTML file to write [default: RUN/report.html, or report-<study>.html with --storage].")
 @click.option("--data", type=click.Path(path_type=Path), metavar="PATH",
-              help="The run's data folder, if it moved since the search (for the confusion matrix).")
+              help="The run's data folder, if it moved since the search (to score the best trial on the test split).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @handle_errors
 def report(run, storage, study, out, data, device):
     """Write a self-contained HTML report of RUN that opens in a browser with no network.
 
     \b
-    The leaderboard, the optimisation history, parameter importances, accuracy against trial time
-    and model size per source model, the transferability pre-ranking (if the run has one) beside the
-    fine-tuned results, and the best trial's confusion matrix and misclassified samples on the test
-    split, predicted from its saved weights (nothing is trained again).
+    The leaderboard, the optimisation history, parameter importances, the validation score against
+    trial time and model size per source model, the transferability pre-ranking (if the run has one)
+    beside the fine-tuned results, and the best trial on the test split: its scores, the plot its task
+    draws (a confusion matrix, predicted against true...) and, where it predicts one label per item,
+    the items it got wrong; predicted from its saved weights (nothing is trained again).
     """
     from .report import write_report
     from .runs import locate
