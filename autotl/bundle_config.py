@@ -279,6 +279,11 @@ class BundleConfig:
             data["trial"] = self.trial.to_json(self.metric or "metric")
         if self.scores is not None:
             data["scores"] = self.scores.to_json()
+        if self.target is None:  # a version 1 record writes back as it was read
+            del data["target"]
+            if self.scores is not None:
+                for key in ("metric", "val_metrics", "test_metrics"):
+                    del data["scores"][key]
         return data
 
     @property

@@ -84,8 +84,8 @@ def _search(c: BundleConfig) -> list[str]:
         lines.append("- Fixed: " + ", ".join(f"`{k}`={v}" for k, v in search.fixed.items()) + ".")
     lines.append("- This trial: " + ", ".join(f"`{k}`={_value(v)}" for k, v in params.items()) + ".")
     if trial.best_epoch:
-        lines.append(f"- Best epoch: {trial.best_epoch} of {params.get('epochs')} (validation curve "
-                     f"{trial.val_curve}, {c.metric}).")
+        lines.append(f"- Best epoch: {trial.best_epoch} of {params.get('epochs')} (validation {c.metric} per epoch "
+                     f"{trial.val_curve}).")
     return lines + [""]
 
 
