@@ -96,7 +96,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
                          refit_info, data_note)
         config.write(tmp)
 
-        bundle = load(tmp, device=device)  # the round trip `autotl predict` makes
+        bundle = load(tmp, device=device, registry=run.registry)  # the round trip `autotl predict` makes
         config.cost.parameters = count_parameters(bundle.model)
         if data is not None:
             prepared = task.prepare(data, backbone, params)
@@ -106,7 +106,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
             config.cost.latency_at_export = measure_model(bundle.model, sample_inputs(val), device,
                                                           channels_last=backbone.channels_last)
             if options.formats:
-                cpu_bundle = bundle if device.type == "cpu" else load(tmp, device="cpu")
+                cpu_bundle = bundle if device.type == "cpu" else load(tmp, device="cpu", registry=run.registry)
                 for fmt in options.formats:
                     config.formats[fmt] = export_format(fmt, cpu_bundle.model, val, tmp, say, target=cpu_bundle.target,
                                                         channels_last=backbone.channels_last)

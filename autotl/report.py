@@ -437,7 +437,7 @@ def _find_mistakes(scored: Scored, run: Run, task, data, backbone, model, dev, p
     """The test items the trial predicts wrong, through the bundle's path, for a target that predicts one label per
     item (its labels rank: :meth:`autotl.Target.rankable`); the most confident first."""
     if not one_label:
-        scored.no_mistakes = (f"The task {task.name!r} predicts more than one label per item, so the report does not "
+        scored.no_mistakes = (f"The task {task.name!r} does not predict one label per item, so the report does not "
                               "list items as right or wrong; the scores above say how close its predictions are.")
         return
     items = task.split_items(data, "test")
