@@ -213,3 +213,50 @@ def test_the_report_names_the_metric_and_lists_no_wrong_items_for_numbers(level_
     wrong = page.split("<h2>Wrong predictions on the test split")[1]
     assert "does not predict one label per item, so the report does not list items as right or wrong" in wrong
     assert "predicted " not in wrong.split("</section>")[0]
+
+
+class _Tagger(torch.nn.Module):
+    """One output per position: a tag score per token, as a per-position backbone's network gives them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        return self.head(torch.tanh(self.embed(input_ids))) * attention_mask.unsqueeze(-1)
+
+
+class _PerPosition(Level):
+    per_position = True
+
+    def probabilities(self, outputs):
+        return outputs.float().softmax(-1)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_formats_of_a_per_position_network_are_checked_on_the_targets_probabilities(fmt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from autotl.formats import export_format
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (6, 7))
+    mask = torch.ones_like(ids)
+    mask[3:, 5:] = 0
+    val = TensorSplit({"input_ids": ids * mask, "attention_mask": mask}, torch.zeros(6, 7, dtype=torch.long),
+                      random_augmentation=False)
+    model = _Tagger().eval()
+    info = export_format(fmt, model, val, tmp_path, target=_PerPosition())
+    assert info["parity"]["max_abs_diff_probability"] <= info["parity"]["tolerance"]
+    assert info["parity"]["items"] == 6
+    if fmt == "onnx":
+        assert info["dynamic_axes"]["logits"] == {0: "batch", 1: "length"}
+        assert "softmax" not in info["note"]
+        # the file takes other lengths and batch sizes than the ones it was traced with
+        from autotl.formats import onnx_feed, onnx_session
+
+        session = onnx_session(tmp_path / info["file"], torch.device("cpu"))
+        longer = {"input_ids": torch.randint(1, 20, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+        got = torch.from_numpy(session.run(None, onnx_feed(longer))[0])
+        with torch.inference_mode():
+            assert got.shape == (3, 11, 3) and torch.allclose(got, model(**longer), atol=1e-5)
