@@ -124,7 +124,7 @@ class Bundle:
     def outputs(self, split: TensorSplit, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
         """The network's outputs on a split, as the search scored them (or from the ONNX file)."""
         if self.engine == "onnx":
-            return joined([torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
+            return _joined([torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
                            for x, _ in split.batches(batch_size)])
         return predict_outputs(self.model, split, self.device, batch_size)
 
@@ -134,7 +134,8 @@ class Bundle:
     def probabilities(self, inputs: Sequence[Any], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
         """The target's probabilities (:meth:`autotl.Target.probabilities`) of raw inputs, in their order: one row
         per input, one column per output of the network (in the order of :attr:`label_names`)."""
-        return joined([self.target.probabilities(outputs) for _, _, outputs in self._chunks(list(inputs), batch_size)])
+        parts = [self.target.probabilities(outputs) for _, _, outputs in self._chunks(list(inputs), batch_size)]
+        return _joined(parts) if parts else torch.empty(0, self.target_info.width)
 
     def predict(self, inputs: Sequence[Any] | Any, *, top_k: int = 1,
                 batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
@@ -195,7 +196,7 @@ class Bundle:
                 yield kept, split, self.outputs(split, batch_size)
 
 
-def joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+def _joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Outputs of consecutive batches as one tensor; per-position outputs (3-D) right-padded with zeros along
     their positions to the widest, as :func:`autotl.inference.predict_outputs` pads them."""
     if not parts:
