@@ -7,8 +7,10 @@ reads JSON and safetensors only, never a pickle, and refuses weights whose check
 
 The network is rebuilt by the backbone family's :meth:`~autotl.BackboneFamily.from_bundle`, inputs
 are read and preprocessed by the task's :meth:`~autotl.Task.read_inputs` and
-:meth:`~autotl.Task.preprocess_for_predict`, and logits come from the same function that scored the
-validation split during the search (:func:`autotl.inference.predict_outputs`), in the same batches.
+:meth:`~autotl.Task.preprocess_for_predict`, the outputs come from the same function that scored the
+validation split during the search (:func:`autotl.inference.predict_outputs`), in the same batches, and
+the task's target (:class:`autotl.Target`) decodes them into predictions with the calibration the trial
+recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 import torch
 
 from .base import Backbone, Registry, Task, TensorSplit
-from .bundle_config import CONFIG, ONNX, TORCHSCRIPT, WEIGHTS, BundleConfig
+from .bundle_config import CONFIG, ONNX, TORCHSCRIPT, WEIGHTS, BundleConfig, TargetInfo
 from .device import resolve_device
 from .errors import BundleError, UnreadableInputs, UsageError
 from .formats import onnx_feed, onnx_session
@@ -37,16 +39,24 @@ CHUNK_BATCHES = 8
 
 @dataclass
 class Prediction:
-    """One input's predicted label and probability, with the ``top_k`` most likely labels."""
+    """One input's prediction: its name and what the task's target decoded (:meth:`autotl.Target.decode`).
+
+    The decoded fields read as attributes too: ``prediction.label`` and ``prediction.probability``
+    for a target that predicts one label, say.
+    """
 
     input: str
-    label: str
-    probability: float
-    top: list[tuple[str, float]] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        fields = self.__dict__.get("fields") or {}
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"the prediction has no {name!r} (it has {', '.join(fields) or 'no fields'})")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"input": self.input, "label": self.label, "probability": self.probability,
-                "top_k": [{"label": label, "probability": p} for label, p in self.top]}
+        """What ``autotl predict --json`` prints of it: ``{"input": name, **decoded}``."""
+        return {"input": self.input, **self.fields}
 
 
 def sha256_file(path: Path) -> str:
@@ -84,6 +94,9 @@ class Bundle:
         self.directory = Path(directory)
         self.config = config
         self.task = task
+        self.target = task.target
+        #: the network's width and layout, the metric and the calibration (also for a version 1 bundle).
+        self.target_info: TargetInfo = config.target_info(task.target)
         self.backbone = backbone
         self.model = model
         self.device = device
@@ -95,6 +108,11 @@ class Bundle:
         return list(self.config.label_names)
 
     @property
+    def calibration(self) -> dict[str, Any]:
+        """What the target fitted and tuned in the search (thresholds, the target's scale...), as recorded."""
+        return dict(self.target_info.calibration)
+
+    @property
     def settings(self) -> dict[str, Any]:
         return dict(self.config.preprocessing)
 
@@ -103,18 +121,21 @@ class Bundle:
         """Raw items as the task preprocesses them for this bundle."""
         return self.task.preprocess_for_predict(list(items), self.backbone, self.settings)
 
-    def logits(self, split: TensorSplit, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
-        """Logits of a split, from the network the search scored (or from the ONNX file)."""
+    def outputs(self, split: TensorSplit, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+        """The network's outputs on a split, as the search scored them (or from the ONNX file)."""
         if self.engine == "onnx":
-            outputs = [torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
-                       for x, _ in split.batches(batch_size)]
-            return torch.cat(outputs) if outputs else torch.empty(0, len(self.label_names))
+            return _joined([torch.from_numpy(self._session.run(None, onnx_feed(x))[0]).float()
+                           for x, _ in split.batches(batch_size)])
         return predict_outputs(self.model, split, self.device, batch_size)
 
+    #: the former name of :meth:`outputs`.
+    logits = outputs
+
     def probabilities(self, inputs: Sequence[Any], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
-        """``(len(inputs), classes)`` probabilities, in the order of :attr:`label_names`."""
-        parts = [probs for _, probs in self._chunks(list(inputs), batch_size)]
-        return torch.cat(parts) if parts else torch.empty(0, len(self.label_names))
+        """The target's probabilities (:meth:`autotl.Target.probabilities`) of raw inputs, in their order: one row
+        per input, one column per output of the network (in the order of :attr:`label_names`)."""
+        parts = [self.target.probabilities(outputs) for _, _, outputs in self._chunks(list(inputs), batch_size)]
+        return _joined(parts) if parts else torch.empty(0, self.target_info.width)
 
     def predict(self, inputs: Sequence[Any] | Any, *, top_k: int = 1,
                 batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
@@ -145,19 +166,16 @@ class Bundle:
         """
         if top_k < 1:
             raise UsageError(f"top_k must be at least 1, not {top_k}")
-        labels = self.label_names
-        k = min(top_k, len(labels))
         names = [name for name, _ in named]
         skip = None if on_skip is None else (lambda index, reason: on_skip(names[index], reason))
-        for kept, probs in self._chunks([item for _, item in named], batch_size, skip):
-            values, indices = probs.topk(k, dim=-1)
-            for row, index in enumerate(kept):
-                top = [(labels[int(i)], float(v)) for v, i in zip(values[row], indices[row])]
-                yield Prediction(names[index], top[0][0], top[0][1], top)
+        for kept, split, outputs in self._chunks([item for _, item in named], batch_size, skip):
+            decoded = self.target.decode(outputs, split, self.calibration, self.label_names, top_k)
+            for index, fields in zip(kept, decoded):
+                yield Prediction(names[index], dict(fields))
 
     def _chunks(self, items: list[Any], batch_size: int,
-                on_skip: Callable[[int, str], None] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """The indices of ``items`` predicted, a few batches at a time, and their probabilities."""
+                on_skip: Callable[[int, str], None] | None = None) -> Iterator[tuple[list[int], TensorSplit, torch.Tensor]]:
+        """The indices of ``items`` predicted, a few batches at a time, their split and the network's outputs."""
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {batch_size}")
         step = batch_size * CHUNK_BATCHES
@@ -175,7 +193,18 @@ class Bundle:
                         on_skip(index, reason)
                     kept = [i for i in kept if i not in bad]
             if kept:
-                yield kept, torch.softmax(self.logits(split, batch_size).float(), dim=-1)
+                yield kept, split, self.outputs(split, batch_size)
+
+
+def _joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Outputs of consecutive batches as one tensor; per-position outputs (3-D) right-padded with zeros along
+    their positions to the widest, as :func:`autotl.inference.predict_outputs` pads them."""
+    if not parts:
+        return torch.empty(0)
+    if parts[0].dim() == 3:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts]
+    return torch.cat(list(parts))
 
 
 def load(path: str | Path, *, device: str | torch.device = "auto", engine: str = "torch",
@@ -216,7 +245,8 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a readable safetensors file ({exc}); export the bundle again") from exc
     try:
-        model = trained_network(backbone, len(config.label_names), state, device)
+        info = config.target_info(task.target)
+        model = trained_network(backbone, info.width, state, device, per_position=info.per_position)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise BundleError(f"the weights in {weights} do not fit {config.backbone.name!r}: {first}") from exc

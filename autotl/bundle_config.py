@@ -24,8 +24,11 @@ from .errors import BundleError
 from .files import write_json
 
 FORMAT = "autotl-bundle"
-#: the version of config.json this autotl writes; it reads this one and every older one.
-FORMAT_VERSION = 1
+#: the version of config.json this autotl writes; it reads this one and every older one. Version 2 added
+#: ``target`` (the metric, the network's width and layout, the calibration) and the ``scores``' metric
+#: dicts; a version 1 bundle reads as one of its task's primary metric, one output per label and an
+#: empty calibration.
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
@@ -60,24 +63,94 @@ class WeightsInfo:
 
 @dataclass
 class TrialInfo:
-    """``trial``: which trial of the search the bundle holds, and why it was chosen."""
+    """``trial``: which trial of the search the bundle holds, and why it was chosen.
+
+    ``rank`` is written as ``rank_by_val_<metric>`` (the metric the search ranked by), the key version 1
+    bundles hold.
+    """
 
     number: int
     chosen_by: str
-    rank_by_val_accuracy: int
+    rank: int
     params: dict[str, Any]
     best_epoch: int | None = None
+    #: the ranking metric on the validation split after each epoch.
     val_curve: list[float] | None = None
+
+    def to_json(self, metric: str) -> dict[str, Any]:
+        data = asdict(self)
+        data[f"rank_by_val_{metric}"] = data.pop("rank")
+        return data
+
+    @classmethod
+    def from_json(cls, value: Any) -> "TrialInfo | None":
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ValueError("trial is not an object")
+        ranks = [v for k, v in value.items() if k.startswith("rank_by_val_")]
+        return _part(cls, {**value, "rank": ranks[0] if ranks else value.get("rank")}, "trial")
 
 
 @dataclass
 class Scores:
-    """``scores``: validation accuracy (chose the trial) and test accuracy (never chose anything)."""
+    """``scores``: the validation score (chose the trial) and the test score (never chose anything).
 
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
+    ``metric`` is the one the search ranked by; its scores are written under ``val_<metric>``,
+    ``test_<metric>`` and ``test_<metric>_from`` (the keys version 1 bundles hold), every metric of
+    the target under ``val_metrics`` and ``test_metrics``.
+    """
+
+    metric: str
+    val: float | None = None
+    test: float | None = None
     #: ``search`` (scored once the search chose its best trial) or ``export``.
-    test_accuracy_from: str | None = None
+    test_from: str | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.metric
+        return {"metric": m, f"val_{m}": self.val, f"test_{m}": self.test, f"test_{m}_from": self.test_from,
+                "val_metrics": dict(self.val_metrics), "test_metrics": dict(self.test_metrics)}
+
+    @classmethod
+    def from_json(cls, value: Any, metric: str | None) -> "Scores | None":
+        """The scores of a ``scores`` object; ``metric`` is the bundle's (a version 1 bundle records none: its
+        one ``val_<metric>`` key names it)."""
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ValueError("scores is not an object")
+        metric = value.get("metric") or metric
+        if not metric:
+            named = [k[4:] for k in value if k.startswith("val_") and k != "val_metrics"]
+            if len(named) != 1:
+                raise ValueError("scores names no metric")
+            metric = named[0]
+        return cls(metric=metric, val=value.get(f"val_{metric}"), test=value.get(f"test_{metric}"),
+                   test_from=value.get(f"test_{metric}_from"),
+                   val_metrics=_mapping(value.get("val_metrics"), "scores.val_metrics"),
+                   test_metrics=_mapping(value.get("test_metrics"), "scores.test_metrics"))
+
+
+@dataclass
+class TargetInfo:
+    """``target``: what the network's outputs are, and how the task's target reads them.
+
+    ``None`` in a version 1 bundle: :meth:`BundleConfig.target_info` fills it in from the task's target.
+    """
+
+    #: the metric the search ranked trials by, and its direction (``maximize`` or ``minimize``).
+    metric: str
+    direction: str
+    #: the network's outputs per item (or per position).
+    width: int
+    #: one output per input position (a token) rather than one per item.
+    per_position: bool = False
+    #: what the target fitted on the training labels and tuned on the validation outputs
+    #: (:meth:`autotl.Target.fit` then :meth:`~autotl.Target.tune`); decoding and scoring read it.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,6 +254,8 @@ class BundleConfig:
     backbone: BackboneInfo
     #: how the task preprocesses inputs for this network (``Task.export_settings``).
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: ``None`` only in a version 1 bundle: read it through :meth:`target_info`.
+    target: TargetInfo | None = None
     trial: TrialInfo | None = None
     scores: Scores | None = None
     refit: RefitInfo | None = None
@@ -188,7 +263,7 @@ class BundleConfig:
     search: SearchInfo | None = None
     data: DataInfo | None = None
     weights: WeightsInfo = field(default_factory=WeightsInfo)
-    #: the scores checked at export: ``val_accuracy`` and ``test_accuracy``, when they were.
+    #: the scores checked at export: ``val_<metric>`` and ``test_<metric>``, when they were.
     verification: dict[str, ScoreCheck] = field(default_factory=dict)
     #: ``onnx`` and ``torchscript``: what :func:`autotl.formats.export_format` recorded of each.
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -199,7 +274,33 @@ class BundleConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written as ``config.json``."""
-        return asdict(self)
+        data = asdict(self)
+        if self.trial is not None:
+            data["trial"] = self.trial.to_json(self.metric or "metric")
+        if self.scores is not None:
+            data["scores"] = self.scores.to_json()
+        if self.target is None:  # a version 1 record writes back as it was read
+            del data["target"]
+            if self.scores is not None:
+                for key in ("metric", "val_metrics", "test_metrics"):
+                    del data["scores"][key]
+        return data
+
+    @property
+    def metric(self) -> str | None:
+        """The metric the search ranked by, as recorded (``None``: a version 1 bundle with no scores)."""
+        if self.target is not None:
+            return self.target.metric
+        return self.scores.metric if self.scores is not None else None
+
+    def target_info(self, target: Any) -> TargetInfo:
+        """:attr:`target`, or for a version 1 bundle what it was: ``target``'s primary metric (the one its
+        scores hold, where they name one), one output per label, no calibration."""
+        if self.target is not None:
+            return self.target
+        metric = self.metric or target.primary
+        return TargetInfo(metric=metric, direction=target.metrics.get(metric, "maximize"),
+                          width=len(self.label_names), per_position=bool(target.per_position))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "BundleConfig":
@@ -210,13 +311,15 @@ class BundleConfig:
         if not isinstance(data["label_names"], list):
             raise ValueError("label_names is not a list")
         verification = _mapping(data.get("verification"), "verification")
+        target = _part(TargetInfo, data.get("target"), "target")
         return cls(
             format=data.get("format", FORMAT), format_version=int(data.get("format_version", 0)),
             created=data.get("created"), task=data["task"], label_names=list(data["label_names"]),
             backbone=_part(BackboneInfo, data["backbone"], "backbone"),
             preprocessing=_mapping(data.get("preprocessing"), "preprocessing"),
-            trial=_part(TrialInfo, data.get("trial"), "trial"),
-            scores=_part(Scores, data.get("scores"), "scores"),
+            target=target,
+            trial=TrialInfo.from_json(data.get("trial")),
+            scores=Scores.from_json(data.get("scores"), target.metric if target is not None else None),
             refit=_part(RefitInfo, data.get("refit"), "refit"),
             cost=_part(Cost, data.get("cost"), "cost"),
             search=_part(SearchInfo, data.get("search"), "search"),
@@ -280,5 +383,5 @@ def library_versions() -> dict[str, str]:
 
 
 __all__ = ["BackboneInfo", "BundleConfig", "CARD", "CONFIG", "Cost", "DataInfo", "FORMAT", "FORMAT_VERSION", "ONNX",
-           "RefitInfo", "ScoreCheck", "Scores", "SearchInfo", "TORCHSCRIPT", "TrialInfo", "WEIGHTS", "WeightsInfo",
+           "RefitInfo", "ScoreCheck", "Scores", "SearchInfo", "TORCHSCRIPT", "TargetInfo", "TrialInfo", "WEIGHTS", "WeightsInfo",
            "library_versions"]

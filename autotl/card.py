@@ -1,7 +1,7 @@
 """A bundle's model card (``README.md``): for a person deciding whether and how to use the model.
 
 Written by ``autotl export`` from the bundle's :class:`~autotl.bundle_config.BundleConfig`, one
-function per section.
+function per section; the metrics are named as the task's target names them in the config.
 """
 
 from __future__ import annotations
@@ -20,29 +20,34 @@ def model_card(config: BundleConfig) -> str:
 
 def _title(c: BundleConfig) -> list[str]:
     params = c.trial.params
-    return [f"# {params.get('model')} for {c.task} ({len(c.label_names)} classes)", "",
+    return [f"# {params.get('model')} for {c.task} ({len(c.label_names)} labels)", "",
             f"An autotl bundle: trial {c.trial.number} of an automated transfer-learning search, "
             f"{'refit on train+val, ' if c.refit else ''}exported {c.created}.", ""]
 
 
 def _scores(c: BundleConfig) -> list[str]:
-    scores, sizes = c.scores, c.data.sizes or {}
-    checked = c.verification.get("val_accuracy")
+    scores, sizes, metric = c.scores, c.data.sizes or {}, c.metric
+    checked = c.verification.get(f"val_{metric}")
     val_note = "chose the trial among the search's trials, so slightly optimistic"
     if c.refit:
         val_note = "of the trial before the refit; the refit model trained on this split, so it has no validation score"
     elif checked is not None and checked.equal:
         val_note += "; the bundle reproduces it exactly"
-    lines = ["## Scores", "", "| split | accuracy | |", "|---|---|---|",
-             f"| validation{_n(sizes.get('val'))} | {_acc(scores.val_accuracy)} | {val_note} |"]
-    if scores.test_accuracy is not None:
+    direction = f" ({'lower' if c.target and c.target.direction == 'minimize' else 'higher'} is better)" \
+        if c.target is not None else ""
+    lines = ["## Scores", "", f"| split | {metric}{direction} | |", "|---|---|---|",
+             f"| validation{_n(sizes.get('val'))} | {_acc(scores.val)} | {val_note} |"]
+    if scores.test is not None:
         origin = {"search": "scored by the search once it had chosen its best trial",
-                  "export": "scored at export, once the trial was chosen"}.get(scores.test_accuracy_from, "")
-        lines.append(f"| test{_n(sizes.get('test'))} | {_acc(scores.test_accuracy)} | never used to choose; "
-                     f"{origin} |")
+                  "export": "scored at export, once the trial was chosen"}.get(scores.test_from, "")
+        lines.append(f"| test{_n(sizes.get('test'))} | {_acc(scores.test)} | never used to choose; {origin} |")
     else:
         lines.append("| test | not scored | the data had no test split, or it was not available at export |")
-    return lines + ["", f"Classes, in the order of the model's outputs: {', '.join(f'`{x}`' for x in c.label_names)}.",
+    for split, metrics in (("validation", scores.val_metrics), ("test", scores.test_metrics)):
+        if metrics:
+            lines += ["", f"Every metric on the {split} split: "
+                      + ", ".join(f"{name} {_acc(value)}" for name, value in metrics.items()) + "."]
+    return lines + ["", f"Labels, in the order of the model's outputs: {', '.join(f'`{x}`' for x in c.label_names)}.",
                     ""]
 
 
@@ -53,8 +58,8 @@ def _trained_on(c: BundleConfig) -> list[str]:
         lines.append(f"- Samples: {sizes.get('train')} train, {sizes.get('val')} validation"
                      + (f", {sizes.get('test')} test" if sizes.get("test") else "") + ".")
     if data.val_from_train and data.val_fraction is not None:
-        lines.append(f"- Without a validation split of its own, {data.val_fraction:g} of each class of the "
-                     "training data is held out for validation (stratified, seeded).")
+        lines.append(f"- Without a validation split of its own, {data.val_fraction:g} of the training data is "
+                     "held out for validation (seeded, stratified as the task draws it).")
     if data.note:
         lines.append(f"- Note: {data.note}.")
     lines.append(f"- Source model: {c.backbone.description}, adapted with " + _adaptation(c.trial.params) + ".")
@@ -70,7 +75,7 @@ def _search(c: BundleConfig) -> list[str]:
              f"- {sum(t.values())} trials ({t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
              f"{t.get('fail', 0)} failed), {search.sampler} sampler, "
              f"{'no' if search.pruner == 'none' else search.pruner} pruner, seed {search.seed}; {search.location}.",
-             f"- Chosen by: {trial.chosen_by}; rank {trial.rank_by_val_accuracy} by validation accuracy."]
+             f"- Chosen by: {trial.chosen_by}; rank {trial.rank} by validation {c.metric}."]
     if search.models:
         lines.append(f"- Models searched: {', '.join(f'`{m}`' for m in search.models)}.")
     if search.space:
@@ -79,7 +84,7 @@ def _search(c: BundleConfig) -> list[str]:
         lines.append("- Fixed: " + ", ".join(f"`{k}`={v}" for k, v in search.fixed.items()) + ".")
     lines.append("- This trial: " + ", ".join(f"`{k}`={_value(v)}" for k, v in params.items()) + ".")
     if trial.best_epoch:
-        lines.append(f"- Best epoch: {trial.best_epoch} of {params.get('epochs')} (validation curve "
+        lines.append(f"- Best epoch: {trial.best_epoch} of {params.get('epochs')} (validation {c.metric} per epoch "
                      f"{trial.val_curve}).")
     return lines + [""]
 
@@ -114,9 +119,9 @@ def _format_line(fmt: str, info: Mapping[str, Any]) -> str:
 
 def _use(c: BundleConfig) -> list[str]:
     return ["## Use", "",
-            "```", "autotl predict BUNDLE INPUT...            # label and probability per input",
-            "autotl predict BUNDLE INPUT... --top-k 3 --json", "```", "", "```python", "import autotl",
-            "model = autotl.load(\"BUNDLE\")", "for p in model.predict([...]):", "    print(p.input, p.label, p.probability)",
+            "```", "autotl predict BUNDLE INPUT...            # each input and what the model predicts for it",
+            "autotl predict BUNDLE INPUT... --json", "```", "", "```python", "import autotl",
+            "model = autotl.load(\"BUNDLE\")", "for p in model.predict([...]):", "    print(p.as_dict())",
             "```", "",
             "Inputs are preprocessed exactly as in the search: "
             + "; ".join(f"{k}: {_value(v)}" for k, v in c.preprocessing.items()) + ".",
@@ -126,10 +131,10 @@ def _use(c: BundleConfig) -> list[str]:
 def _limits(c: BundleConfig) -> list[str]:
     return [
         "## Intended use and limits", "",
-        f"- Intended for inputs like the training data: the {len(c.label_names)} classes above, as they appear in "
-        f"`{c.data.path}`. Every input gets one of these labels: the model has no \"none of these\"; a low "
+        f"- Intended for inputs like the training data, with the {len(c.label_names)} labels above, as they appear "
+        f"in `{c.data.path}`. The model predicts only in those terms: it has no \"none of these\", and a low "
         "probability is a hint, not a guarantee, that an input is out of scope.",
-        "- The scores come from small held-out splits of the same data; expect lower accuracy on data gathered "
+        "- The scores come from small held-out splits of the same data; expect worse scores on data gathered "
         "differently (other cameras, sources, populations, time).",
         "- Check it on your own labelled samples before relying on it, and keep a person in the loop for "
         "decisions that matter. It has not been audited for bias or fairness.",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import re
@@ -383,10 +384,10 @@ def export(run, storage, study, out, trial, within, refit, formats, data, weight
                             data=data, weights=parsed, device=device, force=force)
     result = export_bundle(locate(run, storage, study), options, say=lambda m: click.echo(m, err=True))
     config = result.config
-    test = config.scores.test_accuracy
+    scores = config.scores
     click.echo(f"{result.out}: trial {config.trial.number} ({config.backbone.name}), "
-               f"val accuracy {config.scores.val_accuracy:.4f}"
-               + (f", test accuracy {test:.4f}" if test is not None else "")
+               f"val {scores.metric} {scores.val:.4f}"
+               + (f", test {scores.metric} {scores.test:.4f}" if scores.test is not None else "")
                + (" (refit on train+val)" if config.refit else ""))
 
 
@@ -394,9 +395,12 @@ def export(run, storage, study, out, trial, within, refit, formats, data, weight
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1)
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Show the K most likely labels.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: input,label,probability[,label_2,probability_2...].")
+              help="Show the K most likely labels, for a task whose target ranks labels (one label per item); "
+                   "other tasks ignore it.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions: {input, ...what the task "
+                                                         "predicts}.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: input, then one column per field the task predicts "
+                                                       "(e.g. label,probability[,label_2,probability_2...]).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
@@ -407,7 +411,9 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
 
     \b
     INPUT: image files or folders for an image bundle; a CSV file, or `-` / nothing for lines on
-    standard input, for a text bundle. Prints input, label and probability, one line each.
+    standard input, for a text bundle. Prints each input and what its task predicts, one line each,
+    tab-separated: a label and its probability (then the next --top-k ones), a number, a set of
+    labels, a tag per word (docs/tasks.md shows each task's).
     An image that cannot be read is skipped and listed on stderr after the predictions (exit code
     0; 3 when no input can be read).
     """
@@ -432,17 +438,48 @@ def predict(bundle, inputs, top_k, as_json, as_csv, batch_size, device, engine):
         click.echo(json.dumps(rows, indent=2))
         return
     if as_csv:
+        predictions = iter(predictions)
+        head = next(predictions, None)
+        columns = ["input"] + [column for column, _ in _cells(head.fields, 6)] if head is not None else ["input"]
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        header = ["input", "label", "probability"]
-        for i in range(2, min(top_k, len(loaded.label_names)) + 1):
-            header += [f"label_{i}", f"probability_{i}"]
-        writer.writerow(header)
-        for p in predictions:
-            writer.writerow([p.input] + [x for label, prob in p.top for x in (label, f"{prob:.6f}")])
+        writer.writerow(columns)
+        for p in itertools.chain([head] if head is not None else [], predictions):
+            cells = dict(_cells(p.fields, 6))
+            writer.writerow([p.input] + [cells.get(column, "") for column in columns[1:]])
     else:
         for p in predictions:
-            click.echo("\t".join([p.input] + [f"{label}\t{prob:.4f}" for label, prob in p.top]))
+            click.echo("\t".join([p.input] + [text for _, text in _cells(p.fields, 4)]))
     _report_skipped(skipped, len(named), predicted=len(named) - len(skipped))
+
+
+def _cells(fields: dict, digits: int) -> list[tuple[str, str]]:
+    """A decoded prediction as (column, text) pairs for `autotl predict`'s text and CSV output.
+
+    A number is written with ``digits`` decimals; a list of records (the ``top_k`` labels) as one
+    ``<key>_<i>`` column per field of its i-th record, its first record left out where it repeats the
+    prediction's own fields; a list of plain values (a tag per word, a set of labels) joined by spaces;
+    anything else as JSON.
+    """
+    cells = []
+    for key, value in fields.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, record in enumerate(value, 1):
+                if i == 1 and all(fields.get(k) == v for k, v in record.items()):
+                    continue
+                cells += [(f"{k}_{i}", _text(v, digits)) for k, v in record.items()]
+        elif isinstance(value, list) and all(not isinstance(v, (list, dict)) for v in value):
+            cells.append((key, " ".join(_text(v, digits) for v in value)))
+        else:
+            cells.append((key, _text(value, digits)))
+    return cells
+
+
+def _text(value, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
 
 
 def _report_skipped(skipped: list[tuple[str, str]], given: int, predicted: int) -> None:
@@ -469,17 +506,18 @@ def _report_skipped(skipped: list[tuple[str, str]], given: int, predicted: int) 
 @click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE.html",
               help="The HTML file to write [default: RUN/report.html, or report-<study>.html with --storage].")
 @click.option("--data", type=click.Path(path_type=Path), metavar="PATH",
-              help="The run's data folder, if it moved since the search (for the confusion matrix).")
+              help="The run's data folder, if it moved since the search (to score the best trial on the test split).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @handle_errors
 def report(run, storage, study, out, data, device):
     """Write a self-contained HTML report of RUN that opens in a browser with no network.
 
     \b
-    The leaderboard, the optimisation history, parameter importances, accuracy against trial time
-    and model size per source model, the transferability pre-ranking (if the run has one) beside the
-    fine-tuned results, and the best trial's confusion matrix and misclassified samples on the test
-    split, predicted from its saved weights (nothing is trained again).
+    The leaderboard, the optimisation history, parameter importances, the validation score against
+    trial time and model size per source model, the transferability pre-ranking (if the run has one)
+    beside the fine-tuned results, and the best trial on the test split: its scores, the plot its task
+    draws (a confusion matrix, predicted against true...) and, where it predicts one label per item,
+    the items it got wrong; predicted from its saved weights (nothing is trained again).
     """
     from .report import write_report
     from .runs import locate

@@ -3,8 +3,10 @@
 The chosen trial's saved weights (already LoRA-merged by the search) are copied as safetensors, or,
 with ``refit``, its configuration is trained again on train+val for the epochs of its best epoch.
 The bundle is written to a temporary folder beside ``--out``, loaded back through the same loader
-``autotl predict`` uses, checked (validation accuracy against the recorded one, optional ONNX and
+``autotl predict`` uses, checked (the validation score against the recorded one, optional ONNX and
 TorchScript files against the PyTorch network: autotl/formats.py), and only then moved into place.
+Scores are the task's target's (:meth:`autotl.Target.score`), with the calibration the trial recorded:
+the bundle must reproduce the trial's recorded validation score on the metric the search ranked by.
 Its config.json is a :class:`~autotl.bundle_config.BundleConfig`; its README.md comes from
 autotl/card.py.
 """
@@ -23,18 +25,18 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from .base import Backbone, LoadedData, Task, TensorSplit
+from .base import Backbone, LoadedData, TensorSplit
 from .bundle import Bundle, load, sha256_file
 from .bundle_config import (CARD, CONFIG, FORMAT, WEIGHTS, BackboneInfo, BundleConfig, Cost, DataInfo, RefitInfo,
-                            ScoreCheck, Scores, SearchInfo, TrialInfo, WeightsInfo, library_versions)
+                            ScoreCheck, Scores, SearchInfo, TargetInfo, TrialInfo, WeightsInfo, library_versions)
 from .card import model_card
 from .device import resolve_device
 from .errors import BundleError, UsageError
 from .files import load_weights, save_weights
 from .formats import FORMATS, export_format
 from .latency import count_parameters, measure_model, sample_inputs
-from .leaderboard import choose_trial, direction_sign, rank_key
-from .records import StudyRecord, TrialRecord
+from .leaderboard import choose_trial
+from .records import TrialRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
 
@@ -64,7 +66,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
     ``options.out``."""
     out = _check_options(options)
     run = location if isinstance(location, Run) else Run(location, load_study(location))
-    location, study, record = run.location, run.study, run.record
+    study = run.study
     choice = choose_trial(study, number=options.trial, within=options.within)
     trial = choice.trial
     params = run.config(trial)
@@ -76,25 +78,25 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
                                   "--format" if options.formats else None)
     data_note = f"{missing}: the bundle's scores were not re-checked" if missing else ""
     device = resolve_device(options.device)
-    num_classes = run.width
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         refit_info = None
+        calibration = dict(TrialRecord.from_trial(trial).calibration or {})
         if options.refit:
-            state, refit_info = _refit(task, data, backbone, params, trial, record.seed, device, num_classes, say)
+            state, calibration, refit_info = _refit(run, data, backbone, params, trial, device, say)
         else:
             state = load_weights(run.weights(trial))
         _check_merged(state)
         save_weights(tmp / WEIGHTS, state, {"format": FORMAT, "model": params["model"], "trial": str(trial.number)})
         backbone_config = backbone.bundle_files(tmp)
         settings = task.export_settings(recipe.data, backbone, params)
-        config = _config(study, record, trial, choice.reason, params, backbone, backbone_config, settings, tmp,
-                         refit_info, location, data_note)
+        config = _config(run, trial, choice.reason, params, backbone, backbone_config, settings, tmp, calibration,
+                         refit_info, data_note)
         config.write(tmp)
 
-        bundle = load(tmp, device=device)  # the round trip `autotl predict` makes
+        bundle = load(tmp, device=device, registry=run.registry)  # the round trip `autotl predict` makes
         config.cost.parameters = count_parameters(bundle.model)
         if data is not None:
             prepared = task.prepare(data, backbone, params)
@@ -104,9 +106,9 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
             config.cost.latency_at_export = measure_model(bundle.model, sample_inputs(val), device,
                                                           channels_last=backbone.channels_last)
             if options.formats:
-                cpu_bundle = bundle if device.type == "cpu" else load(tmp, device="cpu")
+                cpu_bundle = bundle if device.type == "cpu" else load(tmp, device="cpu", registry=run.registry)
                 for fmt in options.formats:
-                    config.formats[fmt] = export_format(fmt, cpu_bundle.model, val, tmp, say,
+                    config.formats[fmt] = export_format(fmt, cpu_bundle.model, val, tmp, say, target=cpu_bundle.target,
                                                         channels_last=backbone.channels_last)
         _record_files(config, tmp)
         config.write(tmp)
@@ -172,35 +174,39 @@ def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
                           "network with LoRA merged")
 
 
-def _refit(task: Task, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], trial: FrozenTrial,
-           seed: int, device: torch.device, num_classes: int, say) -> tuple[dict, dict]:
+def _refit(run: Run, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], trial: FrozenTrial,
+           device: torch.device, say) -> tuple[dict, dict, dict]:
+    """The trial's configuration trained again on train+val: the network's state, its calibration (fitted on
+    train+val), and what the bundle's ``refit`` records."""
     from .adapt import merged
     from .training import train
 
     epochs = int(TrialRecord.from_trial(trial).best_epoch or params["epochs"])
-    splits = task.prepare_refit(data, backbone, params)
+    splits = run.task.prepare_refit(data, backbone, params)
     say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
         f"epoch(s), the trial's best epoch) ...")
     started = time.time()
-    result = train(backbone, dict(params, epochs=epochs), splits.train, splits.val, task.target, num_classes, device=device,
-                   seed=seed + trial.number)
+    seed = run.record.seed + trial.number
+    result = train(backbone, dict(params, epochs=epochs), splits.train, splits.val, run.target, run.width,
+                   metric=run.metric, device=device, seed=seed)
     model = merged(result.adapted.model)  # the last epoch's weights: no held-out split chose an epoch
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    info = {"on": "train+val", "samples": len(splits.train), "epochs": epochs, "seed": seed + trial.number,
+    info = {"on": "train+val", "samples": len(splits.train), "epochs": epochs, "seed": seed,
             "duration_s": round(time.time() - started, 1),
             "note": "trained again on the training and validation splits together, for the trial's best number of "
                     "epochs, keeping the last epoch; no held-out split remains to validate it"}
-    return state, info
+    return state, dict(result.calibration or {}), info
 
 
 # -- what the bundle says about itself -------------------------------------------------------------
 
-def _config(study: optuna.Study, record: StudyRecord, trial: FrozenTrial, reason: str,
-            params: Mapping[str, Any], backbone: Backbone, backbone_config: dict, settings: dict, tmp: Path,
-            refit: dict | None, location: RunLocation, data_note: str) -> BundleConfig:
+def _config(run: Run, trial: FrozenTrial, reason: str, params: Mapping[str, Any], backbone: Backbone,
+            backbone_config: dict, settings: dict, tmp: Path, calibration: dict, refit: dict | None,
+            data_note: str) -> BundleConfig:
     """The bundle's config as export first writes it: scores, cost and checks are filled in as they are known."""
+    study, record, location = run.study, run.record, run.location
     recipe = record.recipe or {}
-    test = record.test_score(trial.number)
+    test = None if refit else record.test_score(trial.number)
     done = TrialRecord.from_trial(trial)
     weights = tmp / WEIGHTS
     return BundleConfig(
@@ -210,10 +216,14 @@ def _config(study: optuna.Study, record: StudyRecord, trial: FrozenTrial, reason
         backbone=BackboneInfo(family=backbone.family, name=params["model"], modality=backbone.modality,
                               description=backbone.describe(), config=backbone_config),
         preprocessing=settings,
-        trial=TrialInfo(number=trial.number, chosen_by=reason, rank_by_val_accuracy=_rank(study, trial),
+        target=TargetInfo(metric=run.metric, direction=run.direction, width=run.width,
+                          per_position=bool(run.target.per_position), calibration=calibration),
+        trial=TrialInfo(number=trial.number, chosen_by=reason, rank=_rank(study, trial, run.direction),
                         params=dict(params), best_epoch=done.best_epoch, val_curve=done.val_curve),
-        scores=Scores(val_accuracy=trial.value, test_accuracy=None if refit else test,
-                      test_accuracy_from="search" if test is not None and not refit else None),
+        scores=Scores(metric=run.metric, val=trial.value, test=test,
+                      test_from="search" if test is not None else None,
+                      val_metrics=dict(done.val_metrics or {}),
+                      test_metrics={} if refit else record.test_metrics(trial.number)),
         refit=RefitInfo(**refit) if refit else None,
         cost=Cost(latency_at_search=done.latency),
         search=SearchInfo(location=location.describe(), study=location.study_name,
@@ -239,11 +249,16 @@ def _trial_states(study: optuna.Study) -> dict[str, int]:
     return states
 
 
-def _rank(study: optuna.Study, trial: FrozenTrial) -> int:
-    """``trial``'s place among the study's complete trials by the leaderboard's order (1: the best)."""
+def _rank(study: optuna.Study, trial: FrozenTrial, direction: str) -> int:
+    """``trial``'s place among the study's complete trials by the leaderboard's order (1: the best): the better
+    value in the metric's ``direction`` first, the lower number on a tie."""
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(t: FrozenTrial) -> tuple[float, int]:
+        return sign * t.value, t.number
+
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = direction_sign(study)
-    return 1 + sum(rank_key(t, sign) < rank_key(trial, sign) for t in complete)
+    return 1 + sum(key(t) < key(trial) for t in complete)
 
 
 def _record_files(config: BundleConfig, folder: Path) -> None:
@@ -257,28 +272,34 @@ def _record_files(config: BundleConfig, folder: Path) -> None:
 
 def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, test_score: float | None, trial: FrozenTrial,
                    refit: bool, say) -> None:
-    """Score the loaded bundle on the search's splits; without --refit its val accuracy must be the recorded one."""
+    """Score the loaded bundle on the search's splits with the calibration it holds (nothing tuned again); without
+    --refit its validation score must be the one the trial recorded."""
     config.data.sizes = {"train": len(prepared.train), "val": len(prepared.val),
                          "test": len(prepared.test) if prepared.test is not None else None}
-    checks = config.verification
+    checks, metric = config.verification, config.target.metric
     if not refit:
-        val = _accuracy(bundle, prepared.val)
-        checks["val_accuracy"] = ScoreCheck(recorded=trial.value, bundle=val, equal=val == trial.value)
+        val = scored(bundle, prepared.val)[metric]
+        checks[f"val_{metric}"] = ScoreCheck(recorded=trial.value, bundle=val, equal=val == trial.value)
         if val != trial.value:
-            say(f"Warning: the bundle scores {val:.6f} on the validation split, the trial recorded {trial.value:.6f}")
+            say(f"Warning: the bundle scores {val:.6f} ({metric}) on the validation split, the trial recorded "
+                f"{trial.value:.6f}")
     if prepared.test is not None:
-        test = _accuracy(bundle, prepared.test)
+        metrics = scored(bundle, prepared.test)
+        test = metrics[metric]
         recorded = None if refit else test_score
-        checks["test_accuracy"] = ScoreCheck(recorded=recorded, bundle=test,
-                                             equal=None if recorded is None else test == recorded)
-        if config.scores.test_accuracy is None:
-            config.scores.test_accuracy = test
-            config.scores.test_accuracy_from = "export"
+        checks[f"test_{metric}"] = ScoreCheck(recorded=recorded, bundle=test,
+                                              equal=None if recorded is None else test == recorded)
+        if config.scores.test is None:
+            config.scores.test = test
+            config.scores.test_from = "export"
+            config.scores.test_metrics = metrics
 
 
-def _accuracy(bundle: Bundle, split: TensorSplit) -> float:
-    logits = bundle.logits(split)
-    return float((logits.argmax(-1) == split.labels).float().mean()) if len(split) else float("nan")
+def scored(bundle: Bundle, split: TensorSplit) -> dict[str, float]:
+    """Every metric of the bundle's target on ``split`` (``nan`` for an empty one), with the bundle's calibration."""
+    if not len(split):
+        return {name: float("nan") for name in bundle.target.metrics}
+    return bundle.target.score(bundle.outputs(split), split.labels, bundle.calibration)
 
 
-__all__ = ["ExportOptions", "ExportResult", "export_bundle"]
+__all__ = ["ExportOptions", "ExportResult", "export_bundle", "scored"]

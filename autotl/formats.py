@@ -2,7 +2,8 @@
 
 ``autotl export --format onnx/torchscript`` calls :func:`export_format` for each: the file is
 written from the network on the CPU, run on real validation inputs (batched and one at a time)
-and refused unless its class probabilities are within :data:`TOLERANCE` of the network's; its
+and refused unless its probabilities (the task's target's :meth:`~autotl.Target.probabilities` of the
+outputs) are within :data:`TOLERANCE` of the network's; its
 latency is measured beside PyTorch's. :func:`onnx_feed` and :func:`onnx_session` run the ONNX
 file, for the parity check here and for ``autotl.load(BUNDLE, engine="onnx")``.
 """
@@ -19,14 +20,14 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Inputs, TensorSplit
+from .base import Inputs, Target, TensorSplit
 from .bundle_config import ONNX, TORCHSCRIPT
 from .errors import BundleError, UsageError
 from .inference import forward
 from .latency import BATCH, CPU_THREADS, cpu_threads, first, measure_model, sample_inputs, time_call
 
 FORMATS = ("onnx", "torchscript")
-#: the largest absolute difference of any class probability the ONNX and TorchScript files may show
+#: the largest absolute difference of any probability the ONNX and TorchScript files may show
 #: against the PyTorch network on real inputs.
 TOLERANCE = 1e-4
 #: real validation inputs the formats are checked on.
@@ -70,17 +71,20 @@ def onnx_session(path: Path, device: torch.device, threads: int = 0):
 # -- writing and checking a format -----------------------------------------------------------------------
 
 def export_format(fmt: str, model: torch.nn.Module, val: TensorSplit, folder: Path,
-                  say: Callable[[str], None] = lambda message: None, *, channels_last: bool = False) -> dict[str, Any]:
+                  say: Callable[[str], None] = lambda message: None, *, target: Target | None = None,
+                  channels_last: bool = False) -> dict[str, Any]:
     """Write ``fmt`` (``onnx`` or ``torchscript``) of ``model`` (on the CPU) into ``folder``, checked on ``val``.
 
     Returns what the bundle's config records of it under ``formats``: the file, the engine, the
-    parity with the PyTorch network, the latencies; ``{"skipped": why}`` for a network TorchScript
+    parity with the PyTorch network (on ``target``'s probabilities of the outputs; ``None``: on the outputs
+    as they are), the latencies; ``{"skipped": why}`` for a network TorchScript
     cannot trace. A file whose probabilities differ by more than :data:`TOLERANCE` is a
     :class:`~autotl.errors.BundleError`.
     """
     real, _ = next(iter(val.batches(PARITY_ITEMS)))
+    probabilities = target.probabilities if target is not None else (lambda outputs: outputs)
     with torch.inference_mode():
-        reference = torch.softmax(forward(model, _cpu(real)).float(), -1)
+        reference = probabilities(forward(model, _cpu(real)).float())
     if fmt == "onnx":
         info, run = _export_onnx(model, real, folder / ONNX)
     else:
@@ -88,7 +92,7 @@ def export_format(fmt: str, model: torch.nn.Module, val: TensorSplit, folder: Pa
         if run is None:
             say(f"TorchScript: not written ({info['skipped']})")
             return info
-    info["parity"] = _parity(fmt, run, real, reference)
+    info["parity"] = _parity(fmt, run, real, reference, probabilities)
     sample = sample_inputs(val)
     torch_latency = measure_model(model, sample, torch.device("cpu"), channels_last=channels_last)
     info["latency"] = _latency(run, sample, info["engine"], torch_latency["device"])
@@ -99,15 +103,19 @@ def export_format(fmt: str, model: torch.nn.Module, val: TensorSplit, folder: Pa
     return info
 
 
-def _parity(fmt: str, run: Callable[[Inputs], torch.Tensor], real: Inputs, reference: torch.Tensor) -> dict[str, Any]:
+def _parity(fmt: str, run: Callable[[Inputs], torch.Tensor], real: Inputs, reference: torch.Tensor,
+            probabilities: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     """How far the file's probabilities are from ``reference`` (the network's), batched and one at a time."""
-    probs = torch.softmax(run(real).float(), -1)
-    single = torch.softmax(run(first(real, 1)).float(), -1)
-    diff = max(float((probs - reference).abs().max()), float((single - reference[:1]).abs().max()))
+    probs = probabilities(run(real).float())
+    single = probabilities(run(first(real, 1)).float())
+    positions = single.shape[1] if single.dim() == 3 else None  # one item alone: its own positions only
+    diff = max(float((probs - reference).abs().max()),
+               float((single - reference[:1, :positions]).abs().max()))
     if not diff <= TOLERANCE:
         raise BundleError(f"the {fmt} model differs from the PyTorch network by up to {diff:.2e} in probability on "
                           f"real inputs (tolerance {TOLERANCE:.0e}); the bundle was not written")
-    agree = int((probs.argmax(-1) == reference.argmax(-1)).sum())
+    agree = int((probs.max(-1).indices == reference.max(-1).indices).flatten(1).all(-1).sum()) \
+        if probs.dim() == 3 else int((probs.max(-1).indices == reference.max(-1).indices).sum())
     return {"max_abs_diff_probability": diff, "tolerance": TOLERANCE, "items": len(reference),
             "top1_agreement": f"{agree}/{len(reference)}",
             "on": "real validation inputs of the run, batched and one at a time"}
@@ -137,7 +145,7 @@ def _export_onnx(model: torch.nn.Module, example: Inputs, path: Path):
     except ImportError as exc:
         raise UsageError("--format onnx needs onnx and onnxruntime: pip install 'autotl[onnx]'") from exc
     model = _plain_copy(model)
-    args, kwargs, names, shapes, axes = _onnx_signature(example)
+    args, kwargs, names, shapes, axes = _onnx_signature(example, per_position=_per_position(model, example))
     errors = []
     exporter = None
     for dynamo in (True, False):
@@ -167,24 +175,34 @@ def _export_onnx(model: torch.nn.Module, example: Inputs, path: Path):
 
     info = {"file": ONNX, "engine": f"onnxruntime {ort.__version__}", "exporter": exporter, "opset": ONNX_OPSET,
             "inputs": names, "output": "logits", "dynamic_axes": {k: v for k, v in axes.items()},
-            "note": "takes the preprocessed tensors (see preprocessing), returns logits; softmax gives probabilities"}
+            "note": "takes the preprocessed tensors (see preprocessing), returns the network's raw outputs (one row "
+                    "per item, or per item and position); the task's target turns them into probabilities and "
+                    "predictions with the calibration in target"}
     return info, run
 
 
-def _onnx_signature(example: Inputs):
-    """The exporters' example arguments, input names, and dynamic batch (and text length) dimensions."""
+def _per_position(model: torch.nn.Module, example: Inputs) -> bool:
+    """Whether ``model`` gives one output per input position (3-D outputs)."""
+    with torch.inference_mode():
+        return forward(model, first(_cpu(example), 1)).dim() == 3
+
+
+def _onnx_signature(example: Inputs, per_position: bool = False):
+    """The exporters' example arguments, input names, and dynamic batch (and text length) dimensions; per-position
+    outputs have dynamic batch and positions."""
+    outputs = {0: "batch", 1: "length"} if per_position else {0: "batch"}
     if isinstance(example, torch.Tensor):
         args, kwargs, names = (example[:2].contiguous(),), None, ["input"]
         batch = torch.export.Dim("batch")
         shapes: Any = ({0: batch},)
-        axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+        axes = {"input": {0: "batch"}, "logits": outputs}
     else:
         kwargs = {k: v[:2].contiguous() for k, v in example.items()}
         args, names = (), list(kwargs)
         batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
         shapes = {k: ({0: batch, 1: length} if v.dim() == 2 else {0: batch}) for k, v in kwargs.items()}
         axes = {**{k: ({0: "batch", 1: "length"} if v.dim() == 2 else {0: "batch"}) for k, v in kwargs.items()},
-                "logits": {0: "batch"}}
+                "logits": outputs}
     return args, kwargs, names, shapes, axes
 
 

@@ -114,8 +114,8 @@ def measure_model(model: nn.Module, inputs: Inputs, device: torch.device, *, cha
 
 def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], width: int, val: TensorSplit,
                   device: torch.device, *, per_position: bool = False) -> dict[str, Any]:
-    """Parameter count and latency of a trial's merged network (``width`` outputs per item, or per position),
-    built as a bundle builds it.
+    """Parameter count and latency of a trial's merged network, built as a bundle builds it: ``width`` outputs
+    per item, or per position where the task's target has :attr:`~autotl.Target.per_position`.
 
     Returns the trial user attributes ``inference_params`` and ``latency`` (see :func:`measure_model`).
     """

@@ -1,14 +1,19 @@
 """``autotl report``: one self-contained HTML page about a search, readable with no network.
 
 Everything is inlined: the style, plotly.js (the interactive plots) and the thumbnails (base64 PNG).
-The page holds the leaderboard, the optimisation history, the parameter importances, accuracy
-against trial time and against model size per source model, the transferability pre-ranking beside
-the fine-tuned results (where the study holds one, in its ``transferability`` user attribute), the
-best trial's confusion matrix on the test split and samples it got wrong.
+The page holds the leaderboard, the optimisation history, the parameter importances, the validation
+score against trial time and against model size per source model, the transferability pre-ranking
+beside the fine-tuned results (where the study holds one, in its ``transferability`` user attribute),
+the best trial on the test split (its scores and the plot its task's target draws,
+:meth:`autotl.Target.figure`: a confusion matrix, predicted against true...) and the test items it
+got wrong, for a target that predicts one label per item. Every score is named by the metric the
+search ranked by.
 
-The confusion matrix comes from the best trial's saved weights, predicted through the bundle's path
-(:meth:`Task.split_items`, :meth:`Task.export_settings`, :meth:`Task.preprocess_for_predict`,
-:func:`autotl.inference.predict_outputs`): nothing is trained again.
+The best trial's test predictions come from its saved weights on the test split as the search
+prepared it (:meth:`Task.prepare`, :func:`autotl.inference.predict_outputs`), scored by the target
+with the trial's recorded calibration; the wrong items are predicted through the bundle's path
+(:meth:`Task.split_items`, :meth:`Task.export_settings`, :meth:`Task.preprocess_for_predict`).
+Nothing is trained again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import io
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,11 +38,11 @@ from .files import atomic_write
 from .inference import predict_outputs
 from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_count, format_ms, format_value,
                           trial_rows)
-from .records import StudyRecord
+from .records import StudyRecord, TrialRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
 
-#: misclassified samples shown at most.
+#: wrong test items shown at most.
 MAX_MISTAKES = 24
 #: items preprocessed and predicted at a time (bounds memory on a large test split).
 CHUNK = 512
@@ -50,12 +55,18 @@ class Scored:
     """The best trial predicted on the test split."""
 
     trial: int
-    labels: list[str]
-    matrix: list[list[int]]
-    accuracy: float
+    metric: str
+    value: float
+    metrics: dict[str, float]
     size: int
     recorded: float | None
-    mistakes: list[dict[str, Any]] = field(default_factory=list)
+    #: the target's plot of the predictions (:meth:`autotl.Target.figure`), or ``None``.
+    figure: Any = None
+    #: the test items predicted wrong, most confident first; ``None`` where the target predicts no single label.
+    mistakes: list[dict[str, Any]] | None = None
+    wrong: int = 0
+    #: why :attr:`mistakes` is ``None``.
+    no_mistakes: str = ""
 
 
 @dataclass
@@ -76,38 +87,39 @@ def write_report(location: RunLocation, out: Path, *, data: Path | None = None, 
     say(f"Reading {location.describe()} ...")
     run = Run(location, load_study(location))
     study, record = run.study, run.record
+    metric, direction = _ranking(run)
     rows = trial_rows(study)
     page = _Page(title=f"autotl report: {record.task or '?'} on {Path(str(record.data or '?')).name}")
     notes: list[str] = []
 
-    page.section("Summary", _summary(study, rows, location))
-    page.section("Leaderboard", _leaderboard(rows, record))
+    page.section("Summary", _summary(study, rows, location, metric))
+    page.section("Leaderboard", _leaderboard(rows, record, metric, direction))
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     say("Plotting the optimisation history and parameter importances ...")
     if complete:
         from optuna.visualization import plot_optimization_history
 
-        fig = plot_optimization_history(study, target_name="validation accuracy")
+        fig = plot_optimization_history(study, target_name=f"validation {metric}")
         fig.update_layout(title=None)
         page.section("Optimisation history", page.figure(fig, "history"))
     else:
         page.section("Optimisation history", _p("No trial has completed yet: nothing to plot."))
         notes.append("no completed trial")
-    page.section("Parameter importances", _importances(study, complete, page, notes))
+    page.section("Parameter importances", _importances(study, complete, page, notes, metric))
 
-    page.section("Accuracy against time and model size", _tradeoffs(rows, page, notes))
-    page.section("Transferability pre-ranking and fine-tuned results", _transferability(record, rows, notes))
+    page.section(f"Validation {metric} against time and model size", _tradeoffs(rows, page, notes, metric))
+    page.section("Transferability pre-ranking and fine-tuned results",
+                 _transferability(record, rows, notes, metric, direction))
 
     scored, why = _score_best(run, data, device, say)
     if scored is None:
         notes.append(why)
-        page.section("Confusion matrix of the best trial (test split)", _p(why))
-        page.section("Misclassified samples", _p(why))
+        page.section("The best trial on the test split", _p(why))
+        page.section("Wrong predictions on the test split", _p(why))
     else:
-        page.section(f"Confusion matrix of the best trial (trial {scored.trial}, test split)",
-                     _confusion(scored, page))
-        page.section("Misclassified samples", _mistakes(scored))
+        page.section(f"The best trial on the test split (trial {scored.trial})", _best_on_test(scored, page))
+        page.section("Wrong predictions on the test split", _mistakes(scored))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     text = page.render(generated=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -128,7 +140,8 @@ class _Page:
         self.parts.append((heading, body))
 
     def figure(self, fig, name: str, height: int = 420) -> str:
-        fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 30, "b": 50}, template="plotly_white")
+        top = 70 if fig.layout.title.text else 30
+        fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": top, "b": 50}, template="plotly_white")
         self.figures.append(name)
         inner = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
                             config={"displaylogo": False, "responsive": True})
@@ -187,7 +200,20 @@ def _acc(value: float | None) -> str:
 
 # -- sections -----------------------------------------------------------------------------------------
 
-def _summary(study: optuna.Study, rows: list[dict], location: RunLocation) -> str:
+def _ranking(run: Run) -> tuple[str, str]:
+    """The metric the search ranked by and its direction; the task's target's primary (maximised) where no
+    installed plugin provides the task."""
+    if run.find_task() is None:
+        return "score", "maximize"
+    return run.metric, run.direction
+
+
+def _better(direction: str) -> Callable[[float], float]:
+    """A sort key putting the better values of ``direction`` first."""
+    return (lambda v: -v) if direction == "maximize" else (lambda v: v)
+
+
+def _summary(study: optuna.Study, rows: list[dict], location: RunLocation, metric: str) -> str:
     record = StudyRecord.from_study(study)
     counts = {s.name.lower(): sum(r["state"] == s.name for r in rows) for s in TrialState}
     best = best_number(study)
@@ -196,34 +222,36 @@ def _summary(study: optuna.Study, rows: list[dict], location: RunLocation) -> st
     items = [
         ("Task", record.task or "?"),
         ("Data", record.data or "?"),
-        ("Classes", ", ".join(record.label_names) or "?"),
+        ("Labels", ", ".join(record.label_names) or "?"),
         ("Study", f"{location.study_name} in {redact(location.storage_url)}"),
         ("Started", record.created or "?"),
         ("Trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
         ("Models searched", ", ".join(record.models) or "?"),
     ]
     if best_row is not None:
-        items.append(("Best trial", f"#{best} {best_row['params'].get('model')}: validation accuracy "
-                                    f"{_acc(best_row['value'])}, test accuracy "
+        items.append(("Best trial", f"#{best} {best_row['params'].get('model')}: validation {metric} "
+                                    f"{_acc(best_row['value'])}, test {metric} "
                                     + (_acc(test) if test is not None else "not scored")))
     scratch = record.scratch
     if scratch:
-        items.append(("From scratch", f"the same network from random weights: validation {_acc(scratch.get('val_accuracy'))}"
-                                      f", test {_acc(scratch.get('test_accuracy'))}"))
+        items.append(("From scratch", f"the same network from random weights: validation {metric} "
+                                      f"{_acc(scratch.get(f'val_{metric}'))}, test {_acc(scratch.get(f'test_{metric}'))}"))
     return '<dl class="kv">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
                                        for k, v in items) + "</dl>"
 
 
-def _leaderboard(rows: list[dict], record: StudyRecord) -> str:
+def _leaderboard(rows: list[dict], record: StudyRecord, metric: str, direction: str) -> str:
     if not rows:
         return _p("The study holds no trial yet.")
     extras = [(k, h) for k, h in EXTRA_COLUMNS if any(k in r["params"] for r in rows)]
     columns = PARAM_COLUMNS + tuple(extras)
     tests = record.test_scores
     workers = len({r.get("worker") for r in rows} - {None}) > 1  # a distributed search: who ran what
-    headers = ["", "#"] + [h for _, h in columns] + ["val acc", "test acc", "params", "ms/item b1", "time"] \
+    headers = ["", "#"] + [h for _, h in columns] + [f"val {metric}", f"test {metric}", "params", "ms/item b1", "time"] \
         + (["worker"] if workers else []) + ["state"]
-    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -1.0), r["number"]))
+    better = _better(direction)
+    order = sorted(rows, key=lambda r: (r["state"] != "COMPLETE", r["value"] is None,
+                                        better(r["value"]) if r["value"] is not None else 0.0, r["number"]))
     cells, classes = [], []
     for r in order:
         p = r["params"]
@@ -236,13 +264,13 @@ def _leaderboard(rows: list[dict], record: StudyRecord) -> str:
                         f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
                      + ([html.escape(str(r.get("worker") or "-"))] if workers else []) + [html.escape(state)])
         classes.append("best" if r["best"] else "")
-    note = ("val acc: the trial's best epoch on the validation split, which chose the trial; test acc: scored "
+    note = (f"val {metric}: the trial's best epoch on the validation split, which chose the trial; test {metric}: scored "
             "once, for the best trial only, on the test split, which chose nothing. params: the deployed network "
             "(LoRA merged); ms/item b1: inference latency at batch 1.")
     return _table(headers, cells, left=[2, len(headers) - 1], row_classes=classes) + _p(note, "muted")
 
 
-def _importances(study: optuna.Study, complete: list, page: _Page, notes: list[str]) -> str:
+def _importances(study: optuna.Study, complete: list, page: _Page, notes: list[str], metric: str) -> str:
     if len(complete) < 3:
         notes.append("too few trials for parameter importances")
         return _p(f"Parameter importances need at least 3 completed trials; this run has {len(complete)}. "
@@ -262,13 +290,13 @@ def _importances(study: optuna.Study, complete: list, page: _Page, notes: list[s
     names = list(importances)[::-1]
     fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h", marker_color="#2463eb",
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-    fig.update_xaxes(title="importance for validation accuracy (fANOVA, sums to 1)")
+    fig.update_xaxes(title=f"importance for validation {metric} (fANOVA, sums to 1)")
     return page.figure(fig, "importances", height=max(260, 40 * len(names) + 80)) + _p(
         f"From {len(complete)} completed trials: a guide to what mattered in this search, not a law; few trials "
         "make it noisy.", "muted")
 
 
-def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
+def _tradeoffs(rows: list[dict], page: _Page, notes: list[str], metric: str) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -288,11 +316,11 @@ def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
         common = dict(mode="markers", name=str(model), legendgroup=str(model), text=text,
                       marker={"size": 11, "color": colour, "line": {"width": 1, "color": "#fff"}})
         fig.add_trace(go.Scatter(x=[r["duration_s"] for r in mine], y=[r["value"] for r in mine],
-                                 hovertemplate="%{text}<br>%{x:.0f} s, val acc %{y:.4f}<extra></extra>", **common),
+                                 hovertemplate="%{text}<br>%{x:.0f} s, val " + metric + " %{y:.4f}<extra></extra>", **common),
                       row=1, col=1)
         sizes = [r["inference_params"] or r["total_params"] for r in mine]
         fig.add_trace(go.Scatter(x=sizes, y=[r["value"] for r in mine], showlegend=False,
-                                 hovertemplate="%{text}<br>%{x:,} parameters, val acc %{y:.4f}<extra></extra>",
+                                 hovertemplate="%{text}<br>%{x:,} parameters, val " + metric + " %{y:.4f}<extra></extra>",
                                  **common), row=1, col=2)
     fig.update_xaxes(title_text="trial time (s)", row=1, col=1)
     fig.update_xaxes(title_text="parameters", tickformat=".3~s", row=1, col=2)
@@ -301,27 +329,28 @@ def _tradeoffs(rows: list[dict], page: _Page, notes: list[str]) -> str:
         fig.update_xaxes(range=[0.8 * min(sizes), 1.2 * max(sizes)], row=1, col=2)
     elif sizes and max(sizes) > 20 * min(sizes):
         fig.update_xaxes(type="log", row=1, col=2)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text=f"validation {metric}", row=1, col=1)
     fig.update_layout(legend={"orientation": "h", "y": -0.2})
     return page.figure(fig, "tradeoffs", height=440) + _p(
         "One point per completed trial, coloured by source model. Trial time includes every epoch it ran; "
         "model size is the deployed network (LoRA merged into the weights).", "muted")
 
 
-def _transferability(record: StudyRecord, rows: list[dict], notes: list[str]) -> str:
+def _transferability(record: StudyRecord, rows: list[dict], notes: list[str], metric: str, direction: str) -> str:
     per_model: dict[str, dict[str, Any]] = {}
     tests = record.test_scores
+    better = _better(direction)
     for r in rows:
         if r["state"] != "COMPLETE" or r["value"] is None:
             continue
-        entry = per_model.setdefault(str(r["params"].get("model")), {"trials": 0, "best": -1.0, "number": None})
+        entry = per_model.setdefault(str(r["params"].get("model")), {"trials": 0, "best": None, "number": None})
         entry["trials"] += 1
-        if r["value"] > entry["best"]:
+        if entry["best"] is None or better(r["value"]) < better(entry["best"]):
             entry["best"], entry["number"] = r["value"], r["number"]
-    ranked = sorted(per_model, key=lambda m: -per_model[m]["best"])
+    ranked = sorted(per_model, key=lambda m: better(per_model[m]["best"]))
     fine_rank = {m: i + 1 for i, m in enumerate(ranked)}
     ranking = record.transferability
-    tail = ["fine-tuned rank", "best val acc", "trials", "its test acc"]
+    tail = ["fine-tuned rank", f"best val {metric}", "trials", f"its test {metric}"]
 
     def fine(model: str) -> list[str]:
         entry = per_model.get(model)
@@ -355,7 +384,7 @@ def _transferability(record: StudyRecord, rows: list[dict], notes: list[str]) ->
                        f"tau {tau:.2f} (1: same order, -1: reversed).", "muted")
     return (_table(["model"] + [k.replace("_", " ") for k in keys] + tail, cells, left=[0]) + agreement
             + _p("Pre-ranking: scores computed from the pretrained features before any fine-tuning (higher is more "
-                 "transferable); fine-tuned: the best validation accuracy each model reached in the search.", "muted"))
+                 f"transferable); fine-tuned: the best validation {metric} each model reached in the search.", "muted"))
 
 
 # -- the best trial on the test split -------------------------------------------------------------------
@@ -369,89 +398,88 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         return None, "No trial has completed: no best trial to score."
     weights, problem = run.kept_weights(best)
     if weights is None:
-        return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot draw its "
-                      "confusion matrix (only the top --keep-top trials keep their weights, in the run folder).")
+        return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot score "
+                      "it on the test split (only the top --keep-top trials keep their weights, in the run folder).")
     if problem:
-        return None, f"No confusion matrix: {problem}."
+        return None, f"Not scored on the test split: {problem}."
     task = run.find_task()
     params = run.config(best)
     if task is None:
         return None, f"No installed plugin provides the task {record.task!r}: the best trial cannot be scored."
     if run.find_family(params["model"]) is None:
         return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
+    target, names = run.target, list(record.label_names)
+    calibration = dict(TrialRecord.from_trial(best).calibration or {})
     try:
         say(f"Loading the run's data from {data_path or record.data} ...")
         data, missing = run.load_data(data_path)
         if data is None:
-            return None, f"No confusion matrix: {missing} (give --data PATH if it moved)."
+            return None, f"Not scored on the test split: {missing} (give --data PATH if it moved)."
         if not data.has_test:
-            return None, "The run's data has no test split, so there is no confusion matrix on it."
-        items = task.split_items(data, "test")
-        if items is None:
-            return None, (f"The task plugin {task.name!r} does not give the raw items of a split (Task.split_items), "
-                          "so the report cannot score the test split.")
-        raw, labels = items
+            return None, "The run's data has no test split to score the best trial on."
         # the saved weights replace every pretrained one: the architecture alone, never the source checkpoint
         backbone = run.backbone(params["model"])
         dev = resolve_device(device)
         model = run.network(best, dev, weights=weights, backbone=backbone)
-        settings = task.export_settings(run.recipe.data, backbone, params)
-        say(f"Scoring trial {best.number} ({params['model']}) on the test split ({len(raw)} samples) ...")
-        parts = []
-        for start in range(0, len(raw), CHUNK):
-            split = task.preprocess_for_predict(raw[start:start + CHUNK], backbone, settings)
-            parts.append(predict_outputs(model, split, dev))
-        logits = torch.cat(parts) if parts else torch.empty(0, len(record.label_names))
+        test = task.prepare(data, backbone, params).test
+        say(f"Scoring trial {best.number} ({params['model']}) on the test split ({len(test)} samples) ...")
+        outputs = predict_outputs(model, test, dev)
+        metrics = target.score(outputs, test.labels, calibration)
+        scored = Scored(best.number, run.metric, metrics[run.metric], metrics, len(test), run.test_score(best),
+                        target.figure(outputs, test.labels, calibration, names))
+        _find_mistakes(scored, run, task, data, backbone, model, dev, params, target.rankable(test.labels) is not None)
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"
-    return _tally(best.number, list(record.label_names), raw, labels, logits, run.test_score(best)), ""
+    return scored, ""
 
 
-def _tally(number: int, names: list[str], raw: list, labels: list[int], logits, recorded: float | None) -> Scored:
-    """Trial ``number``'s predictions (``logits``) of the test items ``raw``: its confusion matrix, accuracy and
-    most confident mistakes."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    predicted = probs.argmax(-1).tolist()
-    n = len(names)
-    matrix = [[0] * n for _ in range(n)]
-    for truth, guess in zip(labels, predicted):
-        matrix[truth][guess] += 1
-    correct = sum(t == g for t, g in zip(labels, predicted))
-    wrong = [i for i, (t, g) in enumerate(zip(labels, predicted)) if t != g]
-    wrong.sort(key=lambda i: -float(probs[i, predicted[i]]))  # the most confident mistakes first
-    mistakes = [{"item": raw[i], "truth": names[labels[i]], "predicted": names[predicted[i]],
-                 "probability": float(probs[i, predicted[i]])} for i in wrong[:MAX_MISTAKES]]
-    return Scored(number, names, matrix, correct / len(labels) if labels else float("nan"), len(labels),
-                  recorded, mistakes)
+def _find_mistakes(scored: Scored, run: Run, task, data, backbone, model, dev, params, one_label: bool) -> None:
+    """The test items the trial predicts wrong, through the bundle's path, for a target that predicts one label per
+    item (its labels rank: :meth:`autotl.Target.rankable`); the most confident first."""
+    if not one_label:
+        scored.no_mistakes = (f"The task {task.name!r} does not predict one label per item, so the report does not "
+                              "list items as right or wrong; the scores above say how close its predictions are.")
+        return
+    items = task.split_items(data, "test")
+    if items is None:
+        scored.no_mistakes = (f"The task plugin {task.name!r} does not give the raw items of a split "
+                              "(Task.split_items), so the report cannot show the items predicted wrong.")
+        return
+    raw, labels = items
+    settings = task.export_settings(run.recipe.data, backbone, params)
+    parts = []
+    for start in range(0, len(raw), CHUNK):
+        split = task.preprocess_for_predict(raw[start:start + CHUNK], backbone, settings)
+        parts.append(run.target.probabilities(predict_outputs(model, split, dev)))
+    confidence, guess = torch.cat(parts).max(-1) if parts else (torch.empty(0), torch.empty(0, dtype=torch.long))
+    names = list(run.record.label_names)
+    wrong = [i for i, truth in enumerate(labels) if int(guess[i]) != truth]
+    wrong.sort(key=lambda i: -float(confidence[i]))
+    scored.wrong = len(wrong)
+    scored.mistakes = [{"item": raw[i], "truth": names[labels[i]], "predicted": names[int(guess[i])],
+                        "probability": float(confidence[i])} for i in wrong[:MAX_MISTAKES]]
 
 
-def _confusion(scored: Scored, page: _Page) -> str:
-    import plotly.graph_objects as go
-
-    n = len(scored.labels)
-    totals = [max(1, sum(row)) for row in scored.matrix]
-    share = [[v / totals[i] for v in row] for i, row in enumerate(scored.matrix)]
-    fig = go.Figure(go.Heatmap(
-        z=share, x=scored.labels, y=scored.labels, colorscale="Blues", zmin=0, zmax=1,
-        text=[[str(v) for v in row] for row in scored.matrix], texttemplate="%{text}",
-        hovertemplate="true %{y}, predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
-        colorbar={"title": "share of<br>true class"}))
-    fig.update_xaxes(title="predicted", side="bottom", tickangle=-30 if n > 6 else 0)
-    fig.update_yaxes(title="true", autorange="reversed")
-    side = min(760, max(360, 48 * n + 160))
+def _best_on_test(scored: Scored, page: _Page) -> str:
+    """The best trial's test scores, checked against the recorded one, and its target's plot."""
     check = ""
     if scored.recorded is not None:
-        same = abs(scored.recorded - scored.accuracy) < 1e-6
+        same = abs(scored.recorded - scored.value) <= 1e-6 * max(1.0, abs(scored.recorded))
         check = (f" The search recorded {scored.recorded:.4f} for this trial on the test split"
                  + (": the same." if same else "; the difference comes from a changed environment (library versions "
                                                  "or device)."))
-    return page.figure(fig, "confusion", height=side) + _p(
-        f"Trial {scored.trial}'s saved weights on the {scored.size} test samples: accuracy {scored.accuracy:.4f}."
-        f"{check} Rows are the true classes, columns the predictions; the numbers are counts, the colour the share "
-        "of the true class.", "muted")
+    others = ", ".join(f"{name} {_acc(value)}" for name, value in scored.metrics.items() if name != scored.metric)
+    text = _p(f"Trial {scored.trial}'s saved weights on the {scored.size} test samples: {scored.metric} "
+              f"{_acc(scored.value)}.{check}" + (f" Its other metrics: {others}." if others else ""), "muted")
+    if scored.figure is None:
+        return text + _p("The task's target draws no plot of its predictions.", "muted")
+    height = int(scored.figure.layout.height or 520)
+    return page.figure(scored.figure, "test", height=height) + text
 
 
 def _mistakes(scored: Scored) -> str:
+    if scored.mistakes is None:
+        return _p(scored.no_mistakes)
     if not scored.mistakes:
         return _p("The best trial got every test sample right.")
     cards, texts = [], False
@@ -468,9 +496,8 @@ def _mistakes(scored: Scored) -> str:
             text = str(m["item"])
             shown = text if len(text) <= 400 else text[:400] + " …"
             cards.append(f'<div class="sample">{caption}<div>{html.escape(shown)}</div></div>')
-    total = sum(sum(row) for row in scored.matrix) - sum(scored.matrix[i][i] for i in range(len(scored.matrix)))
-    return (_p(f"{len(scored.mistakes)} of the {total} misclassified test samples, the most confident mistakes "
-               "first.", "muted") + f'<div class="grid{" texts" if texts else ""}">' + "".join(cards) + "</div>")
+    return (_p(f"{len(scored.mistakes)} of the {scored.wrong} test samples predicted wrong, the most confident "
+               "mistakes first.", "muted") + f'<div class="grid{" texts" if texts else ""}">' + "".join(cards) + "</div>")
 
 
 def _thumbnail(item: Any) -> str | None:

@@ -40,7 +40,7 @@ def report_scores_the_best_trial(run: Path, out: Path) -> None:
     code, output = cli_run("report", run, "--out", out)
     assert code == 0, output
     page = out.read_text(encoding="utf-8")
-    assert 'data-figure="confusion"' in page, output  # predicted from the saved weights
+    assert 'data-figure="test"' in page, output  # predicted from the saved weights
     assert "could not be scored" not in page
 
 

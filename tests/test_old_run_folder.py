@@ -67,7 +67,7 @@ def test_export_and_report_read_an_old_run_folder(old_run, old_data, tmp_path):
                            "--device", "cpu")
     assert code == 0, output
     page = (tmp_path / "report.html").read_text()
-    assert "Confusion matrix of the best trial (trial 0, test split)" in page
+    assert "The best trial on the test split (trial 0)" in page and "Confusion matrix: rows are the true" in page
 
 
 def test_a_search_resumes_an_old_run_folder(old_run, old_data, tmp_path):

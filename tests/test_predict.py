@@ -122,7 +122,7 @@ def test_the_python_api_matches_the_search_pipeline_bit_for_bit(bundle_dir, run)
     assert (from_pil.label, from_pil.probability) == (from_file.label, from_file.probability)
     assert from_pil.input == "<input 0>" and from_file.input == str(files[0])
     folder = bundle.predict_files([images.root / "test" / "light"], top_k=3)
-    assert len(folder) == 8 and all(len(p.top) == 3 for p in folder)
+    assert len(folder) == 8 and all(len(p.top_k) == 3 for p in folder)
 
 
 def test_a_missing_bundle_is_one_line(tmp_path):

@@ -91,10 +91,11 @@ def test_the_report_holds_every_section_and_needs_no_network(image_run, tmp_path
     assert "Scoring trial" in stderr and "Report written to" in stderr  # progress for the long steps
     page = out.read_text(encoding="utf-8")
     for heading in ("Summary", "Leaderboard", "Optimisation history", "Parameter importances",
-                    "Accuracy against time and model size", "Transferability pre-ranking and fine-tuned results",
-                    "Confusion matrix of the best trial", "Misclassified samples"):
+                    "Validation accuracy against time and model size",
+                    "Transferability pre-ranking and fine-tuned results",
+                    "The best trial on the test split (trial", "Wrong predictions on the test split"):
         assert f"<h2>{heading}" in page, heading
-    for figure in ("history", "importances", "tradeoffs", "confusion"):
+    for figure in ("history", "importances", "tradeoffs", "test"):
         assert f'data-figure="{figure}"' in page, figure
     assert "This run has no pre-ranking" in page
     # nothing is fetched at view time: no external script, style, image or font in the markup (plotly.js
@@ -102,7 +103,7 @@ def test_the_report_holds_every_section_and_needs_no_network(image_run, tmp_path
     markup = re.sub(r"<script>.*?</script>", "<script></script>", page, flags=re.S)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", markup), "the report links an external resource"
     assert "<script src" not in markup and "<link" not in markup
-    # the confusion matrix counts the whole test split, and matches the score the search recorded
+    # the best trial is scored on the whole test split, and matches the score the search recorded
     best = image_run.study.best_trial.number
     recorded = image_run.study.user_attrs["test_scores"][str(best)]
     assert f"accuracy {recorded:.4f}. The search recorded {recorded:.4f} for this trial on the test split: the same." in page
@@ -146,7 +147,7 @@ def test_without_saved_weights_or_data_the_report_says_so(image_run, tmp_path):
     run2 = copy_run(image_run, tmp_path / "b")
     code, _, stderr = report(run2, "--out", tmp_path / "b.html", "--data", tmp_path / "nowhere")
     assert code == 0, stderr
-    assert (f"No confusion matrix: the run&#x27;s data ({tmp_path / 'nowhere'}) is not there (give --data PATH if it "
+    assert (f"Not scored on the test split: the run&#x27;s data ({tmp_path / 'nowhere'}) is not there (give --data PATH if it "
             "moved).") in (tmp_path / "b.html").read_text(encoding="utf-8")
 
 
@@ -162,9 +163,9 @@ def test_a_text_report_shows_misclassified_texts(text_run, tmp_path):
     code, _, stderr = report(text_run.options.out, "--out", out)
     assert code == 0, stderr
     page = out.read_text(encoding="utf-8")
-    assert 'data-figure="confusion"' in page
+    assert 'data-figure="test"' in page and "Confusion matrix: rows are the true classes" in page
     assert "Parameter importances need at least 3 completed trials; this run has 1" in page
-    mistakes = page.split("<h2>Misclassified samples")[1]
+    mistakes = page.split("<h2>Wrong predictions on the test split")[1]
     assert "data:image/png" not in mistakes
     assert "got every test sample right" in mistakes or re.search(r"predicted (pos|neg)</span>", mistakes)
 
@@ -232,7 +233,7 @@ def test_the_report_draws_its_plots_in_headless_chromium_offline(browser, image_
     assert found["errors"] == [], f"JavaScript errors in the report: {found['errors']}"
     assert found["plotly"] == "object", "plotly.js did not load from the page itself"
     figures = {f["name"]: f for f in found["figures"]}
-    assert set(figures) == {"history", "importances", "tradeoffs", "confusion"}
+    assert set(figures) == {"history", "importances", "tradeoffs", "test"}
     for name, figure in figures.items():
         assert figure["drawn"] >= 1 and figure["width"] > 300 and figure["height"] > 200, f"{name} not drawn: {figure}"
         assert figure["marks"] >= 1, f"the {name} plot has no data marks: {figure}"
@@ -245,5 +246,5 @@ def test_a_text_report_draws_in_headless_chromium(browser, text_run, tmp_path):
     assert report(text_run.options.out, "--out", out)[0] == 0
     found = render(browser, out)
     assert found["requested"] == [] and found["errors"] == []
-    assert {f["name"] for f in found["figures"]} == {"history", "tradeoffs", "confusion"}
+    assert {f["name"] for f in found["figures"]} == {"history", "tradeoffs", "test"}
     assert all(f["drawn"] >= 1 for f in found["figures"])

@@ -269,7 +269,7 @@ def test_the_python_api_takes_texts_rows_and_files(run, bundle_dir, tmp_path):
     (tmp_path / "a.csv").write_text("id,review\n1,bad\n2,good tea\n3,\n", encoding="utf-8")
     files = bundle.predict_files([tmp_path / "a.csv"], top_k=2)
     assert [p.input for p in files] == [f"{tmp_path / 'a.csv'}:{i}" for i in (2, 3, 4)]
-    assert all(len(p.top) == 2 for p in files)
+    assert all(len(p.top_k) == 2 for p in files)
     with pytest.raises(DataError, match="give texts"):
         bundle.predict([3.5])
 

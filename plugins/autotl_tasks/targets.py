@@ -64,5 +64,30 @@ class ClassLabel(Target):
     def rankable(self, labels: torch.Tensor) -> torch.Tensor | None:
         return labels
 
+    def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+               label_names: Sequence[str]) -> Any:
+        """The confusion matrix: true classes in rows, predictions in columns; counts, coloured by the share of
+        the true class."""
+        import plotly.graph_objects as go
+
+        n = len(label_names)
+        matrix = [[0] * n for _ in range(n)]
+        for truth, guess in zip(labels.tolist(), outputs.argmax(-1).tolist()):
+            matrix[truth][guess] += 1
+        totals = [max(1, sum(row)) for row in matrix]
+        share = [[v / totals[i] for v in row] for i, row in enumerate(matrix)]
+        names = list(label_names)
+        fig = go.Figure(go.Heatmap(
+            z=share, x=names, y=names, colorscale="Blues", zmin=0, zmax=1,
+            text=[[str(v) for v in row] for row in matrix], texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{text} (%{z:.0%} of the class)<extra></extra>",
+            colorbar={"title": "share of<br>true class"}))
+        fig.update_xaxes(title="predicted", side="bottom", tickangle=-30 if n > 6 else 0)
+        fig.update_yaxes(title="true", autorange="reversed")
+        fig.update_layout(title="Confusion matrix: rows are the true classes, columns the predictions; the numbers "
+                                "are counts, the colour the share of the true class", title_font_size=13,
+                          height=min(760, max(360, 48 * n + 160)))
+        return fig
+
 
 __all__ = ["ClassLabel"]
