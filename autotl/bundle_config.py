@@ -146,7 +146,7 @@ class TargetInfo:
     direction: str
     #: the network's outputs per item (or per position).
     width: int
-    #: one output per input position (a token) rather than one per item.
+    #: one output per input position (a word piece, say) rather than one per item.
     per_position: bool = False
     #: what the target fitted on the training labels and tuned on the validation outputs
     #: (:meth:`autotl.Target.fit` then :meth:`~autotl.Target.tune`); decoding and scoring read it.

@@ -139,7 +139,8 @@ def cli():
 
     \b
     Start with:
-      autotl search --task image-classification DATA --time-budget 10m --out runs/mine
+      autotl plugins                 (the tasks installed: the values of --task)
+      autotl search --task TASK DATA --time-budget 10m --out runs/mine
       autotl trials runs/mine
     """
 

@@ -45,10 +45,6 @@ WORDS = {"accuracy", "softmax", "argmax", "rmse", "mae", "pearson", "f1", "class
 PAIRS = {("cross", "entropy"), ("log", "loss"), ("label", "smoothing"), ("multi", "label")}
 #: the core modules that may name them: the conformance kits, which check plugins against known tasks.
 EXEMPT = ("autotl/testing.py", "autotl/kit/")
-#: modules still to be routed through the target (the bundle, predict, export, report side of issue 16);
-#: each is checked to still need it, so that one cleaned up leaves this set.
-PENDING = {"autotl/bundle.py", "autotl/bundle_config.py", "autotl/card.py", "autotl/export.py",
-           "autotl/formats.py", "autotl/report.py", "autotl/cli.py"}
 
 
 def words(text: str) -> list[str]:
@@ -92,10 +88,8 @@ def test_the_scan_matches_whole_words_and_identifier_parts(text, expected):
 
 def test_the_core_names_no_metric_loss_or_task_type():
     found = core_naming()
-    unexpected = {module: lines for module, lines in found.items() if module not in PENDING}
-    assert not unexpected, "the core names a metric, loss or task type (route it through autotl.Target):\n" + \
-        "\n".join(f"{module}: {'; '.join(lines)}" for module, lines in unexpected.items())
-    assert PENDING <= set(found), f"no longer naming any, take them off PENDING: {sorted(PENDING - set(found))}"
+    assert not found, "the core names a metric, loss or task type (route it through autotl.Target):\n" + \
+        "\n".join(f"{module}: {'; '.join(lines)}" for module, lines in found.items())
 
 
 # -- 2. a target whose metric is minimised -------------------------------------------------------
