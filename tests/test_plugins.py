@@ -20,7 +20,7 @@ OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite
 #: the built-in plugins (entry-point name: what it registers), installed with autotl.
 BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family transformers"],
            "image_classification": ["task image-classification"],
-           "text_classification": ["task text-classification"]}
+           "text_classification": ["task text-classification"], "tasks": []}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------
