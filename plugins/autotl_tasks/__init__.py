@@ -11,7 +11,9 @@ from autotl import hookimpl
 
 @hookimpl
 def register_tasks(register):
-    pass  # the task modules add theirs here
+    from .tokens import TokenClassification
+
+    register(TokenClassification())
 
 
 __all__ = ["register_tasks"]
