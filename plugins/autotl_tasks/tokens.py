@@ -62,7 +62,7 @@ class TagSequence(Target):
 
         guess = outputs.argmax(-1)
         true, pred = labels[scored], guess[scored]
-        out = {"token_accuracy": float((true == pred).float().mean()),
+        out = {"token_accuracy": int((true == pred).sum()) / len(true),
                "macro_f1": float(f1_score(true.numpy(), pred.numpy(), labels=true.unique().numpy(), average="macro",
                                           zero_division=0))}
         if "entity_f1" in self.metrics:
@@ -168,6 +168,8 @@ def read_conll(path: Path, token_column: int = 0, tag_column: int | None = -1) -
         try:
             word = fields[token_column].strip()
             tag = fields[tag_column].strip() if tag_column is not None else ""
+            if tag_column is not None and token_column % len(fields) == tag_column % len(fields):
+                raise IndexError
         except IndexError:
             raise DataError(f"{path.name} line {number}: {len(fields)} column(s), but the data options read column "
                             f"{token_column} (token_column) and {tag_column} (tag_column); give a word and its tag "
