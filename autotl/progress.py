@@ -56,7 +56,8 @@ class ConsoleReporter(Reporter):
     def data_report(self, report: DataReport) -> None:
         report = DataReport.of(report)
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in report.counts.items())
-        note = " (val carved from train, stratified)" if report.val_from_train else ""
+        how = report.details.get("val_split", "stratified")  # a task may say how it drew the split
+        note = f" (val carved from train, {how})" if report.val_from_train else ""
         self.console.print(f"Data: {len(report.classes)} classes; {sizes}{note}", highlight=False)
         skipped = report.skipped
         if skipped:
