@@ -11,7 +11,10 @@ from autotl import hookimpl
 
 @hookimpl
 def register_tasks(register):
-    pass  # the task modules add theirs here
+    from .text_tasks import TextMultilabel, TextRegression
+
+    register(TextRegression())
+    register(TextMultilabel())
 
 
 __all__ = ["register_tasks"]
