@@ -11,7 +11,11 @@ from autotl import hookimpl
 
 @hookimpl
 def register_tasks(register):
-    pass  # the task modules add theirs here
+    # each task module is imported here, not above: autotl_image and autotl_text import autotl_tasks.targets
+    from .image_tasks import ImageMultilabel, ImageRegression
+
+    register(ImageRegression())
+    register(ImageMultilabel())
 
 
 __all__ = ["register_tasks"]
