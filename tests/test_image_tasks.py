@@ -233,6 +233,21 @@ def test_multilabel_pads_the_whole_image_in_and_regression_crops_by_default(tmp_
         load(ImageMultilabel(), root, fit="squash")
 
 
+def test_predict_reads_each_csv_row_from_the_bundles_image_column(tmp_path, tiny_backbone):
+    root = regression_folder(tmp_path / "d", counts=(("test", 3),))
+    (root / "test.csv").write_text((root / "test.csv").read_text().replace("image,target", "file,target"))
+    task = ImageRegression()
+    rows = task.read_inputs([str(root / "test.csv")])
+    assert [name for name, _ in rows] == [f"{root / 'test.csv'}:{n}" for n in (2, 3, 4)]
+    settings = task.export_settings({"image_column": "file"}, tiny_backbone, {"resolution": 32})
+    from_rows = task.preprocess_for_predict([row for _, row in rows], tiny_backbone, settings).inputs
+    from_files = task.preprocess_for_predict([root / f"test/{i:03d}.png" for i in range(3)], tiny_backbone,
+                                             settings).inputs
+    assert torch.equal(from_rows, from_files)
+    with pytest.raises(DataError, match=r"test.csv has no column 'image' \(its columns: 'file', 'target'\)"):
+        task.preprocess_for_predict([rows[0][1]], tiny_backbone, {**settings, "image_column": "image"})
+
+
 def test_image_classification_keeps_its_defaults():
     task = ImageClassification()
     assert task.default_fit == "crop" and "image_column" not in task.data_options
@@ -305,3 +320,86 @@ def test_predict_takes_image_files_as_well_as_the_csv(tmp_path, tiny_weights):
     from_files = json.loads(run_cli("predict", tmp_path / "bundle", *files, "--json"))
     assert [p["input"] for p in from_files] == [str(f) for f in files]
     assert [p["value"] for p in from_files] == pytest.approx([p["value"] for p in from_csv], abs=1e-4)
+
+
+# -- real offline weights (MobileNetV2) on real photos: the committed Fashion-MNIST demo images ------------
+
+DEMO = Path(__file__).resolve().parent.parent / "demo" / "fashion_mnist"
+
+
+def rotated_items(root: Path, every: int = 2, seed: int = 0) -> Path:
+    """Every ``every``-th demo item turned by a random angle in [-40, 40] degrees: the angle is the target."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        rows = []
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(sorted((DEMO / split).glob("*/*.png"))[::every]):
+            angle = float(rng.uniform(-40, 40))
+            name = f"{split}/{i:03d}.png"
+            Image.open(path).convert("L").rotate(angle, resample=Image.BILINEAR).save(root / name)
+            rows.append((name, f"{angle:.3f}"))
+        write_csv(root / f"{split}.csv", ("image", "target"), rows)
+    return root
+
+
+def item_pairs(root: Path, classes=("bag", "pullover", "sandal", "trouser"), counts=(("train", 120), ("test", 40)),
+               seed: int = 0) -> Path:
+    """Two demo items side by side on a 56x28 canvas, labelled with their classes."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts:
+        items = [p for p in sorted((DEMO / split).glob("*/*.png")) if p.parent.name in classes]
+        rows = []
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            left, right = (items[j] for j in rng.choice(len(items), 2, replace=False))
+            canvas = Image.new("L", (56, 28))
+            canvas.paste(Image.open(left).convert("L"), (0, 0))
+            canvas.paste(Image.open(right).convert("L"), (28, 0))
+            name = f"{split}/{i:03d}.png"
+            canvas.save(root / name)
+            rows.append((name, "|".join(sorted({left.parent.name, right.parent.name}))))
+        write_csv(root / f"{split}.csv", ("image", "labels"), rows)
+    return root
+
+
+def real_search(tmp_path, task: str, data: Path) -> tuple[dict, list, list]:
+    """Search briefly on MobileNetV2's ImageNet weights, export with ONNX, predict the test CSV with both engines."""
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    run_cli("search", "--task", task, data, "--out", out, "--recipe", Path(__file__).parent / "data" / f"e2e-{task}.yaml",
+            "--models", "mobilenetv2_100", "--trials", 2)
+    best = json.loads(run_cli("best", out, "--json"))
+    run_cli("export", out, "--out", bundle, "--format", "onnx")
+    assert (bundle / "model.onnx").is_file()
+    torch_predictions = json.loads(run_cli("predict", bundle, data / "test.csv", "--json"))
+    onnx_predictions = json.loads(run_cli("predict", bundle, data / "test.csv", "--json", "--engine", "onnx"))
+    return best, torch_predictions, onnx_predictions
+
+
+@pytest.mark.slow
+def test_image_regression_on_real_weights_learns_the_angle_and_its_bundle_predicts_the_recorded_score(tmp_path):
+    data = rotated_items(tmp_path / "data")
+    best, predictions, onnx = real_search(tmp_path, "image-regression", data)
+    truth = np.array([float(row.cells["target"]) for row in read_image_csv(data / "test.csv")])
+    guess = np.array([p["value"] for p in predictions])
+    rmse = float(np.sqrt(np.mean((guess - truth) ** 2)))
+    assert abs(rmse - best["test_metrics"]["rmse"]) <= 1e-5
+    assert rmse < 0.8 * float(np.std(truth))  # well below predicting the mean angle
+    assert [p["value"] for p in onnx] == pytest.approx(guess.tolist(), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_image_multilabel_on_real_weights_beats_the_frequent_labels_and_its_bundle_predicts_the_recorded_score(tmp_path):
+    from sklearn.metrics import f1_score
+
+    data = item_pairs(tmp_path / "data")
+    best, predictions, onnx = real_search(tmp_path, "image-multilabel", data)
+    names = ["bag", "pullover", "sandal", "trouser"]
+    truth = np.array([[n in row.cells["labels"].split("|") for n in names] for row in read_image_csv(data / "test.csv")])
+    guess = np.array([[n in p["labels"] for n in names] for p in predictions])
+    micro = f1_score(truth, guess, average="micro")
+    assert abs(micro - best["test_metrics"]["micro_f1"]) <= 1e-9
+    frequent = np.zeros_like(truth)
+    frequent[:, np.argsort(-truth.sum(0))[:2]] = True
+    assert micro > f1_score(truth, frequent, average="micro") + 0.1  # better than always the two most frequent
+    np.testing.assert_allclose([[p["probabilities"][n] for n in names] for p in onnx],
+                               [[p["probabilities"][n] for n in names] for p in predictions], atol=1e-4)

@@ -40,7 +40,7 @@ class ImageRow:
     def cell(self, column: str) -> str:
         if column not in self.cells:
             raise DataError(f"{shown(self.table)} has no column {column!r} (its columns: "
-                            f"{', '.join(map(repr, self.cells))}); name the image column with -d image_column=NAME")
+                            f"{', '.join(map(repr, self.cells))}); name the column {column!r}")
         return (self.cells[column] or "").strip()
 
     def image(self, column: str = "image") -> Path:
