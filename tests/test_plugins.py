@@ -22,7 +22,7 @@ BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family t
            "image_classification": ["task image-classification"],
            "text_classification": ["task text-classification"],
            "tasks": ["task text-regression", "task text-multilabel", "task image-regression",
-                     "task image-multilabel"]}
+                     "task image-multilabel", "task token-classification"]}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------
