@@ -14,7 +14,8 @@ from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData,
 from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
-from .utils import is_under, json_lines, load_without_head, numbered_records, stratified_split
+from .utils import (is_under, json_lines, load_without_head, numbered_records, quantile_bins, set_stratified_split,
+                    stratified_split)
 from .params import Param
 from .api import load, open_run, search
 
@@ -44,6 +45,8 @@ __all__ = [
     "load",
     "load_without_head",
     "numbered_records",
+    "quantile_bins",
+    "set_stratified_split",
     "stratified_split",
     "open_run",
     "search",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
+import torch
 from torch import nn
 
 from .base import Backbone
@@ -35,11 +37,14 @@ class Adapted:
             module.eval()
 
 
-def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0, zero_head: bool = False) -> Adapted:
+def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0, zero_head: bool = False,
+          head_bias: Sequence[float] | None = None) -> Adapted:
     """Freeze the first ``freeze`` layer groups, add LoRA adapters of ``lora_rank`` to the rest.
 
     ``zero_head`` starts the new head at zero, so the first steps see a uniform prediction instead of
     large random logits that disturb the pretrained weights before the head has learnt anything.
+    ``head_bias`` (one number per output, :meth:`autotl.Target.initial_bias`) then sets the head's last
+    bias vector of that length, where it has one.
     """
     groups = backbone.layer_groups(model)
     n = len(groups)
@@ -50,6 +55,8 @@ def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0,
         for name in groups[-1]:
             for p in modules[name].parameters():
                 nn.init.zeros_(p)
+    if head_bias is not None:
+        _set_bias(model, groups[-1], head_bias)
     frozen_names = [name for group in groups[:freeze] for name in group]
     frozen_modules = [modules[name] for name in frozen_names]
     for module in frozen_modules:
@@ -71,6 +78,18 @@ def adapt(model: nn.Module, backbone: Backbone, freeze: int, lora_rank: int = 0,
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Adapted(model, n, frozen_modules, trainable, total, lora_modules)
+
+
+def _set_bias(model: nn.Module, head: Sequence[str], bias: Sequence[float]) -> None:
+    """Copy ``bias`` into the last bias vector of the ``head`` modules with one number per output, if any."""
+    found = None
+    for name, parameter in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "bias" and parameter.dim() == 1 and parameter.numel() == len(bias) and is_under(owner, head):
+            found = parameter
+    if found is not None:
+        with torch.no_grad():
+            found.copy_(torch.tensor(list(bias), dtype=found.dtype))
 
 
 def _apply_lora(model: nn.Module, targets: list[str], head: list[str], rank: int) -> nn.Module:

@@ -499,6 +499,16 @@ class Target(ABC):
         """What the loss and the scores need from the training split's labels (the default: nothing)."""
         return {}
 
+    def initial_bias(self, calibration: Mapping[str, Any]) -> "list[float] | None":
+        """What the new head's output biases start at, one per output, from :meth:`fit`'s ``calibration``.
+
+        ``None`` (the default): the head starts as built (zeros, or the layer's own initialisation). A
+        target of rare outputs may start each at its training frequency's log-odds, say. The core sets the
+        one bias vector of the head's modules (:meth:`Backbone.layer_groups`' last group) that has one
+        number per output; a head without one keeps its initialisation.
+        """
+        return None
+
     @abstractmethod
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
              params: Mapping[str, Any]) -> torch.Tensor:

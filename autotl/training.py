@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -107,7 +107,8 @@ def train(
     settings = TrainingParams.from_params(params)
     metric = metric or target.primary
     fitted = dict(target.fit(train_split.labels) if calibration is None else calibration)
-    adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device)
+    adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device,
+                       target.initial_bias(fitted))
     model = adapted.model
     autocast = _autocast(device, settings.precision)
     optimizer, scheduler = _optimizer(model, settings, len(train_split))
@@ -156,11 +157,12 @@ def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, s
 
 
 def _adapted(backbone: Backbone, settings: TrainingParams, width: int, per_position: bool, pretrained: bool,
-             device: torch.device) -> Adapted:
-    """The network built, adapted (frozen groups, LoRA, the new head zeroed or not) and moved to ``device``."""
+             device: torch.device, bias: Sequence[float] | None = None) -> Adapted:
+    """The network built, adapted (frozen groups, LoRA, the new head zeroed or not, its output biases set to
+    ``bias`` where given) and moved to ``device``."""
     model = built(backbone, width, pretrained=pretrained, per_position=per_position)
     adapted = adapt(model, backbone, settings.freeze, settings.lora_rank,
-                    zero_head=pretrained and settings.head_init == "zeros")
+                    zero_head=pretrained and settings.head_init == "zeros", head_bias=bias)
     adapted.model.to(device)
     if backbone.channels_last:
         adapted.model.to(memory_format=torch.channels_last)

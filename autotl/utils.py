@@ -12,6 +12,10 @@ For tasks:
 
 - :func:`stratified_split`: the seeded, per-class hold-out of a validation split out of the training
   split (``Task.load`` without a validation split of its own).
+- :func:`set_stratified_split`: the same for items that each carry a set of labels (0/1 rows): every
+  label's share held out as evenly as its items allow (iterative stratification).
+- :func:`quantile_bins`: a numeric value per item as the index of its quantile bin, so that
+  :func:`stratified_split` can hold out every range of values alike.
 - :func:`numbered_records`: the records of a :func:`csv.reader` with the line each starts on (a
   quoted text may span lines), and the records that are not valid CSV, for messages that name the line.
 - :func:`json_lines`: the JSON objects of a JSON Lines text with their line numbers, and the lines that
@@ -100,6 +104,82 @@ def stratified_split(labels: Sequence[int], num_classes: int, val_fraction: floa
     return [i for i in range(len(labels_arr)) if i not in val_set], sorted(val_idx)
 
 
+def set_stratified_split(memberships: Sequence[Sequence[int]] | np.ndarray, val_fraction: float,
+                         seed: int) -> tuple[list[int], list[int]]:
+    """Hold out ``val_fraction`` of the items, each label's items shared out alike (iterative stratification).
+
+    Sechidis, Tsoumakas and Vlahavas (2011): the label with the fewest items still unplaced goes first;
+    each of its items joins the side (validation or training) that still wants the most of that label,
+    ties going to the side that wants the most items, then to a seeded coin. Items without any label fill
+    the sides' remaining wants. The same rows and seed give the same split.
+
+    :param memberships: ``(items, labels)`` 0/1 (or boolean): which labels each item carries.
+    :return: the positions of the training and of the validation items, each in ascending order.
+    :raises DataError: for fewer than two items (no validation item can be spared).
+    """
+    rows = np.asarray(memberships, dtype=bool)
+    if rows.ndim != 2:
+        rows = rows.reshape(len(rows), -1)
+    n = len(rows)
+    if n < 2:
+        raise DataError(f"{n} item(s); a validation split needs at least 2")
+    rng = np.random.default_rng(seed)
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    wanted_items = np.array([n - n_val, n_val], dtype=np.float64)  # [train, val]
+    share = np.array([1 - n_val / n, n_val / n])
+    wanted = share[:, None] * rows.sum(0)[None, :].astype(np.float64)  # (2, labels)
+    side = np.full(n, -1)
+    order = rng.permutation(n)
+    rows_in_order = rows[order]
+    while True:
+        open_rows = rows_in_order & (side[order] < 0)[:, None]
+        counts = open_rows.sum(0)
+        if not counts.any():
+            break
+        label = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        for position in np.flatnonzero(open_rows[:, label]):
+            item = int(order[position])
+            want = wanted[:, label]
+            best = np.flatnonzero(want == want.max())
+            if len(best) > 1:
+                best = best[wanted_items[best] == wanted_items[best].max()]
+            choice = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+            side[item] = choice
+            wanted[choice] -= rows[item]
+            wanted_items[choice] -= 1
+    for item in order[side[order] < 0]:
+        choice = 0 if wanted_items[0] >= wanted_items[1] else 1
+        side[int(item)] = choice
+        wanted_items[choice] -= 1
+    if not (side == 1).any() or not (side == 0).any():  # a degenerate draw: move one item over
+        move = int(order[0])
+        side[move] = 1 - side[move]
+    return np.flatnonzero(side == 0).tolist(), np.flatnonzero(side == 1).tolist()
+
+
+def quantile_bins(values: Sequence[float] | np.ndarray, bins: int = 10) -> list[int]:
+    """Each value's quantile bin, ``0 .. bins - 1`` (fewer where values repeat), for :func:`stratified_split`.
+
+    Bins hold (about) equal numbers of items; a bin left with fewer than two items joins its neighbour,
+    so that every bin can spare a validation item.
+    """
+    data = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not len(data):
+        return []
+    edges = np.unique(np.quantile(data, np.linspace(0, 1, max(1, int(bins)) + 1)[1:-1]))
+    index = np.searchsorted(edges, data, side="right")
+    # renumber the bins in use 0..k-1, then merge any bin of one item into its lower (or upper) neighbour
+    used, index = np.unique(index, return_inverse=True)
+    counts = np.bincount(index)
+    while len(counts) > 1 and counts.min() < 2:
+        small = int(np.argmin(counts))
+        into = small - 1 if small > 0 else 1
+        index[index == small] = into
+        used, index = np.unique(index, return_inverse=True)
+        counts = np.bincount(index)
+    return index.astype(int).tolist()
+
+
 def numbered_records(reader) -> Iterator[tuple[int, list[str] | csv.Error]]:
     """``(line, record)`` for each record of a :func:`csv.reader`, ``line`` being where the record starts.
 
@@ -139,4 +219,5 @@ def json_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number, obj if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
 
 
-__all__ = ["is_under", "json_lines", "load_without_head", "numbered_records", "stratified_split"]
+__all__ = ["is_under", "json_lines", "load_without_head", "numbered_records", "quantile_bins", "set_stratified_split",
+           "stratified_split"]

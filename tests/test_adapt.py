@@ -161,3 +161,19 @@ def test_a_freeze_depth_out_of_range_is_a_usage_error_naming_the_range(tiny_back
 def plain_conv_head(backbone) -> torch.Tensor:
     """conv_head's pretrained weight, as the checkpoint holds it."""
     return backbone.build(NUM_CLASSES).conv_head.weight.detach()
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_head_bias_sets_the_heads_output_biases_after_zeroing(tiny_backbone, model, lora_rank):
+    bias = [0.5, -1.0, -3.0]
+    adapted = adapt(model, tiny_backbone, freeze=0, lora_rank=lora_rank, zero_head=True, head_bias=bias)
+    x = torch.randn(2, 3, 32, 32)
+    adapted.model.eval()
+    with torch.no_grad():
+        out = adapted.model(x)
+    assert torch.allclose(out, torch.tensor([bias, bias]))  # the zeroed weights leave only the biases
+
+
+def test_head_bias_of_another_width_leaves_the_head_as_built(tiny_backbone, model):
+    adapt(model, tiny_backbone, freeze=0, zero_head=True, head_bias=[1.0, 2.0])
+    assert not model.classifier.bias.abs().sum()

@@ -20,7 +20,9 @@ OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite
 #: the built-in plugins (entry-point name: what it registers), installed with autotl.
 BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family transformers"],
            "image_classification": ["task image-classification"],
-           "text_classification": ["task text-classification"], "tasks": ["task token-classification"]}
+           "text_classification": ["task text-classification"],
+           "tasks": ["task image-regression", "task image-multilabel", "task text-regression",
+                     "task text-multilabel", "task token-classification"]}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------
@@ -207,8 +209,8 @@ def test_autotl_block_plugins_blocks_the_named_plugins(monkeypatch, no_plugin_en
     monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
     registry = collect(make_manager())
     assert "timm" not in registry.families and set(registry.families) == {"transformers"}
-    assert set(registry.tasks) == {r.removeprefix("task ") for regs in BUILTIN.values() for r in regs
-                                   if r.startswith("task ")}
+    assert set(registry.tasks) == {what.split(" ", 1)[1] for registers in BUILTIN.values() for what in registers
+                                   if what.startswith("task ")}
 
 
 def test_a_blocked_plugin_is_not_listed_as_loaded(monkeypatch, no_plugin_env):

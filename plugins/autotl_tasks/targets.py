@@ -90,4 +90,191 @@ class ClassLabel(Target):
         return fig
 
 
-__all__ = ["ClassLabel"]
+
+
+class Number(Target):
+    """A number per item: one output, trained on standardised targets (mean squared error), reported in the
+    target's own units.
+
+    :meth:`fit` records the training targets' mean and standard deviation; the network learns
+    ``(y - mean) / std`` and every metric and prediction is scaled back. RMSE is the primary metric; MAE
+    and Pearson's r are reported beside it.
+    """
+
+    metrics = {"rmse": "minimize", "mae": "minimize", "pearson_r": "maximize"}
+    primary = "rmse"
+
+    def width(self, label_names: Sequence[str]) -> int:
+        return 1
+
+    def fit(self, labels: torch.Tensor) -> dict[str, Any]:
+        values = labels.double().flatten()
+        if not len(values):
+            return {"mean": 0.0, "std": 1.0}
+        std = float(values.std(unbiased=False)) if len(values) > 1 else 0.0
+        return {"mean": float(values.mean()), "std": std if std > 1e-12 else 1.0}
+
+    def values(self, outputs: torch.Tensor, calibration: Mapping[str, Any]) -> torch.Tensor:
+        """The outputs in the target's own units: ``output * std + mean``."""
+        return outputs.double().reshape(len(outputs), -1)[:, 0] * float(calibration.get("std", 1.0)) \
+            + float(calibration.get("mean", 0.0))
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+             params: Mapping[str, Any]) -> torch.Tensor:
+        scaled = (labels.float() - float(calibration.get("mean", 0.0))) / float(calibration.get("std", 1.0))
+        return F.mse_loss(outputs.float().reshape(len(outputs), -1)[:, 0], scaled.reshape(-1))
+
+    def score(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any]) -> dict[str, float]:
+        if not len(labels):
+            return {name: float("nan") for name in self.metrics}
+        guess = self.values(outputs, calibration).numpy()
+        true = labels.double().reshape(-1).numpy()
+        error = guess - true
+        if len(true) > 1 and np.std(guess) > 0 and np.std(true) > 0:
+            pearson = float(np.corrcoef(guess, true)[0, 1])
+        else:
+            pearson = float("nan")
+        return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
+                "pearson_r": pearson}
+
+    def decode(self, outputs: torch.Tensor, split: TensorSplit, calibration: Mapping[str, Any],
+               label_names: Sequence[str], top_k: int = 1) -> list[dict[str, Any]]:
+        return [{"value": float(v)} for v in self.values(outputs, calibration).tolist()]
+
+    def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+               label_names: Sequence[str]) -> Any:
+        """Predicted against true, one point per item, with the diagonal where the two agree."""
+        import plotly.graph_objects as go
+
+        guess = self.values(outputs, calibration).tolist()
+        true = labels.double().reshape(-1).tolist()
+        low, high = min(true + guess, default=0.0), max(true + guess, default=1.0)
+        name = label_names[0] if label_names else "target"
+        fig = go.Figure([
+            go.Scatter(x=true, y=guess, mode="markers", name="items", marker={"size": 5, "opacity": 0.5},
+                       hovertemplate="true %{x:.3g}, predicted %{y:.3g}<extra></extra>"),
+            go.Scatter(x=[low, high], y=[low, high], mode="lines", name="predicted = true",
+                       line={"dash": "dash", "color": "grey"}),
+        ])
+        fig.update_xaxes(title=f"true {name}")
+        fig.update_yaxes(title=f"predicted {name}", scaleanchor="x", scaleratio=1)
+        fig.update_layout(title="Predicted against true: points on the dashed diagonal are exact", title_font_size=13,
+                          height=560)
+        return fig
+
+
+#: the threshold of a label without positives in the validation split: where its F1 cannot be tuned.
+DEFAULT_THRESHOLD = 0.5
+
+
+class LabelSet(Target):
+    """A set of labels per item: one sigmoid per label, binary cross-entropy, a threshold per label.
+
+    Labels are 0/1 rows ``(items, labels)``. :meth:`fit` records each label's share of the training
+    items (the head's biases start at its log-odds, :meth:`initial_bias`); :meth:`tune` picks each
+    label's threshold maximising its F1 on the validation outputs (0.5 for a label without positives
+    there). Micro-F1 is the primary metric; macro-F1 (over labels that occur) and mean average precision
+    (over labels that occur) are reported beside it.
+    """
+
+    metrics = {"micro_f1": "maximize", "macro_f1": "maximize", "mean_average_precision": "maximize"}
+    primary = "micro_f1"
+
+    def fit(self, labels: torch.Tensor) -> dict[str, Any]:
+        share = labels.double().mean(0) if len(labels) else torch.zeros(labels.shape[-1], dtype=torch.float64)
+        return {"prior": [float(p) for p in share.tolist()]}
+
+    def initial_bias(self, calibration: Mapping[str, Any]) -> list[float] | None:
+        """The log-odds of each label's training share: a new head starts predicting the label's frequency,
+        so that rare labels' outputs are not pushed down from 0.5 for the first many steps."""
+        prior = calibration.get("prior")
+        if not prior:
+            return None
+        p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
+        return [float(v) for v in np.log(p / (1 - p))]
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+             params: Mapping[str, Any]) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float(), labels.float())
+
+    def thresholds(self, calibration: Mapping[str, Any], width: int) -> np.ndarray:
+        found = calibration.get("thresholds")
+        if not found or len(found) != width:
+            return np.full(width, DEFAULT_THRESHOLD)
+        return np.asarray(found, dtype=np.float64)
+
+    def tune(self, calibration: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        from sklearn.metrics import precision_recall_curve
+
+        probs = self.probabilities(outputs).double().numpy()
+        truth = labels.numpy() > 0.5
+        chosen = []
+        for j in range(probs.shape[1] if probs.ndim == 2 else 0):
+            if not truth[:, j].any():
+                chosen.append(DEFAULT_THRESHOLD)
+                continue
+            precision, recall, cuts = precision_recall_curve(truth[:, j], probs[:, j])
+            f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+            best = int(np.argmax(f1))
+            below = probs[:, j][probs[:, j] < cuts[best]]
+            # half way to the next lower output: the same validation F1, less tied to one item's output
+            chosen.append(float((cuts[best] + below.max()) / 2 if len(below) else cuts[best]))
+        return {**dict(calibration), "thresholds": chosen}
+
+    def predicted(self, outputs: torch.Tensor, calibration: Mapping[str, Any]) -> np.ndarray:
+        """Which labels each item is given: its probability at or above the label's threshold, (items, labels) bool."""
+        probs = self.probabilities(outputs).double().numpy()
+        return probs >= self.thresholds(calibration, probs.shape[1])[None, :]
+
+    def score(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any]) -> dict[str, float]:
+        if not len(labels):
+            return {name: float("nan") for name in self.metrics}
+        from sklearn.metrics import average_precision_score, f1_score
+
+        truth = (labels.numpy() > 0.5).astype(int)
+        guess = self.predicted(outputs, calibration).astype(int)
+        present = np.flatnonzero(truth.sum(0) > 0)
+        if not len(present):
+            return {"micro_f1": float(f1_score(truth, guess, average="micro", zero_division=0)),
+                    "macro_f1": float("nan"), "mean_average_precision": float("nan")}
+        probs = self.probabilities(outputs).double().numpy()
+        return {
+            "micro_f1": float(f1_score(truth, guess, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(truth[:, present], guess[:, present], average="macro", zero_division=0)),
+            "mean_average_precision": float(average_precision_score(truth[:, present], probs[:, present],
+                                                                    average="macro")),
+        }
+
+    def decode(self, outputs: torch.Tensor, split: TensorSplit, calibration: Mapping[str, Any],
+               label_names: Sequence[str], top_k: int = 1) -> list[dict[str, Any]]:
+        probs = self.probabilities(outputs).tolist()
+        given = self.predicted(outputs, calibration)
+        return [{"labels": [name for name, on in zip(label_names, row) if on],
+                 "probabilities": {name: float(p) for name, p in zip(label_names, item)}}
+                for row, item in zip(given.tolist(), probs)]
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs.float())
+
+    def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+               label_names: Sequence[str]) -> Any:
+        """Each label's F1 at its threshold, labels by how many items carry them (the most frequent first)."""
+        import plotly.graph_objects as go
+        from sklearn.metrics import f1_score
+
+        truth = (labels.numpy() > 0.5).astype(int)
+        guess = self.predicted(outputs, calibration).astype(int)
+        per_label = f1_score(truth, guess, average=None, zero_division=0)
+        counts = truth.sum(0)
+        order = np.argsort(-counts, kind="stable")
+        names = [label_names[i] for i in order]
+        fig = go.Figure(go.Bar(
+            x=names, y=[float(per_label[i]) for i in order], customdata=[int(counts[i]) for i in order],
+            hovertemplate="%{x}: F1 %{y:.3f} (%{customdata} items carry it)<extra></extra>"))
+        fig.update_xaxes(title="label (most frequent first)", tickangle=-30 if len(names) > 6 else 0)
+        fig.update_yaxes(title="F1 at the label's threshold", range=[0, 1])
+        fig.update_layout(title="F1 per label on the test split", title_font_size=13, height=460)
+        return fig
+
+
+__all__ = ["ClassLabel", "LabelSet", "Number"]
