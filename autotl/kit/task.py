@@ -77,7 +77,10 @@ class TaskSubject:
 
     @property
     def target(self) -> Target:
-        return self.task.target
+        """The task's target, bound to the dataset's labels once they are loaded (:meth:`Target.for_labels`), as the
+        search, the run and the bundle bind it."""
+        data = self.shared._cache.get("data")
+        return self.task.target if data is None else self.task.target.for_labels(list(data.label_names))
 
     def data_path(self, c: str) -> Path:
         def make() -> Path:

@@ -337,6 +337,14 @@ class TokenClassification(Task):
                                                 [[index[t] for t in s.tags] for s in sentences], max_length)
         return payload.encoded[key]
 
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[Any]] | None:
+        """The sentences of ``split`` (their words) and their tag indices, in the file's order."""
+        payload: TagData = data.payload
+        if split not in payload.splits:
+            return None
+        index = {t: i for i, t in enumerate(payload.tags)}
+        return [list(s.words) for s in payload.splits[split]], [[index[t] for t in s.tags] for s in payload.splits[split]]
+
     # -- export and prediction -------------------------------------------------------------------------
     def export_settings(self, data_options, backbone, params) -> dict[str, Any]:
         pre = TextPreprocessing.of(backbone)
