@@ -98,6 +98,8 @@ def test_regression_reads_the_numbers_and_paths_relative_to_the_csv(tmp_path):
     assert paths == [row.cells["image"] for row in rows]
     assert values == [float(row.cells["target"]) for row in rows]
     assert images.labels("test").dtype == torch.float64
+    assert data.report.counts["test"] == {"target": 12} and data.report.details["items"]["test"] == 12
+    assert data.report.details["target"]["test"]["max"] == max(values)
     assert len(images.splits["train"][0]) + len(images.splits["val"][0]) == 40
 
 
@@ -135,14 +137,14 @@ def test_multilabel_encodes_each_label_set_as_a_row_of_zeros_and_ones(tmp_path):
     rows = read_image_csv(tmp_path / "d" / "test.csv")
     expected = [[float(name in row.cells["labels"].split("|")) for name in LABELS] for row in rows]
     assert data.payload.labels("test").tolist() == expected
-    counts = data.report.details["label_counts"]
-    assert counts["test"] == {name: sum(e[i] for e in expected) for i, name in enumerate(LABELS)}
-    assert data.report.counts["test"] == {"images": 16}
+    assert data.report.counts["test"] == {name: sum(e[i] for e in expected) for i, name in enumerate(LABELS)}
+    assert data.report.details["items"]["test"] == 16
+    assert data.report.details["labels_per_image"]["test"] == sum(map(sum, expected)) / 16
 
 
 def test_the_multilabel_val_split_holds_out_every_label(tmp_path):
     data = load(ImageMultilabel(), multilabel_folder(tmp_path / "d"))
-    counts = data.report.details["label_counts"]
+    counts = data.report.counts
     assert data.payload.val_from_train and 10 <= len(data.payload.splits["val"][0]) <= 14  # about a quarter
     for name in LABELS:
         assert 5 <= counts["val"][name] <= 9 and counts["train"][name] >= 18  # each label about a quarter held out
