@@ -7,7 +7,7 @@ read as rich markup: a file named ``x[/b].png`` is shown as it is.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -55,9 +55,12 @@ class ConsoleReporter(Reporter):
 
     def data_report(self, report: DataReport) -> None:
         report = DataReport.of(report)
-        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in report.counts.items())
+        # a task whose items carry several labels (or none) says how many items each split holds
+        items = report.details.get("items") if isinstance(report.details.get("items"), Mapping) else {}
+        sizes = ", ".join(f"{split} {items.get(split, sum(c.values()))}" for split, c in report.counts.items())
         note = " (val carved from train, stratified)" if report.val_from_train else ""
-        self.console.print(f"Data: {len(report.classes)} classes; {sizes}{note}", highlight=False)
+        kinds = f"{len(report.classes)} classes" if len(report.classes) != 1 else f"outputs: {report.classes[0]}"
+        self.console.print(f"Data: {kinds}; {sizes}{note}", highlight=False)
         skipped = report.skipped
         if skipped:
             self.console.print(f"[yellow]Skipped {len(skipped)} unusable item(s)[/] (all listed in data_report.json; "

@@ -21,7 +21,7 @@ OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite
 BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family transformers"],
            "image_classification": ["task image-classification"],
            "text_classification": ["task text-classification"],
-           "tasks": ["task image-regression", "task image-multilabel"]}
+           "tasks": ["task text-regression", "task text-multilabel", "task image-regression", "task image-multilabel"]}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------
@@ -208,7 +208,8 @@ def test_autotl_block_plugins_blocks_the_named_plugins(monkeypatch, no_plugin_en
     monkeypatch.setenv("AUTOTL_BLOCK_PLUGINS", "timm")
     registry = collect(make_manager())
     assert "timm" not in registry.families and set(registry.families) == {"transformers"}
-    assert set(registry.tasks) == {r.split(" ", 1)[1] for rs in BUILTIN.values() for r in rs if r.startswith("task ")}
+    assert set(registry.tasks) == {what.split(" ", 1)[1] for registers in BUILTIN.values() for what in registers
+                                   if what.startswith("task ")}
 
 
 def test_a_blocked_plugin_is_not_listed_as_loaded(monkeypatch, no_plugin_env):

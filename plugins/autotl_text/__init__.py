@@ -1,4 +1,4 @@
-"""autotl task plugin: text classification from a table of labelled texts.
+"""autotl task plugin: text classification from a table of labelled texts, and the base of every task on such tables.
 
 Layout: ``DATA/train.csv`` and optional ``DATA/val.csv``, ``DATA/test.csv`` (or ``.tsv``, ``.jsonl``),
 columns ``text,label`` (other names through the recipe's ``data: {text_column, label_column}``).
@@ -8,6 +8,10 @@ every epoch and later trial reuses the tensors. Batches are trimmed to their lon
 Bundles (``autotl export``/``autotl predict``): the settings are the trial's max length, the
 tokenizer's padding and truncation sides and the text column; predictions tokenise through the same
 :func:`~autotl_text._table.encode` and trim batches with the same transform as the search.
+
+:class:`TextTableTask` is all of that for any label column: a task of texts whose label column holds
+something else (a number, a set of labels) subclasses it with its :class:`LabelKind` and its target
+(the ``autotl_tasks`` plugin's text regression and multi-label tasks do).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from autotl.base import Inputs
 from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UsageError
 
-from ._table import (Options, TableRow, TextData, decode_utf8, encode, load_text_folder, read_predict_file,
-                     text_lines, tokenised)
+from ._table import (LabelKind, Options, TableRow, TextData, decode_utf8, encode, load_text_folder,
+                     read_predict_file, text_lines, tokenised)
 
 #: the shortest max length a trial may ask for: [CLS] and [SEP] plus a few tokens.
 MIN_MAX_LENGTH = 8
@@ -33,22 +37,43 @@ MIN_MAX_LENGTH = 8
 BUCKET_BATCHES = 20
 
 
-class TextClassification(Task):
-    name = "text-classification"
+#: the data options every task of tables of texts reads.
+TABLE_OPTIONS = {
+    "text_column": "the column (or JSON key) holding the text (default text)",
+    "label_column": "the column (or JSON key) holding the label (default label)",
+    "on_bad_lines": "error (default) or skip: unparseable lines are skipped and listed in the data report",
+}
+#: the trial parameters every task of tables of texts reads.
+TABLE_PARAMETERS = (Param("max_length", "int", "tokens per text, longer texts cut (default: the model's, at most 128; "
+                          "capped at what the model takes)", low=MIN_MAX_LENGTH),)
+
+
+class TextTableTask(Task):
+    """A task on tables of texts (CSV, TSV, JSON Lines): reading, checking, splitting, tokenising, export and
+    prediction, for any label column.
+
+    A subclass sets :attr:`name`, :attr:`target`, :attr:`description`, :attr:`data_options` (those of
+    :data:`TABLE_OPTIONS` and its own) and, where its label column holds more than one class per text,
+    :meth:`label_kind` and :attr:`label_column`.
+    """
+
     modality = "text"
-    target = ClassLabel()
-    description = "labelled texts: DATA/train.csv (columns text,label), optional val.csv and test.csv; or .tsv, .jsonl"
-    data_options = {
-        "text_column": "the column (or JSON key) holding the text (default text)",
-        "label_column": "the column (or JSON key) holding the label (default label)",
-        "on_bad_lines": "error (default) or skip: unparseable lines are skipped and listed in the data report",
-    }
-    parameters = (Param("max_length", "int", "tokens per text, longer texts cut (default: the model's, at most 128; "
-                        "capped at what the model takes)", low=MIN_MAX_LENGTH),)
+    data_options = TABLE_OPTIONS
+    parameters = TABLE_PARAMETERS
+    #: the default name of the label column.
+    label_column = "label"
+
+    def label_kind(self, options: Mapping[str, Any]) -> LabelKind:
+        """How the label column is read, given the recipe's ``data`` options: by default one class per text."""
+        return LabelKind()
+
+    def options(self, options: Mapping[str, Any] | None) -> Options:
+        """The recipe's ``data`` options as the table reader takes them."""
+        return Options.from_mapping(options or {}, label_column=self.label_column)
 
     def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
-        texts = load_text_folder(Path(path), seed=seed, val_fraction=val_fraction,
-                                 options=Options.from_mapping(options or {}))
+        texts = load_text_folder(Path(path), seed=seed, val_fraction=val_fraction, options=self.options(options),
+                                 kind=self.label_kind(options or {}))
         return LoadedData(
             label_names=texts.classes,
             fingerprint=texts.fingerprint,
@@ -99,17 +124,17 @@ class TextClassification(Task):
                          lengths=torch.cat([train.lengths, val.lengths]))
         return TrialData(train=both, val=val, test=prepared.test)
 
-    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
-        """The texts of ``split`` and their class indices, in the file's order."""
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[Any]] | None:
+        """The texts of ``split`` and their labels as stored (class indices, numbers...), in the file's order."""
         texts: TextData = data.payload
         if split not in texts.splits:
             return None
         items, labels = texts.splits[split]
-        return list(items), [int(label) for label in labels]
+        return list(items), list(labels)
 
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:
-        options = Options.from_mapping(data_options or {})
+        options = self.options(data_options)
         pre = TextPreprocessing.of(backbone)
         tokenizer = tokenizer_of(backbone, pre)
         return {
@@ -161,6 +186,12 @@ class TextClassification(Task):
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         return TextSplit(inputs, torch.zeros(len(texts), dtype=torch.long),
                          trim_transform(left=tokenizer.padding_side == "left"), lengths=encoded["lengths"])
+
+
+class TextClassification(TextTableTask):
+    name = "text-classification"
+    target = ClassLabel()
+    description = "labelled texts: DATA/train.csv (columns text,label), optional val.csv and test.csv; or .tsv, .jsonl"
 
 
 @dataclass
@@ -301,4 +332,5 @@ def register_tasks(register):
     register(TextClassification())
 
 
-__all__ = ["TextClassification", "TextSplit", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]
+__all__ = ["LabelKind", "TABLE_OPTIONS", "TABLE_PARAMETERS", "TextClassification", "TextSplit", "TextTableTask",
+           "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]

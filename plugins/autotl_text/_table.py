@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -35,12 +35,14 @@ class Options:
     on_bad_lines: str = "error"  # or "skip"
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> "Options":
+    def from_mapping(cls, options: Mapping[str, Any], label_column: str = "label") -> "Options":
+        """The options of a recipe's ``data`` section; ``label_column`` is the default name of the label column."""
         for key in ("text_column", "label_column", "on_bad_lines"):
             if isinstance(options.get(key), (list, dict)) or (key in options and options[key] is None):
                 raise UsageError(f"data option {key} must be a name, not {options[key]!r}; e.g. -d {key}=review "
                                  f"(or `data: {{{key}: review}}` in the recipe)")
-        opts = cls(**{k: str(options[k]) for k in ("text_column", "label_column", "on_bad_lines") if k in options})
+        opts = cls(**{"label_column": label_column,
+                      **{k: str(options[k]) for k in ("text_column", "label_column", "on_bad_lines") if k in options}})
         if opts.on_bad_lines not in ("error", "skip"):
             raise UsageError(f"recipe data.on_bad_lines must be error or skip, not {opts.on_bad_lines!r}")
         if opts.text_column == opts.label_column:
@@ -48,11 +50,80 @@ class Options:
         return opts
 
 
+class LabelKind:
+    """How the label column of a table of texts is read, checked, split and given to the model.
+
+    This class reads one class per text (text classification); a task whose label column holds
+    something else (a number, a set of labels) hands :func:`load_text_folder` a subclass. A label value
+    goes through three forms: the cell (a stripped string), what :meth:`parse` makes of it, and what
+    :meth:`index` stores per text given the label names (a class index, a number, label indices).
+    """
+
+    #: what one cell holds, for messages: ``give each row {holds}``.
+    holds = "a label"
+    #: whether an empty cell is a value (an empty set of labels) rather than a missing one.
+    allows_empty = False
+    #: what, besides the column names, decides the values read (a separator): part of the data's fingerprint.
+    fingerprint = ""
+
+    def parse(self, cell: str) -> Any:
+        """The value of one non-empty cell (or an empty one, with :attr:`allows_empty`).
+
+        :raises ValueError: with a short message (``'abc' is not a number``) for a cell that holds no value.
+        """
+        return cell
+
+    def names(self, values: Sequence[Any], column: str, where: str) -> list[str]:
+        """The label names (the model's outputs, in order), from the training values of ``column`` read from
+        ``where`` (a file name).
+
+        :raises DataError: where the values cannot train a model (a single class, say).
+        """
+        counts = Counter(values)
+        if len(counts) < 2:
+            raise DataError(f"{where}, column {column!r}: every row has the label {next(iter(counts))!r}; "
+                            "classification needs at least two labels")
+        return _sorted_labels(counts)
+
+    def unknown(self, value: Any, names: Mapping[str, int]) -> str | None:
+        """A label of ``value`` (a validation or test row's) that is not among the names, or ``None``."""
+        return None if value in names else value
+
+    def index(self, value: Any, names: Mapping[str, int]) -> Any:
+        """What is stored per text: here the class index."""
+        return names[value]
+
+    def tensor(self, stored: Sequence[Any], width: int) -> torch.Tensor:
+        """The labels of a split as the task's target reads them."""
+        return torch.tensor(list(stored), dtype=torch.long)
+
+    def split(self, stored: Sequence[Any], names: Sequence[str], val_fraction: float, seed: int,
+              where: Callable[[int], str]) -> tuple[list[int], list[int]]:
+        """The training and validation positions of a training file without a validation file of its own.
+
+        ``where(i)`` names the i-th row (``train.csv line 7``) for messages.
+        """
+        def too_few(label: int, members: list[int]) -> str:
+            return (f"{where(members[0])}: label {names[label]!r} has only this one row; a validation split needs "
+                    "at least 2 rows per label: add rows, or give a val file of your own")
+
+        return stratified_split(list(stored), len(names), val_fraction, seed, too_few=too_few)
+
+    def counts(self, stored: Sequence[Any], names: Sequence[str]) -> dict[str, int]:
+        """Rows per label name, for the data report."""
+        return {name: list(stored).count(i) for i, name in enumerate(names)}
+
+    def details(self, stored: Sequence[Any], names: Sequence[str]) -> dict[str, Any]:
+        """More about a split's values for the data report (a number's range...); the default: nothing."""
+        return {}
+
+
 @dataclass
 class Row:
     line: int
     text: str
     label: str
+    value: Any = None
 
 
 @dataclass
@@ -69,16 +140,21 @@ class TextData:
     val_from_train: bool
     options: Options
     test_in_train: int = 0
+    kind: LabelKind = field(default_factory=LabelKind)
     _tokens: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def labels(self, split: str) -> torch.Tensor:
-        return torch.tensor(self.splits[split][1], dtype=torch.long)
+        return self.kind.tensor(self.splits[split][1], len(self.classes))
 
     def report(self) -> DataReport:
-        counts = {split: {c: self.splits[split][1].count(i) for i, c in enumerate(self.classes)}
-                  for split in SPLITS if split in self.splits}
+        present = [split for split in SPLITS if split in self.splits]
+        counts = {split: self.kind.counts(self.splits[split][1], self.classes) for split in present}
         details: dict[str, Any] = {"files": self.files, "text_column": self.options.text_column,
-                                   "label_column": self.options.label_column, "skipped_counts": self.skipped_counts}
+                                   "label_column": self.options.label_column, "skipped_counts": self.skipped_counts,
+                                   "items": {split: len(self.splits[split][0]) for split in present}}
+        extra = {split: self.kind.details(self.splits[split][1], self.classes) for split in present}
+        if any(extra.values()):
+            details["labels"] = extra
         if "test" in self.splits:
             details["test_texts_also_in_train"] = self.test_in_train
         return DataReport(classes=self.classes, counts=counts, val_from_train=self.val_from_train,
@@ -87,7 +163,10 @@ class TextData:
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Options) -> TextData:
+def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Options,
+                     kind: LabelKind | None = None) -> TextData:
+    """Read, check and split the tables of texts in ``root``; ``kind`` reads the label column [one class a text]."""
+    kind = kind or LabelKind()
     root = Path(root)
     if root.is_file() and root.suffix in FORMATS:
         raise DataError(f"{root} is a file; give the folder that holds it (named train{root.suffix}), "
@@ -103,9 +182,9 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
     skipped: list[SkippedItem] = []
     skipped_counts: dict[str, int] = {}
     rows: dict[str, list[Row]] = {}
-    digest = hashlib.sha256(f"{options.text_column}\0{options.label_column}\0".encode())
+    digest = hashlib.sha256(f"{options.text_column}\0{options.label_column}\0{kind.fingerprint}".encode())
     for split, path in files.items():
-        split_rows, split_skips = read_rows(path, options)
+        split_rows, split_skips = read_rows(path, options, kind)
         skipped.extend(split_skips)
         skipped_counts[split] = len(split_skips)
         if not split_rows:
@@ -118,33 +197,29 @@ def load_text_folder(root: Path, *, seed: int, val_fraction: float, options: Opt
             digest.update(f"{split}\0{row.label}\0{row.text}\0".encode())
 
     train_name = files["train"].name
-    counts = Counter(row.label for row in rows["train"])
-    if len(counts) < 2:
-        label = next(iter(counts))
-        raise DataError(f"{train_name}, column {options.label_column!r}: every row has the label {label!r}; "
-                        "classification needs at least two labels")
-    classes = _sorted_labels(counts)
+    classes = kind.names([row.value for row in rows["train"]], options.label_column, train_name)
     index = {label: i for i, label in enumerate(classes)}
     for split in ("val", "test"):
         for row in rows.get(split, []):
-            if row.label not in index:
+            label = kind.unknown(row.value, index)
+            if label is not None:
                 shown = ", ".join(repr(c) for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
                 raise DataError(f"{files[split].name} line {row.line}, column {options.label_column!r}: label "
-                                f"{row.label!r} never occurs in {train_name} (its labels: {shown}); fix the label "
+                                f"{label!r} never occurs in {train_name} (its labels: {shown}); fix the label "
                                 f"or add rows with it to {train_name}")
 
-    splits = {split: ([r.text for r in split_rows], [index[r.label] for r in split_rows])
+    splits = {split: ([r.text for r in split_rows], [kind.index(r.value, index) for r in split_rows])
               for split, split_rows in rows.items()}
     val_from_train = "val" not in splits
     if val_from_train:
-        splits["train"], splits["val"] = split_validation(rows["train"], classes, index, val_fraction, seed,
-                                                          train_name)
+        splits["train"], splits["val"] = split_validation(rows["train"], splits["train"][1], classes, kind,
+                                                          val_fraction, seed, train_name)
     test_in_train = 0
     if "test" in splits:
         seen = set(splits["train"][0]) | set(splits["val"][0])
         test_in_train = sum(text in seen for text in splits["test"][0])
     return TextData(root, classes, splits, {s: p.name for s, p in files.items()}, digest.hexdigest()[:16],
-                    skipped, skipped_counts, val_from_train, options, test_in_train)
+                    skipped, skipped_counts, val_from_train, options, test_in_train, kind=kind)
 
 
 def _find_file(root: Path, split: str) -> Path | None:
@@ -162,8 +237,9 @@ def _sorted_labels(counts: Counter) -> list[str]:
         return sorted(labels)
 
 
-def read_rows(path: Path, options: Options) -> tuple[list[Row], list[SkippedItem]]:
+def read_rows(path: Path, options: Options, kind: LabelKind | None = None) -> tuple[list[Row], list[SkippedItem]]:
     """The usable rows of one file, and the lines skipped (empty texts; bad lines with ``on_bad_lines: skip``)."""
+    kind = kind or LabelKind()
     data = path.read_bytes()
     name = path.name
     if not data.strip():
@@ -195,10 +271,15 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[SkippedItem
         label = _label_str(raw_label)
         if label is None:
             bad(line, f", column {options.label_column!r}: the label is not a string or number ({raw_label!r})",
-                "give each row one label")
+                f"give each row {kind.holds}")
             continue
-        if not label:
-            bad(line, f", column {options.label_column!r}: the label is empty", "give each row a label")
+        if not label and not kind.allows_empty:
+            bad(line, f", column {options.label_column!r}: the label is empty", f"give each row {kind.holds}")
+            continue
+        try:
+            value = kind.parse(label)
+        except ValueError as exc:
+            bad(line, f", column {options.label_column!r}: {exc}", f"give each row {kind.holds}")
             continue
         text_value = "" if raw_text is None else raw_text if isinstance(raw_text, str) else str(raw_text)
         surrogate = next(((column, found) for column, value in ((options.text_column, text_value),
@@ -210,7 +291,7 @@ def read_rows(path: Path, options: Options) -> tuple[list[Row], list[SkippedItem
         if not text_value.strip():
             skipped.append(SkippedItem(f"{name}:{line}", "empty text"))
             continue
-        rows.append(Row(line, text_value, label))
+        rows.append(Row(line, text_value, label, value))
     return rows, skipped
 
 
@@ -349,17 +430,11 @@ def _raise_not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, options: O
 
 # -- validation split --------------------------------------------------------------------------------
 
-def split_validation(rows: list[Row], classes: list[str], index: dict[str, int], val_fraction: float, seed: int,
-                     train_name: str):
-    """Hold out ``val_fraction`` of each label (at least one row, never the last one), seeded
-    (:func:`autotl.utils.stratified_split`)."""
-    labels = [index[r.label] for r in rows]
-
-    def too_few(label: int, members: list[int]) -> str:
-        return (f"{train_name} line {rows[members[0]].line}: label {classes[label]!r} has only this one row; a "
-                "validation split needs at least 2 rows per label: add rows, or give a val file of your own")
-
-    train_idx, val_idx = stratified_split(labels, len(classes), val_fraction, seed, too_few=too_few)
+def split_validation(rows: list[Row], labels: list[Any], classes: list[str], kind: LabelKind, val_fraction: float,
+                     seed: int, train_name: str):
+    """Hold out ``val_fraction`` of the training rows as the label kind splits them (by default at least one row
+    of each label, never the last one), seeded (:func:`autotl.utils.stratified_split`)."""
+    train_idx, val_idx = kind.split(labels, classes, val_fraction, seed, lambda i: f"{train_name} line {rows[i].line}")
 
     def take(idx):
         return [rows[i].text for i in idx], [labels[i] for i in idx]
