@@ -20,6 +20,7 @@ from tiny import TINY
 
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
+from autotl.testing import TASK_CHECKS
 from autotl_image import ImageClassification, read_image_csv
 from autotl_tasks.image_tasks import ImageMultilabel, ImageRegression
 
@@ -253,6 +254,49 @@ def test_predict_reads_each_csv_row_from_the_bundles_image_column(tmp_path, tiny
 def test_image_classification_keeps_its_defaults():
     task = ImageClassification()
     assert task.default_fit == "crop" and "image_column" not in task.data_options
+
+
+# -- the task kit (autotl.testing) ------------------------------------------------------------------------
+
+def unnamed_image_column(folder: Path) -> Path:
+    """The image column under another name: ``load`` must name the column it misses."""
+    root = regression_folder(folder, counts=(("train", 8),))
+    (root / "train.csv").write_text((root / "train.csv").read_text().replace("image,", "picture,", 1))
+    return root
+
+
+def kit_checks(tmp_path_factory, task, make) -> dict:
+    from autotl.testing import task_checks
+    from autotl_timm import TimmFamily
+    from tiny import save_tiny_weights
+
+    weights = save_tiny_weights(tmp_path_factory.mktemp("kit-weights") / "tiny.safetensors")
+    checks = task_checks(task, make, TimmFamily(), TINY, weights={TINY: str(weights)},
+                         params={"resolution": 32, "augment": "none"}, bad_data=[unnamed_image_column],
+                         sources=lambda data: [str(data / "test.csv")])
+    return {check.name: check for check in checks}
+
+
+@pytest.fixture(scope="module")
+def regression_checks(tmp_path_factory):
+    return kit_checks(tmp_path_factory, ImageRegression(), lambda folder: regression_folder(folder, counts=(
+        ("train", 16), ("test", 6))))
+
+
+@pytest.fixture(scope="module")
+def multilabel_checks(tmp_path_factory):
+    return kit_checks(tmp_path_factory, ImageMultilabel(), lambda folder: multilabel_folder(folder, counts=(
+        ("train", 21), ("test", 7))))
+
+
+@pytest.mark.parametrize("name", TASK_CHECKS)
+def test_image_regression_passes_the_task_kit(name, regression_checks):
+    regression_checks[name]()
+
+
+@pytest.mark.parametrize("name", TASK_CHECKS)
+def test_image_multilabel_passes_the_task_kit(name, multilabel_checks):
+    multilabel_checks[name]()
 
 
 # -- through the command line, on the tiny network ---------------------------------------------------------
