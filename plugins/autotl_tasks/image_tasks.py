@@ -43,7 +43,7 @@ class ImageRegression(ImageTask):
         ranges = {split: {"min": min(s[1]), "mean": sum(s[1]) / len(s[1]), "max": max(s[1])}
                   for split, s in images.splits.items()}
         counts = {split: {column: len(s[1])} for split, s in images.splits.items()}
-        return self.loaded(images, options, _report(images, counts, {column: ranges}))
+        return self.loaded(images, options, _report(images, counts, {"target": ranges}))
 
 
 class ImageMultilabel(ImageTask):
