@@ -298,7 +298,9 @@ def task_checks(
         options given; the family serves the task's modality.
     ``load``
         a :class:`~autotl.LoadedData` with distinct label names, a fingerprint, a JSON
-        :class:`~autotl.DataReport` and a test split; loading again gives the same fingerprint.
+        :class:`~autotl.DataReport` and a test split; loading again gives the same fingerprint;
+        ``target.for_labels(label_names)`` is a target whose primary is one of its metrics (the
+        later checks use it, as the core does).
     ``bad_data``
         a missing path, an empty folder and every ``bad_data`` raise a one-line ``DataError``.
     ``split``
@@ -306,7 +308,8 @@ def task_checks(
         same for the same seed, another for another seed (drawn from the same training items, the test
         split untouched), and larger for a larger ``val_fraction``.
     ``prepare``
-        :class:`~autotl.TensorSplit` s as long as ``split_items``' lists, whose outputs through the
+        :class:`~autotl.TensorSplit` s of one row per item of ``split_items``' lists (or more for a
+        per-position target: windows of a long sentence), whose outputs through the
         backbone's network (``target.width``, ``per_position``) have the target's shape and are finite;
         training batches cover the split; preparing again gives the same tensors.
     ``loss``

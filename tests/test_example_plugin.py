@@ -64,8 +64,8 @@ def own_tests(folder: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def autotl(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(AUTOTL), *map(str, args)], capture_output=True, text=True,
+def autotl(*args, env=None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AUTOTL), *map(str, args)], capture_output=True, text=True, input=stdin,
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -185,3 +185,10 @@ def test_search_export_and_predict_a_text_pair_task_on_real_weights(pairs_instal
     assert [r["input"] for r in rows] == [f"{data / 'test.csv'}:{i + 2}" for i in range(len(truth))]
     accuracy = sum(r["label"] == t for r, t in zip(rows, truth)) / len(truth)
     assert abs(accuracy - summary["test_accuracy"]) < 1e-6, (accuracy, summary)
+    # standard input: a pair per line, tab-separated; the same pairs predict the same
+    with (data / "test.csv").open(encoding="utf-8") as f:
+        pairs = [(row["text_a"], row["text_b"]) for row in csv.DictReader(f)][:3]
+    piped = autotl("predict", bundle, "-", "--json", stdin="".join(f"{a}\t{b}\n" for a, b in pairs))
+    assert piped.returncode == 0, piped.stderr
+    assert [(r["input"], r["label"]) for r in json.loads(piped.stdout)] == [
+        (f"line {i + 1}", rows[i]["label"]) for i in range(3)]

@@ -20,6 +20,7 @@ from tiny import TINY
 
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
+from autotl.testing import TASK_CHECKS
 from autotl_image import ImageClassification, read_image_csv
 from autotl_tasks.image_tasks import ImageMultilabel, ImageRegression
 
@@ -98,6 +99,8 @@ def test_regression_reads_the_numbers_and_paths_relative_to_the_csv(tmp_path):
     assert paths == [row.cells["image"] for row in rows]
     assert values == [float(row.cells["target"]) for row in rows]
     assert images.labels("test").dtype == torch.float64
+    assert data.report.counts["test"] == {"target": 12} and data.report.details["items"]["test"] == 12
+    assert data.report.details["target"]["test"]["max"] == max(values)
     assert len(images.splits["train"][0]) + len(images.splits["val"][0]) == 40
 
 
@@ -135,14 +138,14 @@ def test_multilabel_encodes_each_label_set_as_a_row_of_zeros_and_ones(tmp_path):
     rows = read_image_csv(tmp_path / "d" / "test.csv")
     expected = [[float(name in row.cells["labels"].split("|")) for name in LABELS] for row in rows]
     assert data.payload.labels("test").tolist() == expected
-    counts = data.report.details["label_counts"]
-    assert counts["test"] == {name: sum(e[i] for e in expected) for i, name in enumerate(LABELS)}
-    assert data.report.counts["test"] == {"images": 16}
+    assert data.report.counts["test"] == {name: sum(e[i] for e in expected) for i, name in enumerate(LABELS)}
+    assert data.report.details["items"]["test"] == 16
+    assert data.report.details["labels_per_image"]["test"] == sum(map(sum, expected)) / 16
 
 
 def test_the_multilabel_val_split_holds_out_every_label(tmp_path):
     data = load(ImageMultilabel(), multilabel_folder(tmp_path / "d"))
-    counts = data.report.details["label_counts"]
+    counts = data.report.counts
     assert data.payload.val_from_train and 10 <= len(data.payload.splits["val"][0]) <= 14  # about a quarter
     for name in LABELS:
         assert 5 <= counts["val"][name] <= 9 and counts["train"][name] >= 18  # each label about a quarter held out
@@ -251,6 +254,49 @@ def test_predict_reads_each_csv_row_from_the_bundles_image_column(tmp_path, tiny
 def test_image_classification_keeps_its_defaults():
     task = ImageClassification()
     assert task.default_fit == "crop" and "image_column" not in task.data_options
+
+
+# -- the task kit (autotl.testing) ------------------------------------------------------------------------
+
+def unnamed_image_column(folder: Path) -> Path:
+    """The image column under another name: ``load`` must name the column it misses."""
+    root = regression_folder(folder, counts=(("train", 8),))
+    (root / "train.csv").write_text((root / "train.csv").read_text().replace("image,", "picture,", 1))
+    return root
+
+
+def kit_checks(tmp_path_factory, task, make) -> dict:
+    from autotl.testing import task_checks
+    from autotl_timm import TimmFamily
+    from tiny import save_tiny_weights
+
+    weights = save_tiny_weights(tmp_path_factory.mktemp("kit-weights") / "tiny.safetensors")
+    checks = task_checks(task, make, TimmFamily(), TINY, weights={TINY: str(weights)},
+                         params={"resolution": 32, "augment": "none"}, bad_data=[unnamed_image_column],
+                         sources=lambda data: [str(data / "test.csv")])
+    return {check.name: check for check in checks}
+
+
+@pytest.fixture(scope="module")
+def regression_checks(tmp_path_factory):
+    return kit_checks(tmp_path_factory, ImageRegression(), lambda folder: regression_folder(folder, counts=(
+        ("train", 16), ("test", 6))))
+
+
+@pytest.fixture(scope="module")
+def multilabel_checks(tmp_path_factory):
+    return kit_checks(tmp_path_factory, ImageMultilabel(), lambda folder: multilabel_folder(folder, counts=(
+        ("train", 21), ("test", 7))))
+
+
+@pytest.mark.parametrize("name", TASK_CHECKS)
+def test_image_regression_passes_the_task_kit(name, regression_checks):
+    regression_checks[name]()
+
+
+@pytest.mark.parametrize("name", TASK_CHECKS)
+def test_image_multilabel_passes_the_task_kit(name, multilabel_checks):
+    multilabel_checks[name]()
 
 
 # -- through the command line, on the tiny network ---------------------------------------------------------

@@ -48,6 +48,56 @@ def text_checks(tmp_path_factory):
     return {check.name: check for check in checks}
 
 
+# -- the tasks plugin's tasks (autotl_tasks): other targets (a number, a set of labels, a tag per word) ------
+
+def _kit_makers():
+    from test_image_tasks import multilabel_folder, regression_folder
+    from test_text_tasks import label_set_rows, number_rows, write_table
+    from test_tokens import make_conll
+
+    return {
+        "text-regression": (lambda f: write_table(f, number_rows, "target", sizes=(("train", 32), ("test", 12))), {}),
+        "text-multilabel": (lambda f: write_table(f, label_set_rows, "label", sizes=(("train", 40), ("test", 12))),
+                            {}),
+        # max_length 8: sentences of more than 6 words take several windows (rows) each
+        "token-classification": (lambda f: make_conll(f, sentences=(("train", 24), ("test", 8))),
+                                 {"params": {"max_length": 8}}),
+        "image-regression": (lambda f: regression_folder(f, counts=(("train", 24), ("test", 8))),
+                             {"sources": lambda d: [str(d / "test.csv")]}),
+        "image-multilabel": (lambda f: multilabel_folder(f, counts=(("train", 28), ("test", 8))),
+                             {"sources": lambda d: [str(d / "test.csv")]}),
+    }
+
+
+@pytest.fixture(scope="module")
+def plugin_task_checks(tmp_path_factory):
+    """The kit's checks of each task of the tasks plugin, built once per task (its data and model shared)."""
+    from tiny import save_tiny_weights
+
+    from autotl.plugins import get_registry
+
+    weights = save_tiny_weights(tmp_path_factory.mktemp("kit-weights") / "tiny.safetensors")
+    bert = str(tinybert.save_tiny_bert(tmp_path_factory.mktemp("kit") / "tinybert"))
+    tasks = get_registry().tasks
+    built = {}
+    for name, (maker, extra) in _kit_makers().items():
+        task = tasks[name]
+        if task.modality == "image":
+            backbone = dict(family=TimmFamily(), model=TINY, weights={TINY: str(weights)},
+                            params={"resolution": 32, "augment": "none"})
+        else:
+            backbone = dict(family=TransformersFamily(), model=bert, params={"max_length": 16})
+        built[name] = {c.name: c for c in task_checks(task, maker, **{**backbone, **extra})}
+    return built
+
+
+@pytest.mark.parametrize("name", TASK_CHECKS)
+@pytest.mark.parametrize("task", ["text-regression", "text-multilabel", "token-classification", "image-regression",
+                                  "image-multilabel"])
+def test_the_tasks_plugins_tasks_pass_the_task_kit(task, name, plugin_task_checks):
+    plugin_task_checks[task][name]()
+
+
 @pytest.mark.parametrize("name", TASK_CHECKS)
 def test_image_classification_passes_the_task_kit(name, image_checks):
     image_checks[name]()

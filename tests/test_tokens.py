@@ -16,7 +16,6 @@ import tinybert
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
 from autotl.plugins import get_registry, target_of
-from autotl.testing import TASK_CHECKS
 from autotl_tasks.tokens import IGNORE, TagSequence, TokenClassification, encode_words, is_bio, read_conll
 from autotl_transformers import TransformersFamily
 
@@ -200,22 +199,3 @@ def test_search_export_and_predict_agree_on_the_test_words(tmp_path, tiny_model)
     result = run(cli, ["predict", str(tmp_path / "bundle"), "-", "--json"], input="good tea was bad\n")
     assert [p["tokens"] for p in json.loads(result.output)] == [["good", "tea", "was", "bad"]]
 
-
-# -- the task kit ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def kit_checks(tiny_model):
-    from autotl.testing import task_checks
-
-    def no_train(folder: Path) -> Path:
-        (folder / "test.conll").write_text("good\tADJ\n", encoding="utf-8")
-        return folder
-
-    checks = task_checks(TASK, lambda folder: make_conll(folder / "data"), TransformersFamily(), tiny_model,
-                         params={"max_length": 16}, bad_data=[no_train])
-    return {check.name: check for check in checks}
-
-
-@pytest.mark.parametrize("name", TASK_CHECKS)
-def test_token_classification_passes_the_task_kit(name, kit_checks):
-    kit_checks[name]()

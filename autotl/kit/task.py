@@ -77,10 +77,8 @@ class TaskSubject:
 
     @property
     def target(self) -> Target:
-        """The task's target, bound to the dataset's labels once they are loaded (:meth:`Target.for_labels`), as the
-        search, the run and the bundle bind it."""
-        data = self.shared._cache.get("data")
-        return self.task.target if data is None else self.task.target.for_labels(list(data.label_names))
+        """The task's target, bound to the kit's labels once they are loaded (:meth:`autotl.Target.for_labels`)."""
+        return self.shared._cache.get("bound") or self.task.target
 
     def data_path(self, c: str) -> Path:
         def make() -> Path:
@@ -111,7 +109,17 @@ class TaskSubject:
         return data
 
     def data(self, c: str) -> LoadedData:
-        return self.cached("data", lambda: self.load(c))
+        data = self.cached("data", lambda: self.load(c))
+        if "bound" not in self.shared._cache:
+            try:
+                bound = self.task.target.for_labels(list(data.label_names))
+            except Exception as exc:
+                raise self.fail(c, f"target.for_labels(label_names) raised {describe(exc)}") from exc
+            if not isinstance(bound, Target) or bound.primary not in bound.metrics:
+                raise self.fail(c, "target.for_labels(label_names) must give an autotl.Target whose primary is one "
+                                   "of its metrics")
+            self.shared._cache["bound"] = bound
+        return data
 
     def items(self, c: str, data: LoadedData, split: str) -> tuple[list[Any], list[Any]]:
         try:
@@ -233,11 +241,17 @@ class TaskSubject:
             split = self.task.preprocess_for_predict(list(items), self.backbone(c), settings)
         except Exception as exc:
             raise self.fail(c, f"preprocess_for_predict({what}) raised {describe(exc)}") from exc
-        if not isinstance(split, TensorSplit) or len(split) != len(items):
-            size = len(split) if isinstance(split, TensorSplit) else type(split).__name__
-            raise self.fail(c, f"preprocess_for_predict({what}) must give a TensorSplit of one item per input "
-                               f"({len(items)}), not {size}")
+        if not isinstance(split, TensorSplit):
+            raise self.fail(c, f"preprocess_for_predict({what}) must give a TensorSplit, not {type(split).__name__}")
+        self.check_rows(c, len(split), len(items), f"preprocess_for_predict({what})")
         return split
+
+    def check_rows(self, c: str, rows: int, items: int, what: str) -> None:
+        """One row per item; for a per-position target, at least one (a long sentence may take several windows)."""
+        if rows == items or (self.target.per_position and rows >= items):
+            return
+        raise self.fail(c, f"{what} has {rows} rows for {items} items: one row per item"
+                        + (", or more (windows of a long item)" if self.target.per_position else ""))
 
     def score(self, c: str, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
               what: str) -> dict[str, float]:
@@ -426,8 +440,7 @@ class TaskSubject:
             if not isinstance(split, TensorSplit):
                 raise self.fail(c, f"the {name} split is a {type(split).__name__}, not an autotl.TensorSplit")
             items, _ = self.items(c, data, name)
-            if len(split) != len(items):
-                raise self.fail(c, f"the prepared {name} split has {len(split)} items, split_items() {len(items)}")
+            self.check_rows(c, len(split), len(items), f"the prepared {name} split")
             outputs = self.outputs(c, model, split, f"the prepared {name} split")
             self._check_output_shape(c, outputs, len(split), f"the {name} split")
         try:
@@ -537,16 +550,16 @@ class TaskSubject:
         test = prepared.test
         search = self.outputs(c, model, test, "the prepared test split")
         named = self.read(c, self.sources(c))
-        if len(named) != len(test):
+        items, _ = self.items(c, data, "test")
+        if len(named) != len(items):
             raise self.fail(c, f"read_inputs({self.sources(c)}) gave {len(named)} items, the test split has "
-                               f"{len(test)}")
+                               f"{len(items)}")
         split = self.predict_split(c, [item for _, item in named], settings, "what read_inputs gave for the test split")
         got = self.outputs(c, model, split, "the test items through the bundle's path")
         self.same_outputs(c, search, got, "predictions of what read_inputs() gives for the test split, in its order,")
         self.same_scores(c, self.score(c, search, test.labels, calibration, "the test split"),
                          self.score(c, got, test.labels, calibration, "the bundle path's test outputs"),
                          "scoring the bundle path's test outputs")
-        items, _ = self.items(c, data, "test")
         by_items = self.outputs(c, model, self.predict_split(c, items, settings, "split_items(data, 'test')"),
                                 "split_items(data, 'test') through preprocess_for_predict")
         self.same_outputs(c, search, by_items, "predictions of split_items(data, 'test') (what `autotl report` shows)")
@@ -570,6 +583,7 @@ class TaskSubject:
         from ..export import ExportOptions, export_bundle
 
         c = "bundle"
+        self.data(c)
         task, family, model = self.task, self.shared.family, self.shared.model
         registry = Registry(families={family.name: family}, tasks={task.name: task})
         work = self.shared.folder("search")

@@ -42,7 +42,8 @@ class ImageRegression(ImageTask):
             hold_out(images, stratified_split(bins, max(bins) + 1, val_fraction, seed, too_few=_too_few(path))[1])
         ranges = {split: {"min": min(s[1]), "mean": sum(s[1]) / len(s[1]), "max": max(s[1])}
                   for split, s in images.splits.items()}
-        return self.loaded(images, options, _report(images, {column: ranges}))
+        counts = {split: {column: len(s[1])} for split, s in images.splits.items()}
+        return self.loaded(images, options, _report(images, counts, {"target": ranges}))
 
 
 class ImageMultilabel(ImageTask):
@@ -76,7 +77,8 @@ class ImageMultilabel(ImageTask):
             hold_out(images, set_stratified_split(images.splits["train"][1], val_fraction, seed)[1])
             counts["val"] = {n: int(sum(row[i] for row in images.splits["val"][1])) for i, n in enumerate(names)}
             counts["train"] = {n: counts["train"][n] - counts["val"][n] for n in names}
-        return self.loaded(images, options, _report(images, {"label_counts": counts}))
+        per_image = {split: sum(map(sum, s[1])) / len(s[1]) for split, s in images.splits.items()}
+        return self.loaded(images, options, _report(images, counts, {"labels_per_image": per_image}))
 
 
 def _too_few(path: Path):
@@ -84,11 +86,12 @@ def _too_few(path: Path):
                                    "target) to hold out a validation split; add images or give a val.csv")
 
 
-def _report(images: ImageData, details: dict[str, Any]) -> DataReport:
-    """Images per split (``counts``; a label set counts once), the skipped files, and the task's ``details``."""
-    counts = {split: {"images": len(s[0])} for split, s in images.splits.items()}
+def _report(images: ImageData, counts: dict[str, dict[str, int]], details: dict[str, Any]) -> DataReport:
+    """``counts`` per split and label, the images per split (``items``: an image may carry several labels), the
+    skipped files, and the task's ``details``."""
+    items = {split: len(s[0]) for split, s in images.splits.items()}
     return DataReport(classes=list(images.classes), counts=counts, val_from_train=images.val_from_train,
-                      skipped=images.skipped, root=str(images.root), details=details)
+                      skipped=images.skipped, root=str(images.root), details={"items": items, **details})
 
 
 __all__ = ["ImageMultilabel", "ImageRegression"]

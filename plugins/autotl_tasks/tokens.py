@@ -338,12 +338,13 @@ class TokenClassification(Task):
         return payload.encoded[key]
 
     def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[Any]] | None:
-        """The sentences of ``split`` (their words) and their tag indices, in the file's order."""
+        """The sentences of ``split`` (each its list of words, in the file's order) and their tags' indices."""
         payload: TagData = data.payload
         if split not in payload.splits:
             return None
         index = {t: i for i, t in enumerate(payload.tags)}
-        return [list(s.words) for s in payload.splits[split]], [[index[t] for t in s.tags] for s in payload.splits[split]]
+        sentences = payload.splits[split]
+        return [list(s.words) for s in sentences], [[index[t] for t in s.tags] for s in sentences]
 
     # -- export and prediction -------------------------------------------------------------------------
     def export_settings(self, data_options, backbone, params) -> dict[str, Any]:
