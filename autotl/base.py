@@ -482,6 +482,15 @@ class Target(ABC):
     per_position: bool = False
     parameters: Sequence[Param] = ()
 
+    def for_labels(self, label_names: Sequence[str]) -> "Target":
+        """This target for a dataset whose labels are ``label_names``: the core asks wherever it knows them.
+
+        A target whose metrics or primary depend on the labels (scores that only some label sets
+        allow) returns a target bound to them; the default returns ``self``. The core calls it on the
+        loaded data's labels, on a study's recorded ones and on a bundle's.
+        """
+        return self
+
     def width(self, label_names: Sequence[str]) -> int:
         """How many numbers the network outputs per item (or per position): by default one per label name."""
         return len(label_names)

@@ -94,9 +94,9 @@ class Bundle:
         self.directory = Path(directory)
         self.config = config
         self.task = task
-        self.target = task.target
+        self.target = task.target.for_labels(list(config.label_names))
         #: the network's width and layout, the metric and the calibration (also for a version 1 bundle).
-        self.target_info: TargetInfo = config.target_info(task.target)
+        self.target_info: TargetInfo = config.target_info(self.target)
         self.backbone = backbone
         self.model = model
         self.device = device
@@ -245,7 +245,7 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a readable safetensors file ({exc}); export the bundle again") from exc
     try:
-        info = config.target_info(task.target)
+        info = config.target_info(task.target.for_labels(list(config.label_names)))
         model = trained_network(backbone, info.width, state, device, per_position=info.per_position)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]

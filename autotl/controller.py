@@ -151,6 +151,8 @@ class Search:
         self.reporter.message(f"Loading {self.task.name} data from {opts.data} ...")
         self.data = self.task.load(opts.data, seed=self.split_seed, val_fraction=self.recipe.val_fraction,
                                    options=self.recipe.data)
+        self.target = target_of(self.task, self.data.label_names)  # a target may depend on the labels
+        self.metric = checked_metric(self.recipe, self.target)
         self.reporter.data_report(self.data.report)
 
     def _adopt_study(self, attrs: dict[str, Any]) -> dict[str, Any] | None:
@@ -166,6 +168,7 @@ class Search:
             return None
         check_task(record, self.task, where)
         self.recipe = adopted_recipe(record, given, self.recipe, replace(self.parameters, strict=False))
+        self.target = target_of(self.task, record.label_names)
         self.metric = checked_metric(self.recipe, self.target)
         check_metric(record, self.metric, self.task, where)
         self.options = adopted_options(record, given)

@@ -40,16 +40,26 @@ def predict_outputs(model: nn.Module, split: TensorSplit, device: torch.device, 
 
     ``(items, width)``; or, for a network giving one output per position, ``(items, positions, width)``,
     each batch right-padded with zeros along the positions to the widest batch's. The task's
-    :class:`~autotl.Target` scores and decodes them.
+    :class:`~autotl.Target` scores and decodes them. A split with a :meth:`~autotl.TensorSplit.search_order`
+    (texts, longest first) is run in that order, so that batches hold items of similar size, and its
+    outputs are put back in the split's own order: the same items give the same batches, whether the
+    search's prepared split or the bundle's split of a file.
     """
     model.eval()
-    outputs = [forward(model, to_device(x, device)).float().cpu() for x, _ in split.batches(batch_size)]
+    order = split.search_order()
+    run = split if order is None else split.take(order)
+    outputs = [forward(model, to_device(x, device)).float().cpu() for x, _ in run.batches(batch_size)]
     if not outputs:
         return torch.empty(0)
     if outputs[0].dim() == 3:
         widest = max(o.shape[1] for o in outputs)
         outputs = [torch.nn.functional.pad(o, (0, 0, 0, widest - o.shape[1])) for o in outputs]
-    return torch.cat(outputs)
+    joined = torch.cat(outputs)
+    if order is None:
+        return joined
+    back = torch.empty_like(joined)
+    back[order] = joined
+    return back
 
 
 __all__ = ["forward", "predict_outputs", "to_device"]

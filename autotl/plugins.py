@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pluggy
 
@@ -106,12 +106,13 @@ def get_registry() -> Registry:
     return collect(make_manager())
 
 
-def target_of(task: Task) -> Target:
-    """``task``'s :class:`~autotl.Target` (what it predicts: its loss, metrics and decoding); a :class:`PluginError`
-    naming the task when it sets none."""
+def target_of(task: Task, label_names: Sequence[str] | None = None) -> Target:
+    """``task``'s :class:`~autotl.Target` (what it predicts: its loss, metrics and decoding), bound to ``label_names``
+    where they are known (:meth:`~autotl.Target.for_labels`); a :class:`PluginError` naming the task when it sets
+    none."""
     target = getattr(task, "target", None)
     if not isinstance(target, Target):
         raise PluginError(f"task {task.name!r} sets no target ({target!r}): set `target` on the task to an "
                           "autotl.Target instance (its loss, metrics and decoding; the autotl_tasks plugin's "
                           "autotl_tasks.targets holds the built-in ones)")
-    return target
+    return target if label_names is None else target.for_labels(list(label_names))

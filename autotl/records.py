@@ -133,7 +133,8 @@ class StudyRecord:
     def metric_for(self, task: Any) -> str:
         """The metric the study ranks by: the recorded one, else (a study begun before it was recorded) the
         primary metric of ``task``'s target (``task``: the :class:`autotl.Task` the study searched)."""
-        return self.metric or task.target.primary
+        target = task.target.for_labels(list(self.label_names)) if self.label_names else task.target
+        return self.metric or target.primary
 
 
 #: the description's keys, in the order they are written; `created` is written last, after DESCRIPTION.

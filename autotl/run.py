@@ -78,7 +78,7 @@ class Run:
     @property
     def target(self) -> Target:
         """What the study's task predicts and how it is scored (:class:`autotl.Target`)."""
-        return target_of(self.task)
+        return target_of(self.task, self.record.label_names)
 
     @property
     def metric(self) -> str:

@@ -1,4 +1,8 @@
-"""The plugin author's conformance kit: checks that a backbone family keeps autotl's contract.
+"""The plugin author's conformance kit: checks that a backbone family, or a task, keeps autotl's contract.
+
+Backbone families: :func:`backbone_checks` and :func:`check_backbone_family` (below). Task plugins:
+:func:`task_checks` and :func:`check_task`, which run a task on a tiny dataset it reads with a tiny
+backbone, up to a real search, an export and a prediction (see :data:`TASK_CHECKS`).
 
 In the spirit of scikit-learn's ``parametrize_with_checks``: a plugin's own tests run every check on
 every backbone it registers, each as its own pytest test::
@@ -56,7 +60,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -73,10 +77,11 @@ CHECKS = ("build", "forward", "layer_groups", "freeze", "lora", "split", "bundle
 class Check:
     """One check of one backbone: call it to run it; ``str(check)`` is its pytest id."""
 
-    def __init__(self, subject: "_Subject", name: str):
+    def __init__(self, subject: Any, name: str):
         self.subject = subject
         self.name = name
-        self.id = f"{subject.family.name}/{subject.short_name}[{name}]"
+        label = getattr(subject, "label", None) or f"{subject.family.name}/{subject.short_name}"
+        self.id = f"{label}[{name}]"
 
     def __call__(self) -> None:
         getattr(self.subject, f"check_{self.name}")()
@@ -242,4 +247,118 @@ class _Subject(StructureChecks, AdaptationChecks, _BundleChecks):
     """One backbone of a family, and every check on it (``check_<name>`` for each of :data:`CHECKS`)."""
 
 
-__all__ = ["CHECKS", "Check", "backbone_checks", "check_backbone_family"]
+# -- task plugins ---------------------------------------------------------------------------------------
+
+#: the checks of a task plugin, in the order they run.
+TASK_CHECKS = ("declaration", "load", "bad_data", "split", "prepare", "loss", "metrics", "predict", "bundle")
+
+
+def task_checks(
+    task: Task,
+    data: Path | str | Callable[[Path], Any],
+    family: BackboneFamily,
+    model: str,
+    *,
+    weights: Mapping[str, str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    bad_data: Sequence[Path | str | Callable[[Path], Any]] = (),
+    sources: Callable[[Path], Sequence[str]] | None = None,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    checks: Iterable[str] = TASK_CHECKS,
+) -> list[Check]:
+    """The conformance checks of a task plugin, for ``pytest.mark.parametrize``::
+
+        @pytest.mark.parametrize("check", task_checks(MyTask(), make_tiny_data, TransformersFamily(), TINY_MODEL),
+                                 ids=str)
+        def test_conformance(check):
+            check()
+
+    :param task: the task, installed or not (the checks hand it to the core directly).
+    :param data: a tiny dataset the task reads, with a test split and no validation split of its own
+        (so that the kit sees one carved); or ``make(folder) -> path``, called once to write one there.
+    :param family: a backbone family of the task's modality, and ``model`` a tiny model of it (random
+        weights keep the checks fast); ``weights`` is passed to ``family.get(model, weights[model])``.
+    :param options: the data options the task loads with (the recipe's ``data`` section).
+    :param params: trial parameters for ``prepare``/``export_settings`` and the ``bundle`` search's
+        ``fixed`` section (e.g. ``{"max_length": 16}`` or ``{"resolution": 32}``).
+    :param bad_data: datasets (paths, or ``make(folder) -> path``) that ``load`` must refuse with one
+        :class:`~autotl.errors.DataError` line, besides a missing path and an empty folder.
+    :param sources: ``sources(data_path)`` -> what ``autotl predict`` takes for the test split (files,
+        folders) [default: the one ``DATA/test*`` file or folder].
+    :param checks: a subset of :data:`TASK_CHECKS`.
+
+    The checks (each failure an :class:`AssertionError` starting with ``task-name [check]:``):
+
+    ``declaration``
+        ``name``/``modality`` strings; ``target`` an :class:`~autotl.Target` whose ``metrics`` map to
+        ``maximize``/``minimize``, whose ``primary`` is one of them and whose ``best_epoch`` follows
+        each direction; ``parameters`` are :class:`~autotl.Param`; ``data_options`` declare the
+        options given; the family serves the task's modality.
+    ``load``
+        a :class:`~autotl.LoadedData` with distinct label names, a fingerprint, a JSON
+        :class:`~autotl.DataReport` and a test split; loading again gives the same fingerprint;
+        ``target.for_labels(label_names)`` is a target whose primary is one of its metrics (the
+        later checks use it, as the core does).
+    ``bad_data``
+        a missing path, an empty folder and every ``bad_data`` raise a one-line ``DataError``.
+    ``split``
+        ``split_items`` gives every split; no item is in two splits; a carved validation split is the
+        same for the same seed, another for another seed (drawn from the same training items, the test
+        split untouched), and larger for a larger ``val_fraction``.
+    ``prepare``
+        :class:`~autotl.TensorSplit` s of one row per item of ``split_items``' lists (or more for a
+        per-position target: windows of a long sentence), whose outputs through the
+        backbone's network (``target.width``, ``per_position``) have the target's shape and are finite;
+        training batches cover the split; preparing again gives the same tensors.
+    ``loss``
+        ``target.fit`` is JSON; ``target.loss`` on a training batch is a finite scalar whose gradient
+        reaches the head, finite and not all zero.
+    ``metrics``
+        ``target.tune`` is JSON; ``target.score`` gives every declared metric, the primary finite, and
+        the same after the calibration's JSON round trip, and does not fail on an empty split;
+        ``target.decode`` of the validation items (through ``preprocess_for_predict``) gives one JSON
+        dict per item; ``target.figure`` does not fail.
+    ``predict``
+        ``export_settings`` is JSON; what ``read_inputs(sources)`` gives, through
+        ``preprocess_for_predict`` with the settings read back from JSON, predicts what the prepared
+        test split predicts, item for item in file order (the target's probabilities), and scores the
+        same; so does ``split_items(data, "test")``; a missing source is a ``DataError``.
+    ``bundle``
+        a real search of one trial (:func:`autotl.search`), ``export``, the bundle loaded back and
+        ``predict_files(sources)``: names as ``read_inputs`` gives them, JSON predictions, and outputs
+        whose scores against the test labels equal the search's recorded test metrics.
+    """
+    from .kit.task import TaskShared, TaskSubject
+
+    checks = list(checks)
+    unknown = [c for c in checks if c not in TASK_CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the checks are {', '.join(TASK_CHECKS)}")
+    if not isinstance(task, Task):
+        raise TypeError(f"{task!r} is not an autotl.Task instance")
+    if not isinstance(family, BackboneFamily):
+        raise TypeError(f"{family!r} is not an autotl.BackboneFamily instance")
+    shared = TaskShared(task, data if callable(data) else Path(data), family, model, weights=dict(weights or {}),
+                        options=dict(options or {}), params=dict(params or {}),
+                        bad_data=[b if callable(b) else Path(b) for b in bad_data], sources=sources,
+                        val_fraction=val_fraction, seed=seed)
+    subject = TaskSubject(shared)
+    return [Check(subject, check) for check in checks]
+
+
+def check_task(task: Task, data: Path | str | Callable[[Path], Any], family: BackboneFamily, model: str,
+               **options: Any) -> None:
+    """Run every check of :func:`task_checks`; raise one AssertionError listing all failures."""
+    failures = []
+    for check in task_checks(task, data, family, model, **options):
+        try:
+            check()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise AssertionError(f"{len(failures)} conformance check(s) failed:\n- " + "\n- ".join(failures))
+
+
+__all__ = ["CHECKS", "TASK_CHECKS", "Check", "backbone_checks", "check_backbone_family", "check_task", "task_checks"]

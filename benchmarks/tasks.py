@@ -196,7 +196,7 @@ def run_task(task: str, data: Path, test_file: Path, budget: int, seed: int, wor
     best = json.loads(autotl("best", str(run_dir), "--json"))
     metric = best["metric"]
     recorded = (best.get("test_metrics") or {}).get(metric)
-    formats = [] if task == "token-classification" else ["--format", "onnx"]
+    formats = ["--format", "onnx"]
     autotl("export", str(run_dir), "--out", str(bundle), "--force", *formats)
     predictions = json.loads(autotl("predict", str(bundle), str(test_file), "--json"))
     if task.endswith("regression"):

@@ -556,7 +556,7 @@ CASES = [
          ("recipe.yaml: fixed.ema_decay: must be a number from 0 to 1 (1 excluded), not 1.5",), check=no_run_folder),
     Case("recipe-fixed-augment-unknown", "a recipe with fixed: {augment: rotate}",
          lambda c: image_search(c, images(c), recipe=recipe_with(c, "augment: flip", "augment: rotate")), USAGE,
-         ("recipe.yaml: fixed.augment: must be one of none, flip, flip+shift, not 'rotate'",), check=no_run_folder),
+         ("recipe.yaml: fixed.augment: must be one of none, flip, flip+shift, shift, not 'rotate'",), check=no_run_folder),
     Case("recipe-int-parameter-fraction", "a recipe searching epochs: {low: 2.5, high: 4}",
          lambda c: image_search(c, images(c), recipe=recipe_with(c, "  lr: {", "  epochs: {low: 2.5, high: 4}\n  lr: {")),
          USAGE, ("recipe.yaml: space.epochs.low: must be a whole number, 1 or more, not 2.5",), check=no_run_folder),

@@ -21,7 +21,8 @@ OFFLINE_ZOO = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite
 BUILTIN = {"timm": ["backbone family timm"], "transformers": ["backbone family transformers"],
            "image_classification": ["task image-classification"],
            "text_classification": ["task text-classification"],
-           "tasks": ["task text-regression", "task text-multilabel"]}
+           "tasks": ["task image-regression", "task image-multilabel", "task text-regression",
+                     "task text-multilabel", "task token-classification"]}
 
 
 # -- toy plugin objects ------------------------------------------------------------------------

@@ -232,7 +232,7 @@ REFUSED = [
     ("model-searched", dict(space={"model": {"choices": ["resnet18"]}}), r"space\.model: `model` is neither searched nor fixed"),
     ("model-fixed", dict(fixed={"model": "resnet18"}), r"fixed\.model: .*list the models under `models:`"),
     ("other-tasks-parameter", dict(fixed={"max_length": 64}), r"fixed: unknown parameter 'max_length' for task"),
-    ("task-choice", dict(fixed={"augment": "rotate"}), r"fixed\.augment: must be one of none, flip, flip\+shift, not 'rotate'"),
+    ("task-choice", dict(fixed={"augment": "rotate"}), r"fixed\.augment: must be one of none, flip, flip\+shift, shift, not 'rotate'"),
     ("task-int-too-small", dict(fixed={"resolution": 4}), r"fixed\.resolution: must be a whole number, 16 or more, not 4"),
     ("start-with-misspelt", dict(start_with=[{"lr": 1e-3, "resolutoin": 32}]),
      r"start_with\[0\]: unknown parameter 'resolutoin' for task 'image-classification' \(did you mean 'resolution'\?\)"),

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import autotl
 import tinybert
+from autotl import TensorSplit
 from autotl.bundle import BundleError, sha256_file
 from autotl.cli import cli
 from autotl.errors import DataError, ModelUnavailableError
@@ -197,33 +198,29 @@ def test_every_trial_lora_included_reproduces_its_recorded_validation_accuracy(r
 
 
 def test_prediction_tokenises_pads_and_trims_exactly_as_the_search(run, bundle_dir):
-    """The same texts in the search's order give the search's logits bit for bit, in batches of any size."""
+    """The texts in the file's order give the search's outputs bit for bit, row for row, in batches of any size:
+    the prepared split keeps the file's order, and both run the texts longest first (TextSplit.search_order)."""
     best = run.study.best_trial
     params = best.user_attrs["config"]
     backbone = run.zoo[params["model"]]
     val = run.task.prepare(run.data, backbone, params).val
     bundle = autotl.load(bundle_dir, device="cpu")
     texts, _ = val_texts(run)
-    tokenizer = backbone.preprocessing()["tokenizer"]
-    lengths = encode(tokenizer, texts, params["max_length"])["lengths"]
-    order = torch.argsort(lengths, descending=True, stable=True).tolist()  # how the search stores the split
-    in_search_order = [texts[i] for i in order]
-    for batch_size in (128, 4, 3):
-        search = predict_outputs(bundle.model, val, torch.device("cpu"), batch_size)
-        predicted = bundle.logits(bundle.split(in_search_order), batch_size)
-        assert torch.equal(predicted, search), batch_size
-    split = bundle.split(in_search_order)
+    split = bundle.split(texts)
     assert torch.equal(split.inputs["input_ids"], val.inputs["input_ids"])
     assert torch.equal(split.inputs["attention_mask"], val.inputs["attention_mask"])
-    # in the file's order: the split knows the search's order, and in it gives the search's logits bit for bit
-    by_file = bundle.split(texts)
-    assert by_file.search_order().tolist() == order
-    for batch_size in (128, 4):
+    tokenizer = backbone.preprocessing()["tokenizer"]
+    lengths = encode(tokenizer, texts, params["max_length"])["lengths"]
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    assert split.search_order().tolist() == order and val.search_order().tolist() == order
+    assert order != sorted(order)  # the texts are not already longest first: the reordering is exercised
+    for batch_size in (128, 4, 3):
         search = predict_outputs(bundle.model, val, torch.device("cpu"), batch_size)
-        assert torch.equal(bundle.logits(by_file.take(by_file.search_order()), batch_size), search)
-    # and in the file's order itself (other batches, other padding): the same logits to rounding, row for row
-    assert torch.allclose(bundle.logits(by_file)[order], predict_outputs(bundle.model, val, torch.device("cpu")),
-                          atol=1e-5)
+        assert torch.equal(bundle.logits(split, batch_size), search), batch_size
+    # batched in the file's order itself (other batches, other padding): the same outputs to rounding
+    plain = predict_outputs(bundle.model, TensorSplit(split.inputs, split.labels, split.transform),
+                            torch.device("cpu"))
+    assert torch.allclose(plain, predict_outputs(bundle.model, val, torch.device("cpu")), atol=1e-5)
 
 
 # -- autotl predict ---------------------------------------------------------------------------------

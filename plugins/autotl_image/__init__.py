@@ -1,13 +1,14 @@
-"""autotl task plugin: image classification on an ImageFolder.
+"""autotl's image tasks: what they share (:class:`ImageTask`), and image classification on an ImageFolder.
 
-Layout: ``DATA/train/<class>/<image>``, optional ``DATA/val/<class>/...`` and ``DATA/test/<class>/...``.
-Every image is decoded once when the data is loaded, and resized once per resolution; epochs
-and later trials reuse the resized tensors.
+:class:`ImageTask` decodes every image once when the data is loaded and resizes it once per
+resolution (epochs and later trials reuse the tensors), normalises it for the backbone, records the
+settings a bundle needs, and reads what ``autotl predict`` is given: image files, folders, CSV files
+listing images. A task of images subclasses it with a :meth:`~ImageTask.load` and a target:
+:class:`ImageClassification` here (``DATA/train/<class>/<image>``, optional ``val/`` and ``test/``);
+``autotl_tasks.image_tasks`` the tasks whose labels come in CSV files (:func:`load_image_csv`).
 
-For bundles (``autotl export``/``predict``) the same functions list the files of a folder
-(:func:`_folder.image_files`), decode (:func:`_folder._decode`), resize and crop
-(:func:`_folder.pixels`) and normalise (:func:`_transform`) the images to predict, driven by the
-settings :meth:`ImageClassification.export_settings` records.
+For bundles the same functions decode (:func:`_folder._decode`), make square (:func:`pixels`) and
+normalise (:func:`_transform`) the images to predict, driven by :meth:`ImageTask.export_settings`.
 """
 
 from __future__ import annotations
@@ -23,46 +24,46 @@ from autotl import Backbone, ImagePreprocessing, LoadedData, Param, Task, Tensor
 from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
-from ._folder import (RASTER_FORMATS, ImageData, _decode, image_files, load_image_folder, pixels, resize_all, shown,
-                      to_rgb)
+from ._folder import (FIT_MODES, RASTER_FORMATS, ImageData, _decode, hold_out, image_files, load_image_folder, pixels,
+                      resize_all, shown, to_rgb)
+from ._table import ImageRow, load_image_csv, parse_label_set, parse_number, read_image_csv
 
 DEFAULT_MAX_SIDE = 512
 #: the smallest ``max_side``: an image kept smaller than this is no longer a picture of anything.
 MIN_MAX_SIDE = 16
 
 
-class ImageClassification(Task):
-    name = "image-classification"
+class ImageTask(Task):
+    """What every task on images shares: decoding and caching, the backbone's transforms, export and prediction.
+
+    A subclass gives :attr:`name`, :attr:`target`, its :attr:`data_options` (these and its own) and
+    :meth:`load`, which returns a :class:`LoadedData` whose ``payload`` is an :class:`ImageData`
+    holding, per image, the label its target reads (:meth:`ImageData.labels`).
+    """
+
     modality = "image"
-    target = ClassLabel()
-    description = "ImageFolder of labelled images: DATA/train/<class>/*, optional val/ and test/"
-    data_options = {"max_side": f"longest side images are kept at when decoded (default {DEFAULT_MAX_SIDE})"}
+    #: how images are made square unless the data option ``fit`` says otherwise (:data:`FIT_MODES`).
+    default_fit = "crop"
+    data_options = {
+        "max_side": f"longest side images are kept at when decoded (default {DEFAULT_MAX_SIDE})",
+        "fit": "how an image becomes the square input: crop (shorter side to the resolution, centre kept), pad "
+               "(longer side, black borders) or stretch",
+    }
     parameters = (
         Param("resolution", "int", "pixels of the square input (default: the model's native size)", low=MIN_MAX_SIDE),
         Param("augment", "categorical", "random training flips (flip), plus shifts of up to 1/8 of the side "
-              "(flip+shift), or none (lets the frozen-prefix cache serve the trial)", default="flip",
-              choices=("none", "flip", "flip+shift")),
+              "(flip+shift), shifts only (shift: for targets a mirror image changes), or none (lets the frozen-prefix "
+              "cache serve the trial)", default="flip", choices=("none", "flip", "flip+shift", "shift")),
     )
-
-    def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
-        images = load_image_folder(Path(path), seed=seed, val_fraction=val_fraction,
-                                   max_side=_max_side(options))
-        return LoadedData(
-            label_names=images.classes,
-            fingerprint=images.fingerprint,
-            report=images.report(),
-            has_test="test" in images.splits,
-            payload=images,
-        )
 
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         images: ImageData = data.payload
-        settings = _settings(images.max_side, backbone, params)
+        settings = _settings(images.max_side, images.fit, backbone, params)
         augment = str(params.get("augment", "flip"))
         transform = _transform(settings, augment)
 
         def split(name: str) -> TensorSplit:
-            resized = resize_all(images, name, settings["resolution"], settings["interpolation"])
+            resized = resize_all(images, name, settings["resolution"], settings["interpolation"], settings["fit"])
             return TensorSplit(resized, images.labels(name), transform, random_augmentation=augment != "none")
 
         return TrialData(
@@ -71,21 +72,43 @@ class ImageClassification(Task):
             test=split("test") if "test" in images.splits else None,
         )
 
-    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
-        """The image files of ``split`` (paths under the data folder) and their class indices."""
+    def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[Any]] | None:
+        """The image files of ``split`` (paths under the data folder) and their labels (as :class:`ImageData` holds them)."""
         images: ImageData = data.payload
         if split not in images.splits:
             return None
         _, labels, paths = images.splits[split]
         return [images.root / p for p in paths], list(labels)
 
+    def _fit(self, value: Any) -> str:
+        fit = self.default_fit if value in (None, "") else str(value)
+        if fit not in FIT_MODES:
+            raise UsageError(f"data option fit must be one of {', '.join(FIT_MODES)}, not {value!r}; e.g. -d fit=pad")
+        return fit
+
+    def load_table(self, path: Path, options: Mapping[str, Any], column: str, parse) -> ImageData:
+        """The images listed in ``path``'s ``train.csv``, ``val.csv`` and ``test.csv`` with ``parse(row)`` of each
+        row as its label (:func:`load_image_csv`); the data options ``image_column`` and ``max_side`` applied."""
+        image_column = str((options or {}).get("image_column") or "image")
+        return load_image_csv(Path(path), image_column=image_column, column=column, parse=parse,
+                              max_side=_max_side(options))
+
+    def loaded(self, images: ImageData, options: Mapping[str, Any], report: Any) -> LoadedData:
+        """What a subclass's :meth:`load` returns for ``images``: the data option ``fit`` checked and kept."""
+        images.fit = self._fit((options or {}).get("fit"))
+        return LoadedData(label_names=list(images.classes), fingerprint=images.fingerprint, report=report,
+                          has_test="test" in images.splits, payload=images)
+
     # -- export and prediction --------------------------------------------------------------------
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:
-        return _settings(_max_side(data_options), backbone, params)
+        settings = _settings(_max_side(data_options), self._fit((data_options or {}).get("fit")), backbone, params)
+        settings["image_column"] = str((data_options or {}).get("image_column") or "image")
+        return settings
 
     def read_inputs(self, sources: Sequence[str], *, stdin: TextIO | None = None) -> list[tuple[str, Any]]:
-        """Image files, and folders (every image file under them, sorted); ``-`` reads paths from stdin."""
+        """Image files, folders (every image file under them, sorted) and CSV files listing images (each row,
+        named ``FILE:LINE``; the image column is the bundle's); ``-`` reads paths from stdin."""
         items: list[tuple[str, Any]] = []
         for source in sources or ["-"]:
             if source == "-":
@@ -101,6 +124,8 @@ class ImageClassification(Task):
                 if not found:
                     raise DataError(f"{shown(path)} holds no image file ({', '.join(_SHOWN_EXTENSIONS)}...)")
                 items.extend((shown(p), p) for p in found)
+            elif path.is_file() and path.suffix.lower() == ".csv":
+                items.extend((row.where, row) for row in read_image_csv(path))
             elif path.is_file():
                 items.append((shown(path), path))
             else:
@@ -109,17 +134,21 @@ class ImageClassification(Task):
 
     def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone,
                                settings: Mapping[str, Any]) -> TensorSplit:
-        """Items are image file paths (decoded exactly as the search decodes) or PIL images.
+        """Items are image file paths (decoded exactly as the search decodes), PIL images, or rows of a CSV
+        listing images (:class:`ImageRow`, their file in the bundle's image column).
 
         Files that cannot be decoded raise one :class:`~autotl.errors.UnreadableInputs` listing them all.
         """
         max_side = int(settings.get("max_side", DEFAULT_MAX_SIDE))
+        column = str(settings.get("image_column", "image"))
         images = []
         problems: list[tuple[int, str]] = []
         for index, item in enumerate(raw):
             if isinstance(item, Image.Image):
                 images.append(to_rgb(item, max_side))
                 continue
+            if isinstance(item, ImageRow):
+                item = item.image(column)
             if not isinstance(item, (str, Path)):
                 raise DataError(f"cannot predict on a {type(item).__name__}: give image file paths or PIL images")
             path = Path(item)
@@ -136,9 +165,22 @@ class ImageClassification(Task):
         if problems:
             index, problem = problems[0]
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise UnreadableInputs(f"cannot predict on {shown(raw[index])}: {problem}{more}", problems)
-        resized = pixels(images, int(settings["resolution"]), str(settings["interpolation"]))
+            name = raw[index].where if isinstance(raw[index], ImageRow) else shown(raw[index])
+            raise UnreadableInputs(f"cannot predict on {name}: {problem}{more}", problems)
+        resized = pixels(images, int(settings["resolution"]), str(settings["interpolation"]),
+                         str(settings.get("fit", "crop")))
         return TensorSplit(resized, torch.zeros(len(images), dtype=torch.long), _transform(settings, "none"))
+
+
+class ImageClassification(ImageTask):
+    name = "image-classification"
+    target = ClassLabel()
+    description = "ImageFolder of labelled images: DATA/train/<class>/*, optional val/ and test/"
+
+    def load(self, path: Path, *, seed: int, val_fraction: float, options: Mapping[str, Any]) -> LoadedData:
+        images = load_image_folder(Path(path), seed=seed, val_fraction=val_fraction,
+                                   max_side=_max_side(options))
+        return self.loaded(images, options, images.report())
 
 
 def _max_side(options: Mapping[str, Any]) -> int:
@@ -155,13 +197,15 @@ def _max_side(options: Mapping[str, Any]) -> int:
     return number
 
 
-def _settings(max_side: int, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
+def _settings(max_side: int, fit: str, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that turns an image file into the model's input, as JSON values."""
     pre = ImagePreprocessing.of(backbone)
     return {
         "max_side": int(max_side),
         "colour": "RGB: grey and palette converted, alpha composited on white, 16-bit grey scaled to 8 bits",
-        "resize": "longer side at most max_side when decoded; then shorter side to resolution, centre crop",
+        "resize": "longer side at most max_side when decoded; then made square as fit says: crop (shorter side to "
+                  "resolution, centre crop), pad (longer side to resolution, black borders) or stretch",
+        "fit": fit,
         "resolution": int(params.get("resolution") or pre.input_size),
         "interpolation": pre.interpolation,
         "scale": "pixels / 255, then (x - mean) / std per channel",
@@ -193,12 +237,14 @@ def _is_image_name(path: Path) -> bool:
 
 
 def _augment(x: torch.Tensor, how: str) -> torch.Tensor:
-    """Random horizontal flips (``flip``), plus random shifts of up to 1/8 of the side (``flip+shift``)."""
+    """Random horizontal flips (``flip``), plus random shifts of up to 1/8 of the side (``flip+shift``), or
+    the shifts alone (``shift``)."""
     if how == "none":
         return x
-    flip = torch.rand(x.shape[0]) < 0.5
-    x[flip] = x[flip].flip(-1)
-    if how == "flip+shift":
+    if "flip" in how:
+        flip = torch.rand(x.shape[0]) < 0.5
+        x[flip] = x[flip].flip(-1)
+    if "shift" in how:
         n, _, h, w = x.shape
         pad = max(1, h // 8)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
@@ -214,4 +260,5 @@ def register_tasks(register):
     register(ImageClassification())
 
 
-__all__ = ["ImageClassification", "register_tasks"]
+__all__ = ["FIT_MODES", "ImageClassification", "ImageData", "ImageRow", "ImageTask", "hold_out", "load_image_csv",
+           "parse_label_set", "parse_number", "read_image_csv", "register_tasks"]

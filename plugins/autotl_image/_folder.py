@@ -1,4 +1,9 @@
-"""Reading an ImageFolder once: decode, check, fingerprint, split, and resize per resolution."""
+"""Images read once: decode, check, fingerprint, split, and resize per resolution; an ImageFolder's reader.
+
+:class:`ImageData` is what every image task loads (the classes of an ImageFolder, the numbers or label
+sets of a CSV listing image files: :mod:`._table`); :func:`pixels` is the one path from a decoded image
+to the model's pixels, for the search and for ``autotl predict``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,25 +33,35 @@ RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TG
 MAX_IMAGE_BYTES = 1 << 30
 _FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP, PPM, TGA, ICO, JPEG 2000, QOI"
 _ORIENTATION = 0x0112  # the EXIF tag
+#: how an image becomes a square of the input's side: ``crop`` scales the shorter side to it and keeps the
+#: centre; ``pad`` scales the longer side to it and pads the rest with black (nothing is lost, for labels
+#: anywhere in the image); ``stretch`` scales each side to it (the aspect ratio changes).
+FIT_MODES = ("crop", "pad", "stretch")
 _INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 @dataclass
 class ImageData:
-    """Decoded images of every split, as PIL images in RGB, with integer labels."""
+    """Decoded images of every split, as PIL images in RGB, with their labels.
+
+    A label is what the task's target reads, one per image: a class index (an ImageFolder), a number,
+    a row of 0/1 per label name (a label set); :meth:`labels` stacks them as ``label_dtype``.
+    """
 
     root: Path
-    classes: list[str]
-    splits: dict[str, tuple[list[Image.Image], list[int], list[str]]]  # images, labels, relative paths
+    classes: list[str]  # the label names, in the order of the model's outputs
+    splits: dict[str, tuple[list[Image.Image], list, list[str]]]  # images, labels, paths relative to root
     fingerprint: str
     skipped: list[SkippedItem]
     val_from_train: bool
     max_side: int = 512
+    label_dtype: torch.dtype = torch.long
+    fit: str = "crop"  # how images become squares (FIT_MODES)
     _resized: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def labels(self, split: str) -> torch.Tensor:
-        return torch.tensor(self.splits[split][1], dtype=torch.long)
+        return torch.tensor(self.splits[split][1], dtype=self.label_dtype)
 
     def report(self) -> DataReport:
         counts = {
@@ -212,27 +228,40 @@ def _stratified_split(train, classes, val_fraction, seed, train_dir):
     return take(train_idx), take(val_idx)
 
 
-def resize_all(data: ImageData, split: str, size: int, interpolation: str = "bilinear") -> torch.Tensor:
-    """All images of ``split`` as one uint8 tensor ``(N, 3, size, size)``, computed once per size.
-
-    Each image is resized so its shorter side is ``size`` and centre-cropped to a square.
-    """
-    key = (split, size, interpolation)
+def resize_all(data: ImageData, split: str, size: int, interpolation: str = "bilinear",
+               fit: str = "crop") -> torch.Tensor:
+    """All images of ``split`` as one uint8 tensor ``(N, 3, size, size)`` (:func:`pixels`), computed once per size."""
+    key = (split, size, interpolation, fit)
     if key not in data._resized:
-        data._resized[key] = pixels(data.splits[split][0], size, interpolation)
+        data._resized[key] = pixels(data.splits[split][0], size, interpolation, fit)
     return data._resized[key]
 
 
-def pixels(images: list[Image.Image], size: int, interpolation: str = "bilinear") -> torch.Tensor:
-    """RGB images as one uint8 tensor ``(N, 3, size, size)``: shorter side to ``size``, centre crop.
+def pixels(images: list[Image.Image], size: int, interpolation: str = "bilinear", fit: str = "crop") -> torch.Tensor:
+    """RGB images as one uint8 tensor ``(N, 3, size, size)``, made square as ``fit`` says (:data:`FIT_MODES`):
+    by default the shorter side to ``size`` and a centre crop.
 
     The one path from a decoded image to the model's pixels, for the search and for ``autotl predict``.
     """
     method = _INTERPOLATION.get(interpolation, Image.BILINEAR)
+    square = {"pad": _resize_pad, "stretch": _resize_stretch}.get(fit, _resize_crop)
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
     for i, image in enumerate(images):
-        out[i] = torch.from_numpy(np.array(_resize_crop(image, size, method))).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(square(image, size, method))).permute(2, 0, 1)
     return out
+
+
+def _resize_pad(image: Image.Image, size: int, method) -> Image.Image:
+    w, h = image.size
+    scale = size / max(w, h)
+    nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(image.resize((nw, nh), method), ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def _resize_stretch(image: Image.Image, size: int, method) -> Image.Image:
+    return image.resize((size, size), method)
 
 
 def _resize_crop(image: Image.Image, size: int, method) -> Image.Image:
@@ -242,3 +271,15 @@ def _resize_crop(image: Image.Image, size: int, method) -> Image.Image:
     image = image.resize((nw, nh), method)
     left, top = (nw - size) // 2, (nh - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def hold_out(data: ImageData, val_idx: Sequence[int]) -> None:
+    """Make the training images at positions ``val_idx`` the validation split (``val_from_train``); the rest train."""
+    images, labels, paths = data.splits["train"]
+    chosen = set(int(i) for i in val_idx)
+    keep = [i for i in range(len(images)) if i not in chosen]
+    pick = sorted(chosen)
+    data.splits["train"] = ([images[i] for i in keep], [labels[i] for i in keep], [paths[i] for i in keep])
+    data.splits["val"] = ([images[i] for i in pick], [labels[i] for i in pick], [paths[i] for i in pick])
+    data.val_from_train = True
+    data._resized.clear()

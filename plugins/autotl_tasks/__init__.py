@@ -11,10 +11,16 @@ from autotl import hookimpl
 
 @hookimpl
 def register_tasks(register):
+    # each task module is imported here, not above: autotl_image and autotl_text import autotl_tasks.targets
+    from .image_tasks import ImageMultilabel, ImageRegression
     from .text_tasks import TextMultilabel, TextRegression
+    from .tokens import TokenClassification
 
+    register(ImageRegression())
+    register(ImageMultilabel())
     register(TextRegression())
     register(TextMultilabel())
+    register(TokenClassification())
 
 
 __all__ = ["register_tasks"]

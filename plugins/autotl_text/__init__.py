@@ -230,10 +230,11 @@ class TextSplit(TensorSplit):
             yield batch, self.labels[idx]
 
     def search_order(self) -> torch.Tensor | None:
-        """The order the search keeps its validation and test splits in: longest text first, ties as given.
+        """The order texts are run through a network in: longest text first, ties as given.
 
-        Predicting ``take(search_order())`` and scattering the logits back (``out[order] = logits``)
-        gives, for the texts of a split, the very batches the search scored: its logits bit for bit.
+        :func:`autotl.inference.predict_outputs` (the search's validation and test scores, the bundle's
+        predictions) and the frozen-prefix cache batch in it and put the outputs back in the split's
+        order: the texts of a file give the very batches the search scored, its outputs bit for bit.
         """
         return None if self.lengths is None else torch.argsort(self.lengths, descending=True, stable=True)
 

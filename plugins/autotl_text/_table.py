@@ -445,22 +445,22 @@ def split_validation(rows: list[Row], labels: list[Any], classes: list[str], kin
 # -- tokenisation --------------------------------------------------------------------------------------
 
 def tokenised(data: TextData, split: str, tokenizer, key: Any, max_length: int) -> dict[str, torch.Tensor]:
-    """``split`` tokenised, computed once per tokenizer and length, sorted from the longest text down.
+    """``split`` tokenised, computed once per tokenizer and length, in the split's own (file) order.
 
     ``input_ids`` (int32) and ``attention_mask`` (int8) are padded to the longest text of the split
     (at most ``max_length`` tokens); ``labels`` and ``lengths`` (tokens per text) follow the same
-    order. Sorting makes evaluation batches hold texts of about one length, so trimming each batch
-    to its longest text removes most of the padding.
+    order, that of :meth:`autotl_text.TextClassification.split_items`. Evaluation batches texts of
+    about one length all the same (:meth:`autotl_text.TextSplit.search_order`), so that trimming
+    each batch to its longest text removes most of the padding.
     """
     cache_key = (key, int(max_length), split)
     if cache_key not in data._tokens:
         encoded = encode(tokenizer, data.splits[split][0], max_length)
-        order = torch.argsort(encoded["lengths"], descending=True, stable=True)
         data._tokens[cache_key] = {
-            "input_ids": encoded["input_ids"][order].contiguous(),
-            "attention_mask": encoded["attention_mask"][order].contiguous(),
-            "labels": data.labels(split)[order].contiguous(),
-            "lengths": encoded["lengths"][order].contiguous(),
+            "input_ids": encoded["input_ids"].contiguous(),
+            "attention_mask": encoded["attention_mask"].contiguous(),
+            "labels": data.labels(split).contiguous(),
+            "lengths": encoded["lengths"].contiguous(),
         }
     return data._tokens[cache_key]
 

@@ -32,8 +32,8 @@ from torch import nn
 from autotl import Backbone, BackboneFamily, TextPreprocessing, hookimpl
 from autotl.errors import ModelUnavailableError, UsageError
 
-from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, default_lora_leaves, layer_cut,
-                     layer_groups, layer_stack, linear_leaves_fallback, lora_targets)
+from ._model import (ENCODER, HEAD, POOLINGS, Features, Head, TextClassifier, TokenTagger, default_lora_leaves,
+                     layer_cut, layer_groups, layer_stack, linear_leaves_fallback, lora_targets)
 from ._source import (OFFLINE_ZOO, Source, checkpoint_source, is_repo_id, load_state_file, read_config_json, resolve,
                       zoo_entry)
 
@@ -184,6 +184,14 @@ class TransformersBackbone(Backbone):
                              f"{self.name!r}; unset it or name modules such as query,value")
 
     def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        return self._classifier(self._encoder(pretrained), num_classes)
+
+    def build_per_position(self, num_outputs: int, pretrained: bool = True) -> nn.Module:
+        """The encoder with a linear head over every token's hidden state (:class:`TokenTagger`)."""
+        dropout = float(getattr(self.config, "hidden_dropout_prob", 0.1) or 0.1)
+        return TokenTagger(self._encoder(pretrained), num_outputs, dropout)
+
+    def _encoder(self, pretrained: bool) -> nn.Module:
         if pretrained and self.source.kind == "bundle":
             raise ModelUnavailableError(f"{self.name!r} was rebuilt from a bundle: it has no pretrained weights apart "
                                         "from the bundle's own")
@@ -198,7 +206,7 @@ class TransformersBackbone(Backbone):
             else:
                 encoder = _auto_model_from_config(self.config)
                 _load_encoder_weights(encoder, Path(self.source.weights_file), self.name)
-        return self._classifier(encoder.float(), num_classes)
+        return encoder.float()
 
     def _classifier(self, encoder: nn.Module, num_classes: int) -> TextClassifier:
         dropout = float(getattr(self.config, "hidden_dropout_prob", 0.1) or 0.1)
@@ -215,6 +223,8 @@ class TransformersBackbone(Backbone):
         its attention mask as always. Right-padded tokenizers only: the cache pads the hidden
         states of a split on the right. ``None`` where the cut does not reproduce the network.
         """
+        if isinstance(model, TokenTagger):  # between two layers only (a probe's tokens are not pooled)
+            return None if getattr(self._tokenizer, "padding_side", "right") == "left" else layer_cut(model, freeze)
         if not isinstance(model, TextClassifier):
             return None
         if freeze == len(layer_groups(model)) - 1:
@@ -251,7 +261,8 @@ class TransformersBackbone(Backbone):
             "architectures": list(getattr(self.config, "architectures", None) or []),
             "pooling": self.pooling,
             "norm": bool(getattr(self, "_norm", True)),
-            "head": f"{HEAD}: nn.Linear(hidden_size, classes) over the pooled, standardised token states",
+            "head": f"{HEAD}: nn.Linear(hidden_size, classes) over the pooled, standardised token states (one class "
+                    "per text), or over each token's hidden state (one per position)",
             "hidden_size": int(self.config.hidden_size),
             "num_hidden_layers": getattr(self.config, "num_hidden_layers", None),
             "config": f"{BUNDLE_CONFIG_DIR}/config.json",

@@ -62,6 +62,30 @@ class TextClassifier(nn.Module):
         return pooled_features(self.transformer, self.norm, self.pooling, input_ids, attention_mask, token_type_ids)
 
 
+class TokenTagger(nn.Module):
+    """``forward(input_ids, attention_mask)`` -> logits ``(batch, positions, num_outputs)``: a linear head over each
+    token's last hidden state (token classification). Its encoder and head carry :class:`TextClassifier`'s names,
+    so its layer groups, LoRA targets and layer cut are found the same way."""
+
+    def __init__(self, transformer: nn.Module, num_outputs: int, dropout: float = 0.1):
+        super().__init__()
+        if getattr(transformer, "pooler", None) is not None:
+            transformer.pooler = None  # unused: every parameter trains or is frozen on purpose
+        self.transformer = transformer
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(transformer.config.hidden_size, num_outputs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.head(self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)[0])
+
+    def head(self, states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(states))
+
+
 def pooled_features(transformer: nn.Module, norm: nn.Module, pooling: str, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None) -> torch.Tensor:
     if attention_mask is None:
@@ -144,6 +168,8 @@ class LayerRest(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.transformer(inputs_embeds=hidden_states, attention_mask=attention_mask)
+        if isinstance(self.model, TokenTagger):
+            return self.model.head(out[0])
         return self.model.head(self.model.norm(pool(out, attention_mask, self.model.pooling)))
 
 
@@ -179,7 +205,7 @@ def _view(root: nn.Module, replace: Mapping[str, nn.Module]) -> nn.Module:
     return clone
 
 
-def layer_cut(model: TextClassifier, freeze: int) -> tuple[LayerPrefix, LayerRest] | None:
+def layer_cut(model: "TextClassifier | TokenTagger", freeze: int) -> tuple[LayerPrefix, LayerRest] | None:
     """``model`` cut after its first ``freeze`` layer groups (the embeddings, then ``freeze - 1`` layers).
 
     Cuts where the groups are one embeddings module, the layer stack and the head (BERT, RoBERTa,
