@@ -58,7 +58,8 @@ class ConsoleReporter(Reporter):
         # a task whose items carry several labels (or none) says how many items each split holds
         items = report.details.get("items") if isinstance(report.details.get("items"), Mapping) else {}
         sizes = ", ".join(f"{split} {items.get(split, sum(c.values()))}" for split, c in report.counts.items())
-        note = " (val carved from train, stratified)" if report.val_from_train else ""
+        how = report.details.get("val_split", "stratified")  # a task may say how it drew the split
+        note = f" (val carved from train, {how})" if report.val_from_train else ""
         kinds = f"{len(report.classes)} classes" if len(report.classes) != 1 else f"outputs: {report.classes[0]}"
         self.console.print(f"Data: {kinds}; {sizes}{note}", highlight=False)
         skipped = report.skipped

@@ -198,3 +198,4 @@ def test_search_export_and_predict_agree_on_the_test_words(tmp_path, tiny_model)
         assert accuracy == pytest.approx(best["test_metrics"]["token_accuracy"], abs=1e-9)
     result = run(cli, ["predict", str(tmp_path / "bundle"), "-", "--json"], input="good tea was bad\n")
     assert [p["tokens"] for p in json.loads(result.output)] == [["good", "tea", "was", "bad"]]
+

@@ -312,7 +312,8 @@ class TokenClassification(Task):
         sizes = {split: {"sentences": len(sentences), "words": sum(len(s.words) for s in sentences)}
                  for split, sentences in data.splits.items()}
         report = DataReport(classes=data.tags, counts=counts, val_from_train=data.val_from_train, root=str(path),
-                            details={"files": data.files, **data.options, "sizes": sizes})
+                            details={"files": data.files, **data.options, "sizes": sizes,
+                                     "val_split": "whole sentences, seeded; counts are words"})
         return LoadedData(data.tags, digest.hexdigest()[:16], report, "test" in data.splits, data)
 
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
