@@ -20,7 +20,6 @@ from tiny import TINY
 
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
-from autotl.testing import TASK_CHECKS
 from autotl_image import ImageClassification, read_image_csv
 from autotl_tasks.image_tasks import ImageMultilabel, ImageRegression
 
@@ -182,10 +181,12 @@ def test_a_bad_regression_row_is_an_error_naming_the_file_and_line(tmp_path, row
         load(ImageRegression(), root)
 
 
-def test_an_image_without_labels_is_an_error_naming_the_line(tmp_path):
+def test_an_image_without_labels_has_none_of_them_as_in_text_multilabel(tmp_path):
     root = broken(multilabel_folder(tmp_path / "d"), 4, ("train/002.png", "|"))
-    with pytest.raises(DataError, match=r"train.csv:4: no label in column 'labels'"):
-        load(ImageMultilabel(), root)
+    images = load(ImageMultilabel(), root).payload
+    rows = [labels for split in ("train", "val") for _, labels, path in zip(*images.splits[split])
+            if str(path).endswith("train/002.png")]
+    assert rows == [[0.0] * len(images.classes)]
 
 
 def test_a_test_label_that_training_lacks_is_an_error_naming_it(tmp_path):
@@ -256,47 +257,13 @@ def test_image_classification_keeps_its_defaults():
     assert task.default_fit == "crop" and "image_column" not in task.data_options
 
 
-# -- the task kit (autotl.testing) ------------------------------------------------------------------------
+# -- for the task kit (tests/test_task_kit.py): data it must refuse ---------------------------------------
 
 def unnamed_image_column(folder: Path) -> Path:
     """The image column under another name: ``load`` must name the column it misses."""
     root = regression_folder(folder, counts=(("train", 8),))
     (root / "train.csv").write_text((root / "train.csv").read_text().replace("image,", "picture,", 1))
     return root
-
-
-def kit_checks(tmp_path_factory, task, make) -> dict:
-    from autotl.testing import task_checks
-    from autotl_timm import TimmFamily
-    from tiny import save_tiny_weights
-
-    weights = save_tiny_weights(tmp_path_factory.mktemp("kit-weights") / "tiny.safetensors")
-    checks = task_checks(task, make, TimmFamily(), TINY, weights={TINY: str(weights)},
-                         params={"resolution": 32, "augment": "none"}, bad_data=[unnamed_image_column],
-                         sources=lambda data: [str(data / "test.csv")])
-    return {check.name: check for check in checks}
-
-
-@pytest.fixture(scope="module")
-def regression_checks(tmp_path_factory):
-    return kit_checks(tmp_path_factory, ImageRegression(), lambda folder: regression_folder(folder, counts=(
-        ("train", 16), ("test", 6))))
-
-
-@pytest.fixture(scope="module")
-def multilabel_checks(tmp_path_factory):
-    return kit_checks(tmp_path_factory, ImageMultilabel(), lambda folder: multilabel_folder(folder, counts=(
-        ("train", 21), ("test", 7))))
-
-
-@pytest.mark.parametrize("name", TASK_CHECKS)
-def test_image_regression_passes_the_task_kit(name, regression_checks):
-    regression_checks[name]()
-
-
-@pytest.mark.parametrize("name", TASK_CHECKS)
-def test_image_multilabel_passes_the_task_kit(name, multilabel_checks):
-    multilabel_checks[name]()
 
 
 # -- through the command line, on the tiny network ---------------------------------------------------------

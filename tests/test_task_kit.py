@@ -51,7 +51,7 @@ def text_checks(tmp_path_factory):
 # -- the tasks plugin's tasks (autotl_tasks): other targets (a number, a set of labels, a tag per word) ------
 
 def _kit_makers():
-    from test_image_tasks import multilabel_folder, regression_folder
+    from test_image_tasks import multilabel_folder, regression_folder, unnamed_image_column
     from test_text_tasks import label_set_rows, number_rows, write_table
     from test_tokens import make_conll
 
@@ -63,9 +63,9 @@ def _kit_makers():
         "token-classification": (lambda f: make_conll(f, sentences=(("train", 24), ("test", 8))),
                                  {"params": {"max_length": 8}}),
         "image-regression": (lambda f: regression_folder(f, counts=(("train", 24), ("test", 8))),
-                             {"sources": lambda d: [str(d / "test.csv")]}),
+                             {"sources": lambda d: [str(d / "test.csv")], "bad_data": [unnamed_image_column]}),
         "image-multilabel": (lambda f: multilabel_folder(f, counts=(("train", 28), ("test", 8))),
-                             {"sources": lambda d: [str(d / "test.csv")]}),
+                             {"sources": lambda d: [str(d / "test.csv")], "bad_data": [unnamed_image_column]}),
     }
 
 

@@ -104,15 +104,9 @@ def parse_number(row: ImageRow, column: str) -> float:
 
 
 def parse_label_set(row: ImageRow, column: str, separator: str) -> tuple[str, ...]:
-    """The row's ``column`` as its labels (split on ``separator``, blanks dropped), sorted, each once.
-
-    :raises DataError: for a row with no label, naming the row.
-    """
-    labels = sorted({label.strip() for label in row.cell(column).split(separator) if label.strip()})
-    if not labels:
-        raise DataError(f"{row.where}: no label in column {column!r}; give each image at least one label, labels "
-                        f"joined by {separator!r} (the data option separator)")
-    return tuple(labels)
+    """The row's ``column`` as its labels (split on ``separator``, blanks dropped), sorted, each once; an empty
+    cell is an image with none of the labels (as text-multilabel reads it)."""
+    return tuple(sorted({label.strip() for label in row.cell(column).split(separator) if label.strip()}))
 
 
 def load_image_csv(root: Path, *, image_column: str, column: str, parse: Callable[[ImageRow], Any],
