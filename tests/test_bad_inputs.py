@@ -499,7 +499,8 @@ CASES = [
          ("No such option '--trails'", "'--trials'", "see `autotl search --help`")),
     Case("unknown-task", "--task audio-tagging",
          lambda c: ["search", images(c), "--task", "audio-tagging", "--out", c.path("run")], USAGE,
-         ("unknown task 'audio-tagging'", "installed tasks: image-classification, text-classification")),
+         ("unknown task 'audio-tagging'", "installed tasks: image-classification, image-multilabel, image-regression, "
+                                          "text-classification, text-multilabel, text-regression, token-classification")),
     Case("recipe-invalid-yaml", "--recipe FILE with an unclosed brace on line 4",
          lambda c: image_search(c, images(c), recipe=recipe(c, "task: image-classification\nspace:\n  lr: {low: 1\n")),
          USAGE,

@@ -63,7 +63,7 @@ class ImageTask(Task):
         transform = _transform(settings, augment)
 
         def split(name: str) -> TensorSplit:
-            resized = resize_all(images, name, settings["resolution"], settings["interpolation"], settings["fit"])
+            resized = resize_all(images, name, settings["resolution"], settings["interpolation"], images.fit)
             return TensorSplit(resized, images.labels(name), transform, random_augmentation=augment != "none")
 
         return TrialData(
@@ -103,7 +103,8 @@ class ImageTask(Task):
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
                         params: Mapping[str, Any]) -> dict[str, Any]:
         settings = _settings(_max_side(data_options), self._fit((data_options or {}).get("fit")), backbone, params)
-        settings["image_column"] = str((data_options or {}).get("image_column") or "image")
+        if "image_column" in (self.data_options or {}):  # a task reading CSV files: the column predict reads
+            settings["image_column"] = str((data_options or {}).get("image_column") or "image")
         return settings
 
     def read_inputs(self, sources: Sequence[str], *, stdin: TextIO | None = None) -> list[tuple[str, Any]]:
@@ -200,12 +201,14 @@ def _max_side(options: Mapping[str, Any]) -> int:
 def _settings(max_side: int, fit: str, backbone: Backbone, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that turns an image file into the model's input, as JSON values."""
     pre = ImagePreprocessing.of(backbone)
+    # the default fit (crop) is recorded as bundles recorded it before fit existed: their JSON is unchanged
+    resize = {"resize": "longer side at most max_side when decoded; then shorter side to resolution, centre crop"} \
+        if fit == "crop" else {"resize": "longer side at most max_side when decoded; then made square as fit says: "
+                               "pad (longer side to resolution, black borders) or stretch", "fit": fit}
     return {
         "max_side": int(max_side),
         "colour": "RGB: grey and palette converted, alpha composited on white, 16-bit grey scaled to 8 bits",
-        "resize": "longer side at most max_side when decoded; then made square as fit says: crop (shorter side to "
-                  "resolution, centre crop), pad (longer side to resolution, black borders) or stretch",
-        "fit": fit,
+        **resize,
         "resolution": int(params.get("resolution") or pre.input_size),
         "interpolation": pre.interpolation,
         "scale": "pixels / 255, then (x - mean) / std per channel",
