@@ -16,7 +16,9 @@ import tinybert
 from autotl.cli import cli
 from autotl.errors import DataError, UsageError
 from autotl.plugins import get_registry, target_of
-from autotl_tasks.tokens import IGNORE, TagSequence, TokenClassification, encode_words, is_bio, read_conll
+from autotl_tasks.targets import IGNORE, TagSequence, is_bio
+from autotl_tasks.tokens import TokenClassification, read_conll
+from autotl_text import encode_words
 from autotl_transformers import TransformersFamily
 
 TASK = TokenClassification()

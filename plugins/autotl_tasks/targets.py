@@ -277,4 +277,99 @@ class LabelSet(Target):
         return fig
 
 
-__all__ = ["ClassLabel", "LabelSet", "Number"]
+class TagSequence(Target):
+    """A tag per word: cross-entropy on each word's first piece; token accuracy and tag macro-F1, and entity-level
+    F1 (seqeval, strict IOB2) as primary where every tag is ``O``, ``B-x`` or ``I-x``."""
+
+    per_position = True
+    WORDS = {"token_accuracy": "maximize", "macro_f1": "maximize"}
+
+    def __init__(self, label_names: Sequence[str] | None = None):
+        self.label_names = list(label_names) if label_names is not None else None
+        entities = self.label_names is None or is_bio(self.label_names)
+        self.metrics = {"entity_f1": "maximize", **self.WORDS} if entities else dict(self.WORDS)
+        self.primary = "entity_f1" if entities and self.label_names is not None else "token_accuracy"
+
+    def for_labels(self, label_names: Sequence[str]) -> "TagSequence":
+        return TagSequence(label_names)
+
+    def loss(self, outputs, labels, calibration, params) -> torch.Tensor:
+        labels = aligned(labels, outputs.shape[1])
+        return F.cross_entropy(outputs.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+    def score(self, outputs, labels, calibration) -> dict[str, float]:
+        labels = aligned(labels, outputs.shape[1] if outputs.dim() == 3 else labels.shape[1])
+        scored = labels != IGNORE
+        if not scored.any():
+            return {name: float("nan") for name in self.metrics}
+        from sklearn.metrics import f1_score
+
+        guess = outputs.argmax(-1)
+        true, pred = labels[scored], guess[scored]
+        out = {"token_accuracy": int((true == pred).sum()) / len(true),
+               "macro_f1": float(f1_score(true.numpy(), pred.numpy(), labels=true.unique().numpy(), average="macro",
+                                          zero_division=0))}
+        if "entity_f1" in self.metrics:
+            out["entity_f1"] = self._entity_f1(labels, guess, scored)
+        return out
+
+    def _entity_f1(self, labels: torch.Tensor, guess: torch.Tensor, scored: torch.Tensor) -> float:
+        if not self.label_names:
+            return float("nan")
+        from seqeval.metrics import f1_score
+        from seqeval.scheme import IOB2
+
+        names = self.label_names
+        true = [[names[t] for t in row[keep].tolist()] for row, keep in zip(labels, scored)]
+        pred = [[names[t] for t in row[keep].tolist()] for row, keep in zip(guess, scored)]
+        return float(f1_score(true, pred, mode="strict", scheme=IOB2, zero_division=0))
+
+    def decode(self, outputs, split, calibration, label_names, top_k: int = 1) -> list[dict[str, Any]]:
+        """``{"tokens": [...], "tags": [...]}`` per item (its windows joined); with ``top_k`` above one, ``top_k``:
+        the likeliest tags of each word with their probabilities."""
+        probs = self.probabilities(outputs)
+        labels = aligned(split.labels, probs.shape[1])
+        words, owner = getattr(split, "words", None), getattr(split, "owner", None)
+        items: dict[int, dict[str, Any]] = {}
+        for row in range(len(labels)):
+            item = items.setdefault(int(owner[row]) if owner is not None else row,
+                                    {"tokens": [], "tags": [], **({"top_k": []} if top_k > 1 else {})})
+            first = (labels[row] != IGNORE).nonzero().flatten()
+            values, indices = probs[row, first].topk(max(1, min(top_k, len(label_names))), dim=-1)
+            item["tokens"].extend(words[row] if words is not None else [None] * len(first))
+            item["tags"].extend(label_names[int(i)] for i in indices[:, 0])
+            if top_k > 1:
+                item["top_k"].extend([{"tag": label_names[int(i)], "probability": float(v)} for v, i in zip(vs, ix)]
+                                     for vs, ix in zip(values, indices))
+        return [items[key] for key in sorted(items)]
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(outputs.float(), dim=-1)
+
+    def figure(self, outputs, labels, calibration, label_names) -> Any:
+        """The per-tag confusion matrix over the words (true tags in rows, predicted in columns)."""
+        labels = aligned(labels, outputs.shape[1])
+        scored = labels != IGNORE
+        fig = ClassLabel().figure(outputs[scored], labels[scored], calibration, label_names)
+        fig.update_layout(title="Per-tag confusion over the test words: rows are the true tags, columns the "
+                                "predictions; the numbers are counts, the colour the share of the true tag")
+        return fig
+
+
+#: the label of positions a per-position target does not score: a word's later pieces, special tokens, padding.
+IGNORE = -100
+
+
+def is_bio(names: Sequence[str]) -> bool:
+    """Whether the tags are IOB2 entity tags: ``O``, ``B-type`` and ``I-type``, with at least one ``B-``."""
+    return any(n.startswith("B-") for n in names) and all(n == "O" or n[:2] in ("B-", "I-") for n in names)
+
+
+def aligned(labels: torch.Tensor, positions: int) -> torch.Tensor:
+    """``labels`` cut or padded (with the ignored label) to ``positions`` columns, as the outputs were trimmed."""
+    if labels.shape[1] >= positions:
+        return labels[:, :positions]
+    return F.pad(labels, (0, positions - labels.shape[1]), value=IGNORE)
+
+
+__all__ = ["IGNORE", "ClassLabel", "LabelSet", "Number", "TagSequence", "is_bio"]

@@ -19,109 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
-import torch
-import torch.nn.functional as F
+from autotl import Backbone, DataReport, LoadedData, Param, Task, TextPreprocessing, TrialData
+from autotl.errors import DataError, UsageError
+from autotl_text import WordSplit, encode_words, max_length_for, tokenizer_of
 
-from autotl import Backbone, DataReport, LoadedData, Param, Target, Task, TextPreprocessing, TrialData
-from autotl.errors import DataError, PluginError, UsageError
-from autotl_text import TextSplit, max_length_for, tokenizer_of, trim_transform
-
-from .targets import ClassLabel
+from .targets import TagSequence
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".conll", ".conllu", ".tsv", ".txt")
-IGNORE = -100  # the label of positions that are not scored: later pieces of a word, special tokens, padding
-
-
-class TagSequence(Target):
-    """A tag per word: cross-entropy on each word's first piece; token accuracy and tag macro-F1, and entity-level
-    F1 (seqeval, strict IOB2) as primary where every tag is ``O``, ``B-x`` or ``I-x``."""
-
-    per_position = True
-    WORDS = {"token_accuracy": "maximize", "macro_f1": "maximize"}
-
-    def __init__(self, label_names: Sequence[str] | None = None):
-        self.label_names = list(label_names) if label_names is not None else None
-        entities = self.label_names is None or is_bio(self.label_names)
-        self.metrics = {"entity_f1": "maximize", **self.WORDS} if entities else dict(self.WORDS)
-        self.primary = "entity_f1" if entities and self.label_names is not None else "token_accuracy"
-
-    def for_labels(self, label_names: Sequence[str]) -> "TagSequence":
-        return TagSequence(label_names)
-
-    def loss(self, outputs, labels, calibration, params) -> torch.Tensor:
-        labels = aligned(labels, outputs.shape[1])
-        return F.cross_entropy(outputs.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-
-    def score(self, outputs, labels, calibration) -> dict[str, float]:
-        labels = aligned(labels, outputs.shape[1] if outputs.dim() == 3 else labels.shape[1])
-        scored = labels != IGNORE
-        if not scored.any():
-            return {name: float("nan") for name in self.metrics}
-        from sklearn.metrics import f1_score
-
-        guess = outputs.argmax(-1)
-        true, pred = labels[scored], guess[scored]
-        out = {"token_accuracy": int((true == pred).sum()) / len(true),
-               "macro_f1": float(f1_score(true.numpy(), pred.numpy(), labels=true.unique().numpy(), average="macro",
-                                          zero_division=0))}
-        if "entity_f1" in self.metrics:
-            out["entity_f1"] = self._entity_f1(labels, guess, scored)
-        return out
-
-    def _entity_f1(self, labels: torch.Tensor, guess: torch.Tensor, scored: torch.Tensor) -> float:
-        if not self.label_names:
-            return float("nan")
-        from seqeval.metrics import f1_score
-        from seqeval.scheme import IOB2
-
-        names = self.label_names
-        true = [[names[t] for t in row[keep].tolist()] for row, keep in zip(labels, scored)]
-        pred = [[names[t] for t in row[keep].tolist()] for row, keep in zip(guess, scored)]
-        return float(f1_score(true, pred, mode="strict", scheme=IOB2, zero_division=0))
-
-    def decode(self, outputs, split, calibration, label_names, top_k: int = 1) -> list[dict[str, Any]]:
-        """``{"tokens": [...], "tags": [...]}`` per item (its windows joined); with ``top_k`` above one, ``top_k``:
-        the likeliest tags of each word with their probabilities."""
-        probs = self.probabilities(outputs)
-        labels = aligned(split.labels, probs.shape[1])
-        words, owner = getattr(split, "words", None), getattr(split, "owner", None)
-        items: dict[int, dict[str, Any]] = {}
-        for row in range(len(labels)):
-            item = items.setdefault(int(owner[row]) if owner is not None else row,
-                                    {"tokens": [], "tags": [], **({"top_k": []} if top_k > 1 else {})})
-            first = (labels[row] != IGNORE).nonzero().flatten()
-            values, indices = probs[row, first].topk(max(1, min(top_k, len(label_names))), dim=-1)
-            item["tokens"].extend(words[row] if words is not None else [None] * len(first))
-            item["tags"].extend(label_names[int(i)] for i in indices[:, 0])
-            if top_k > 1:
-                item["top_k"].extend([{"tag": label_names[int(i)], "probability": float(v)} for v, i in zip(vs, ix)]
-                                     for vs, ix in zip(values, indices))
-        return [items[key] for key in sorted(items)]
-
-    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(outputs.float(), dim=-1)
-
-    def figure(self, outputs, labels, calibration, label_names) -> Any:
-        """The per-tag confusion matrix over the words (true tags in rows, predicted in columns)."""
-        labels = aligned(labels, outputs.shape[1])
-        scored = labels != IGNORE
-        fig = ClassLabel().figure(outputs[scored], labels[scored], calibration, label_names)
-        fig.update_layout(title="Per-tag confusion over the test words: rows are the true tags, columns the "
-                                "predictions; the numbers are counts, the colour the share of the true tag")
-        return fig
-
-
-def is_bio(names: Sequence[str]) -> bool:
-    """Whether the tags are IOB2 entity tags: ``O``, ``B-type`` and ``I-type``, with at least one ``B-``."""
-    return any(n.startswith("B-") for n in names) and all(n == "O" or n[:2] in ("B-", "I-") for n in names)
-
-
-def aligned(labels: torch.Tensor, positions: int) -> torch.Tensor:
-    """``labels`` cut or padded (with the ignored label) to ``positions`` columns, as the outputs were trimmed."""
-    if labels.shape[1] >= positions:
-        return labels[:, :positions]
-    return F.pad(labels, (0, positions - labels.shape[1]), value=IGNORE)
 
 
 # -- reading CoNLL files -------------------------------------------------------------------------------------
@@ -141,7 +46,7 @@ class TagData:
     files: dict[str, str]
     options: dict[str, int]
     val_from_train: bool
-    encoded: dict[tuple, "TagSplit"] = field(default_factory=dict, repr=False)
+    encoded: dict[tuple, WordSplit] = field(default_factory=dict, repr=False)
 
 
 def column(options: Mapping[str, Any], key: str, default: int) -> int:
@@ -228,67 +133,6 @@ def load_conll_folder(root: Path, *, seed: int, val_fraction: float, options: Ma
     return TagData(tags, splits, {s: p.name for s, p in files.items()}, opts, val_from_train)
 
 
-# -- words to pieces ---------------------------------------------------------------------------------------
-
-@dataclass
-class TagSplit(TextSplit):
-    """Tokenised windows of sentences; ``owner``: the sentence (item) each row belongs to, ``words`` its words."""
-
-    owner: torch.Tensor | None = None
-    words: list[list[str]] | None = None
-
-    def take(self, idx: torch.Tensor) -> "TagSplit":
-        taken = super().take(idx)
-        return replace(taken, words=None if self.words is None else [self.words[i] for i in idx.tolist()])
-
-
-def encode_words(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]] | None,
-                 max_length: int) -> TagSplit:
-    """Sentences of words (and their tag indices) as pieces, labelled on each word's first piece.
-
-    A sentence longer than ``max_length`` pieces (special tokens included) becomes several rows, windows of
-    whole words; a word the tokenizer drops (no piece) is read as its unknown token, so that every word is tagged.
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise PluginError(f"{type(tokenizer).__name__} is not a fast tokenizer: token classification aligns words to "
-                          "pieces through a fast tokenizer's word_ids; choose a model with a tokenizer.json")
-    budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
-    try:
-        pieces = tokenizer([list(s) for s in sentences], is_split_into_words=True, add_special_tokens=False)
-    except (ValueError, AssertionError) as exc:
-        raise PluginError(f"the tokenizer cannot take words already split: {str(exc).splitlines()[0]}") from exc
-    rows: list[tuple[int, list[str], list[int]]] = []
-    for i, words in enumerate(sentences):
-        counts = Counter(w for w in pieces.word_ids(i) if w is not None)
-        words = [w if counts[j] else tokenizer.unk_token or w for j, w in enumerate(words)]
-        start, used = 0, 0
-        for j in range(len(words) + 1):
-            if j == len(words) or (used and used + max(1, counts[j]) > budget):
-                rows.append((i, words[start:j], list(tags[i][start:j]) if tags is not None else [0] * (j - start)))
-                start, used = j, 0
-            if j < len(words):
-                used += max(1, counts[j])
-    encoded = tokenizer([r[1] for r in rows], is_split_into_words=True, truncation=True, max_length=max_length,
-                        return_token_type_ids=False)
-    width = max((len(ids) for ids in encoded["input_ids"]), default=1)
-    pad = int(tokenizer.pad_token_id or 0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.int32)
-    mask = torch.zeros((len(rows), width), dtype=torch.int8)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for r, (_, _, row_tags) in enumerate(rows):
-        row_ids = encoded["input_ids"][r]
-        ids[r, :len(row_ids)] = torch.tensor(row_ids, dtype=torch.int32)
-        mask[r, :len(row_ids)] = 1
-        previous = None
-        for p, w in enumerate(encoded.word_ids(r)):
-            if w is not None and w != previous:
-                labels[r, p] = row_tags[w]
-            previous = w
-    return TagSplit({"input_ids": ids, "attention_mask": mask}, labels, trim_transform(left=False),
-                    lengths=mask.sum(1).to(torch.int32), owner=torch.tensor([r[0] for r in rows]),
-                    words=[r[1] for r in rows])
-
-
 # -- the task -------------------------------------------------------------------------------------------
 
 class TokenClassification(Task):
@@ -324,7 +168,7 @@ class TokenClassification(Task):
         prepared = self.prepare(data, backbone, params)
         return replace(prepared, train=self._split(data, backbone, params, ("train", "val")))
 
-    def _split(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], names: tuple) -> TagSplit:
+    def _split(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], names: tuple) -> WordSplit:
         pre = TextPreprocessing.of(backbone)
         tokenizer = tokenizer_of(backbone, pre)
         max_length = max_length_for(params, pre)
@@ -376,7 +220,7 @@ class TokenClassification(Task):
             raise DataError("no sentences to tag; give a CoNLL file or text (a sentence per line)")
         return items
 
-    def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone, settings: Mapping[str, Any]) -> TagSplit:
+    def preprocess_for_predict(self, raw: Sequence[Any], backbone: Backbone, settings: Mapping[str, Any]) -> WordSplit:
         """Sentences (a string: words split at whitespace; a list of words; a CoNLL block) as the search encoded
         its own."""
         sentences, at = [], int(settings.get("token_column") or 0)
@@ -397,4 +241,4 @@ class ConllLines(list):
     """The lines (their columns) of one CoNLL sentence given to ``autotl predict``: the bundle's token column is read."""
 
 
-__all__ = ["TagSequence", "TokenClassification", "encode_words", "read_conll", "is_bio"]
+__all__ = ["TokenClassification", "load_conll_folder", "read_conll"]

@@ -17,7 +17,8 @@ something else (a number, a set of labels) subclasses it with its :class:`LabelK
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, TextIO
 
@@ -26,7 +27,7 @@ import torch
 from autotl import Backbone, LoadedData, Param, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
 from autotl.base import Inputs
 from autotl_tasks.targets import ClassLabel
-from autotl.errors import DataError, UsageError
+from autotl.errors import DataError, PluginError, UsageError
 
 from ._table import (LabelKind, Options, TableRow, TextData, decode_utf8, encode, load_text_folder,
                      read_predict_file, text_lines, tokenised)
@@ -269,6 +270,68 @@ def trim_transform(left: bool):
     return transform
 
 
+# -- texts already split into words (a label per word) ------------------------------------------------
+
+@dataclass
+class WordSplit(TextSplit):
+    """Tokenised windows of sentences; ``owner``: the sentence (item) each row belongs to, ``words`` its words."""
+
+    owner: torch.Tensor | None = None
+    words: list[list[str]] | None = None
+
+    def take(self, idx: torch.Tensor) -> "WordSplit":
+        taken = super().take(idx)
+        return replace(taken, words=None if self.words is None else [self.words[i] for i in idx.tolist()])
+
+
+def encode_words(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]] | None,
+                 max_length: int, ignore: int = -100) -> WordSplit:
+    """Sentences of words (and their tag indices) as pieces, labelled on each word's first piece (every other
+    position: ``ignore``).
+
+    A sentence longer than ``max_length`` pieces (special tokens included) becomes several rows, windows of
+    whole words; a word the tokenizer drops (no piece) is read as its unknown token, so that every word is tagged.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise PluginError(f"{type(tokenizer).__name__} is not a fast tokenizer: token classification aligns words to "
+                          "pieces through a fast tokenizer's word_ids; choose a model with a tokenizer.json")
+    budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
+    try:
+        pieces = tokenizer([list(s) for s in sentences], is_split_into_words=True, add_special_tokens=False)
+    except (ValueError, AssertionError) as exc:
+        raise PluginError(f"the tokenizer cannot take words already split: {str(exc).splitlines()[0]}") from exc
+    rows: list[tuple[int, list[str], list[int]]] = []
+    for i, words in enumerate(sentences):
+        counts = Counter(w for w in pieces.word_ids(i) if w is not None)
+        words = [w if counts[j] else tokenizer.unk_token or w for j, w in enumerate(words)]
+        start, used = 0, 0
+        for j in range(len(words) + 1):
+            if j == len(words) or (used and used + max(1, counts[j]) > budget):
+                rows.append((i, words[start:j], list(tags[i][start:j]) if tags is not None else [0] * (j - start)))
+                start, used = j, 0
+            if j < len(words):
+                used += max(1, counts[j])
+    encoded = tokenizer([r[1] for r in rows], is_split_into_words=True, truncation=True, max_length=max_length,
+                        return_token_type_ids=False)
+    width = max((len(ids) for ids in encoded["input_ids"]), default=1)
+    pad = int(tokenizer.pad_token_id or 0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.int32)
+    mask = torch.zeros((len(rows), width), dtype=torch.int8)
+    labels = torch.full((len(rows), width), ignore, dtype=torch.long)
+    for r, (_, _, row_tags) in enumerate(rows):
+        row_ids = encoded["input_ids"][r]
+        ids[r, :len(row_ids)] = torch.tensor(row_ids, dtype=torch.int32)
+        mask[r, :len(row_ids)] = 1
+        previous = None
+        for p, w in enumerate(encoded.word_ids(r)):
+            if w is not None and w != previous:
+                labels[r, p] = row_tags[w]
+            previous = w
+    return WordSplit({"input_ids": ids, "attention_mask": mask}, labels, trim_transform(left=False),
+                    lengths=mask.sum(1).to(torch.int32), owner=torch.tensor([r[0] for r in rows]),
+                    words=[r[1] for r in rows])
+
+
 def tokenizer_of(backbone: Backbone, pre: TextPreprocessing | None = None, pad_token: str | None = None):
     """The backbone's tokenizer, with a pad token (GPT-style ones pad with end-of-text: masked out anyway).
 
@@ -334,4 +397,4 @@ def register_tasks(register):
 
 
 __all__ = ["LabelKind", "TABLE_OPTIONS", "TABLE_PARAMETERS", "TextClassification", "TextSplit", "TextTableTask",
-           "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]
+           "WordSplit", "encode_words", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]
