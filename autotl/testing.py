@@ -121,12 +121,8 @@ def backbone_checks(
 
     Each item is a :class:`Check`; use ``ids=str`` for readable test ids.
     """
-    checks = list(checks)
-    unknown = [c for c in checks if c not in CHECKS]
-    if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the checks are {', '.join(CHECKS)}")
-    if not isinstance(family, BackboneFamily):
-        raise TypeError(f"{family!r} is not an autotl.BackboneFamily instance")
+    checks = _known(checks, CHECKS)
+    _instance(family, BackboneFamily)
     if names is None:
         names = list(family.default_zoo())
         if not names:
@@ -332,14 +328,9 @@ def task_checks(
     """
     from .kit.task import TaskShared, TaskSubject
 
-    checks = list(checks)
-    unknown = [c for c in checks if c not in TASK_CHECKS]
-    if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the checks are {', '.join(TASK_CHECKS)}")
-    if not isinstance(task, Task):
-        raise TypeError(f"{task!r} is not an autotl.Task instance")
-    if not isinstance(family, BackboneFamily):
-        raise TypeError(f"{family!r} is not an autotl.BackboneFamily instance")
+    checks = _known(checks, TASK_CHECKS)
+    _instance(task, Task)
+    _instance(family, BackboneFamily)
     shared = TaskShared(task, data if callable(data) else Path(data), family, model, weights=dict(weights or {}),
                         options=dict(options or {}), params=dict(params or {}),
                         bad_data=[b if callable(b) else Path(b) for b in bad_data], sources=sources,
@@ -359,6 +350,21 @@ def check_task(task: Task, data: Path | str | Callable[[Path], Any], family: Bac
             failures.append(str(exc))
     if failures:
         raise AssertionError(f"{len(failures)} conformance check(s) failed:\n- " + "\n- ".join(failures))
+
+
+def _known(checks: Sequence[str], known: Sequence[str]) -> list[str]:
+    """``checks`` as a list; a ValueError naming those not in ``known``."""
+    checks = list(checks)
+    unknown = [c for c in checks if c not in known]
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the checks are {', '.join(known)}")
+    return checks
+
+
+def _instance(value: Any, kind: type) -> None:
+    """A TypeError unless ``value`` is a ``kind`` (an autotl base class)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{value!r} is not an autotl.{kind.__name__} instance")
 
 
 __all__ = ["CHECKS", "TASK_CHECKS", "Check", "backbone_checks", "check_backbone_family", "check_task", "task_checks"]
