@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .after_search import score_best_on_test, scratch_baseline
+from .after_search import ensemble_after_search, score_best_on_test, scratch_baseline
 from .base import Backbone, LoadedData, Registry, Task
 from .budget import Budget
 from .cache import FeatureCache
@@ -257,6 +257,15 @@ class Search:
         """The weights ``trial`` recorded, if they are in the run folder and are its own."""
         path, problem = kept_weights(trial, [self.options.out], self.location.study_name)
         return None if problem else path
+
+    def ensemble(self) -> dict[str, Any] | None:
+        """Select an ensemble of the kept trials on their validation outputs, score it on the test split, record it
+        (autotl/ensemble.py); ``None`` with fewer than two kept trials or ``ensemble_rounds`` 0."""
+        if not self.options.ensemble_rounds:
+            return None
+        return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
+                                     self.kept_weights, self.device, self.reporter, self.options.keep_top,
+                                     self.options.ensemble_rounds)
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""
