@@ -386,6 +386,8 @@ def _the_ensemble(run: Run, options: ExportOptions, data: LoadedData | None, dev
                                    weights={t.number: 1.0 for t in trials})
         best = run.best_trial()
         ensemble["best_single"] = {"trial": best.number, "val": best.value, "test": run.test_score(best)}
+        ensemble["val_note"] = ("named, not selected: the members' own validation scores ranked them among the "
+                                "search's trials, and the equal weights were not fitted; the test split chose nothing")
         return ensemble, f"named with --members {','.join(str(t.number) for t in trials)}, equal weights"
     ensemble = run.record.ensemble
     if not ensemble:
@@ -442,7 +444,7 @@ def _ensemble_config(run: Run, ensemble: Mapping[str, Any], chosen_by: str, memb
                       sizes=members[0].data.sizes, val_from_train=members[0].data.val_from_train),
         weights=WeightsInfo(file="members/*/" + WEIGHTS, bytes=sum(m.weights.bytes or 0 for m in members)),
         ensemble=EnsembleInfo(members=parts, chosen_by=chosen_by, selected_on=ensemble.get("selected_on", "validation"),
-                              val_note=SELECTION_NOTE, best_single=dict(ensemble.get("best_single") or {})),
+                              val_note=ensemble.get("val_note") or SELECTION_NOTE, best_single=dict(ensemble.get("best_single") or {})),
         versions=library_versions(),
     )
 
