@@ -17,7 +17,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from .base import Backbone, LoadedData, Target, Task, TensorSplit
-from .ensemble import DEFAULT_ROUNDS, Candidate, describe, ensemble_record
+from .ensemble import DEFAULT_ROUNDS, Candidate, describe, ensemble_record, soup_record
 from .files import load_weights
 from .inference import predict_outputs
 from .leaderboard import best_trial, direction_sign, rank_key
@@ -114,6 +114,8 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
         return None
     ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, study.direction.name.lower(), rounds)
     ensemble["excluded"] = excluded
+    ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
+                              zoo.get, device)
     record_ensemble(study, ensemble)
     reporter.message(describe(ensemble))
     return ensemble
@@ -154,8 +156,39 @@ def ensemble_candidates(trials: list[tuple[FrozenTrial, Path]], task: Task, targ
     return candidates, labels or (None, None), excluded
 
 
+def soups(kept: list[tuple[FrozenTrial, Path]], candidates: list[Candidate], labels: tuple, task: Task,
+          target: Target, metric: str, direction: str, data: LoadedData,
+          backbone_of: Callable[[str], Backbone | None], device: torch.device) -> list[dict[str, Any]]:
+    """The greedy soup (weight averaging, :func:`autotl.ensemble.soup_record`) of each model two or more candidates
+    share, scored on the best of them's preparation of the items: what the study records under the ensemble's
+    ``soups``."""
+    paths = {t.number: (t, path) for t, path in kept}
+    by_model: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
+    found = []
+    for model, group in by_model.items():
+        if len(group) < 2:
+            continue
+        first = paths[group[0].number][0]
+        backbone = backbone_of(model)
+        prepared = task.prepare(data, backbone, TrialRecord.params(first))
+        test = prepared.test if prepared.test is not None and len(prepared.test) else None
+
+        def outputs_of(state, backbone=backbone, prepared=prepared, test=test):
+            network = trained_network(backbone, target.width(data.label_names), state, device,
+                                      per_position=target.per_position)
+            return (predict_outputs(network, prepared.val, device),
+                    predict_outputs(network, test, device) if test is not None else None)
+
+        states = [(c.number, load_weights(paths[c.number][1])) for c in group]
+        soup = soup_record(states, outputs_of, labels[0], labels[1], target, metric, direction, group[0].calibration)
+        found.append({**soup, "model": model})
+    return found
+
+
 def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.shape == b.shape and bool(torch.equal(a, b))
 
 
-__all__ = ["ensemble_after_search", "ensemble_candidates", "score_best_on_test", "scratch_baseline", "test_split_scores"]
+__all__ = ["ensemble_after_search", "ensemble_candidates", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]

@@ -21,7 +21,7 @@ from .base import Backbone, LoadedData, Registry, Task
 from .budget import Budget
 from .cache import FeatureCache
 from .device import resolve_device
-from .errors import RunError, UsageError
+from .errors import AutotlError, RunError, UsageError
 from .files import write_json
 from .objective import Objective
 from .options import SearchOptions, SearchOutcome
@@ -263,9 +263,14 @@ class Search:
         (autotl/ensemble.py); ``None`` with fewer than two kept trials or ``ensemble_rounds`` 0."""
         if not self.options.ensemble_rounds:
             return None
-        return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
-                                     self.kept_weights, self.device, self.reporter, self.options.keep_top,
-                                     self.options.ensemble_rounds)
+        try:
+            return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
+                                         self.kept_weights, self.device, self.reporter, self.options.keep_top,
+                                         self.options.ensemble_rounds)
+        except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
+            self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
+                                  "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")
+            return None
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""

@@ -188,6 +188,34 @@ def greedy_soup(states: Sequence[Mapping[str, torch.Tensor]], score: Callable[[M
     return Soup(ingredients, soup, best, first)
 
 
+def soup_record(states: Sequence[tuple[int, Mapping[str, torch.Tensor]]],
+                outputs_of: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]],
+                val_labels: torch.Tensor, test_labels: torch.Tensor | None, target: Target, metric: str, direction: str,
+                calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """The greedy soup of trials of one model (``states``: trial number and merged state, the best first), scored as
+    the search scores a trial: ``outputs_of(state)`` gives a state's validation and test outputs (the first trial's
+    preparation of the items), the calibration (the first trial's) tuned on the validation outputs. What the study
+    records of it: the trials offered, those averaged, the soup's and the first trial's scores, whether it helped."""
+    cache: dict[int, tuple] = {}
+
+    def scored(state: Mapping[str, torch.Tensor]) -> float:
+        val, test = outputs_of(state)
+        result = score_combined(target, [val], [1.0], val_labels, calibration, metric)
+        cache[id(state)] = (result, test)
+        return result.score
+
+    soup = greedy_soup([state for _, state in states], scored, direction)
+    result, test = cache[id(soup.state)] if id(soup.state) in cache else (None, None)
+    soup_test = None
+    if test is not None and test_labels is not None and result is not None:
+        soup_test = target.score(test, test_labels, result.calibration)[metric]
+    sign = -1.0 if direction == "minimize" else 1.0
+    return {"model": None, "trials": [n for n, _ in states], "averaged": [states[i][0] for i in soup.ingredients],
+            "val": finite(soup.score), "first_val": finite(soup.first_score),
+            "helped": len(soup.ingredients) > 1 and _better(soup.score, soup.first_score, sign),
+            "test": finite(soup_test) if len(soup.ingredients) > 1 else None}
+
+
 # -- the trials' outputs, and the record ---------------------------------------------------------------------------
 
 @dataclass
@@ -287,17 +315,25 @@ def describe(ensemble: Mapping[str, Any]) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     if len(members) < 2:
-        return (f"Ensemble: no weighted combination of the {len(ensemble.get('candidates') or [])} kept trials beat "
+        line = (f"Ensemble: no weighted combination of the {len(ensemble.get('candidates') or [])} kept trials beat "
                 f"trial {single.get('trial')} alone on validation {metric} ({num(single.get('val'))}).")
-    line = (f"Ensemble of trials {', '.join(f'{n} ({w:.2f})' for n, w in members.items())}: val {metric} {num(val)} "
-            f"(optimistic: selected on these validation items), "
-            + (f"test {metric} {num(test)}" if test is not None else "no test split")
-            + f"; best single trial {single.get('trial')}: val {num(single.get('val'))}"
-            + (f", test {num(single.get('test'))}" if single.get("test") is not None else "") + ".")
-    latency = ensemble.get("latency")
-    if latency and latency.get("batch1_ms") is not None:
-        line += f" Latency {latency['batch1_ms']:.2f} ms/item at batch 1 (the members' added)."
-    return line + " `autotl export RUN --ensemble` writes it as one bundle."
+    else:
+        line = (f"Ensemble of trials {', '.join(f'{n} ({w:.2f})' for n, w in members.items())}: val {metric} "
+                f"{num(val)} (optimistic: selected on these validation items), "
+                + (f"test {metric} {num(test)}" if test is not None else "no test split")
+                + f"; best single trial {single.get('trial')}: val {num(single.get('val'))}"
+                + (f", test {num(single.get('test'))}" if single.get("test") is not None else "") + ".")
+        latency = ensemble.get("latency")
+        if latency and latency.get("batch1_ms") is not None:
+            line += f" Latency {latency['batch1_ms']:.2f} ms/item at batch 1 (the members' added)."
+        line += " `autotl export RUN --ensemble` writes it as one bundle."
+    for soup in ensemble.get("soups") or []:
+        if len(soup.get("averaged") or []) > 1:
+            line += (f" Weight averaging of trials {', '.join(map(str, soup['averaged']))} ({soup['model']}): val "
+                     f"{num(soup.get('val'))} against {num(soup.get('first_val'))} for trial {soup['trials'][0]} alone"
+                     + (f", test {num(soup.get('test'))}" if soup.get("test") is not None else "")
+                     + " (not exported: a soup is no trial yet).")
+    return line
 
 
 def finite(value: float | None) -> float | None:
@@ -306,4 +342,4 @@ def finite(value: float | None) -> float | None:
 
 
 __all__ = ["Candidate", "Combined", "DEFAULT_ROUNDS", "SELECTION_NOTE", "Selection", "Soup", "average_states", "finite",
-           "describe", "ensemble_record", "greedy_selection", "greedy_soup", "same_architecture", "score_combined", "summed_latency"]
+           "describe", "ensemble_record", "greedy_selection", "greedy_soup", "same_architecture", "score_combined", "soup_record", "summed_latency"]

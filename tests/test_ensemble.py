@@ -192,6 +192,10 @@ def test_the_search_records_its_ensemble_against_the_best_single_trial(run):
     assert ensemble["latency"]["batch1_ms"] == pytest.approx(sum(t.user_attrs["latency"]["batch1_ms"] for t in members))
     assert ensemble["inference_params"] == sum(t.user_attrs["inference_params"] for t in members)
     assert "optimistic" in ensemble["val_note"]
+    soup, = ensemble["soups"]  # one model: its trials averaged greedily, the best first
+    assert soup["model"] == TINY and soup["trials"] == ensemble["candidates"] and soup["averaged"][0] == best.number
+    assert soup["first_val"] == best.value and (soup["val"] >= best.value if len(soup["averaged"]) > 1 else True)
+    assert soup["helped"] == (soup["val"] > best.value)
     assert any(line.startswith("Ensemble") for line in run.reporter.lines)
 
 
