@@ -350,3 +350,38 @@ def test_best_within_picks_a_fast_single_trial_unless_only_the_ensemble_is_close
         assert result.config.ensemble is not None and "no single trial" in result.config.ensemble.chosen_by
     finally:
         record_ensemble(run.study, attrs["ensemble"])
+
+
+# -- a tag per word: per-position outputs combined position by position --------------------------------------------
+
+def test_a_token_ensemble_records_exports_and_predicts_its_test_score(tmp_path):
+    import tinybert
+    import yaml
+
+    from autotl_tasks.tokens import read_conll
+    from test_tokens import make_conll
+
+    model = str(tinybert.save_tiny_bert(tmp_path / "tinybert"))
+    data = make_conll(tmp_path / "data", bio=True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "task": "token-classification", "data": {"val_fraction": 0.25},
+        "space": {"lr": {"low": 1.0e-2, "high": 3.0e-2}},
+        "fixed": {"epochs": 2, "batch_size": 8, "max_length": 12, "freeze": 0, "lora_rank": 0},
+        "sampler": {"name": "random"}, "pruner": {"name": "none"}}))
+    code, out = cli_run("search", "--task", "token-classification", data, "--recipe", recipe, "--models", model,
+                        "--trials", 2, "--out", tmp_path / "run")
+    assert code == 0, out
+    ensemble = json.loads(cli_run("best", tmp_path / "run", "--json")[1])["ensemble"]
+    assert sorted(ensemble["candidates"]) == [0, 1] and ensemble["metric"] == "entity_f1"
+    code, out = cli_run("export", tmp_path / "run", "--out", tmp_path / "bundle", "--ensemble", "--members", "0,1")
+    assert code == 0, out
+    config = json.loads((tmp_path / "bundle" / CONFIG).read_text())
+    assert config["verification"]["val_entity_f1"]["equal"] is True
+    code, out = cli_run("predict", tmp_path / "bundle", data / "test.conll", "--json")
+    assert code == 0, out
+    predictions, sentences = json.loads(out), read_conll(data / "test.conll")
+    assert [p["tokens"] for p in predictions] == [s.words for s in sentences]
+    right = sum(t == g for s, p in zip(sentences, predictions) for t, g in zip(s.tags, p["tags"]))
+    accuracy = right / sum(len(s.words) for s in sentences)
+    assert accuracy == pytest.approx(config["scores"]["test_metrics"]["token_accuracy"], abs=1e-9)
