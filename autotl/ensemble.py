@@ -266,6 +266,15 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
                                 selection.calibration, metric, tune=False)
         test, test_metrics = scored.score, scored.metrics
         best_test = target.score(best.test, test_labels, best.calibration)[metric]
+    equal = []  # the top k with equal weights, selected by nothing but the trials' own ranks: to compare
+    for k in sorted({min(3, len(candidates)), len(candidates)} - {1}):
+        top = candidates[:k]
+        val_k = score_combined(target, [c.val for c in top], [1.0] * k, val_labels, best.calibration, metric)
+        test_k = None
+        if test_labels is not None and len(test_labels) and all(c.test is not None for c in top):
+            test_k = target.score(target.combine([c.test for c in top], [1.0] * k), test_labels,
+                                  val_k.calibration)[metric]
+        equal.append({"trials": [c.number for c in top], "val": finite(val_k.score), "test": finite(test_k)})
     params = [m.inference_params for m in members]
     return {
         "members": {str(n): w for n, w in selection.weights.items()},
@@ -284,6 +293,7 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
         "test_metrics": {k: finite(v) for k, v in test_metrics.items()},
         "best_single": {"trial": best.number, "val": finite(best.value), "test": finite(best_test)},
         "singles_val": {str(n): finite(v) for n, v in selection.singles.items()},
+        "equal_weights": equal,
         "calibration": selection.calibration,
         "latency": summed_latency([m.latency for m in members]),
         "inference_params": None if any(p is None for p in params) else sum(params),

@@ -192,6 +192,8 @@ def test_the_search_records_its_ensemble_against_the_best_single_trial(run):
     assert ensemble["latency"]["batch1_ms"] == pytest.approx(sum(t.user_attrs["latency"]["batch1_ms"] for t in members))
     assert ensemble["inference_params"] == sum(t.user_attrs["inference_params"] for t in members)
     assert "optimistic" in ensemble["val_note"]
+    assert [e["trials"] for e in ensemble["equal_weights"]] == [ensemble["candidates"]]  # 3 kept: top 3 = all
+    assert ensemble["equal_weights"][0]["val"] == three_members(run)["val"]
     soup, = ensemble["soups"]  # one model: its trials averaged greedily, the best first
     assert soup["model"] == TINY and soup["trials"] == ensemble["candidates"] and soup["averaged"][0] == best.number
     assert soup["first_val"] == best.value and (soup["val"] >= best.value if len(soup["averaged"]) > 1 else True)
@@ -207,6 +209,16 @@ def test_the_leaderboard_and_best_show_the_ensemble(run):
     shown = json.loads(out)
     assert shown["ensemble"]["members"] == StudyRecord.from_study(run.study).ensemble["members"]
     assert shown["chosen"] == "trial"
+
+
+def test_the_report_shows_the_ensemble(run, tmp_path):
+    code, out = cli_run("report", run.options.out, "--out", tmp_path / "report.html")
+    assert code == 0, out
+    page = (tmp_path / "report.html").read_text()
+    import html
+
+    line = describe(StudyRecord.from_study(run.study).ensemble)
+    assert f"<dt>Ensemble</dt><dd>{html.escape(line)}</dd>" in page
 
 
 def test_an_ensemble_is_never_selected_without_two_kept_trials(run, tmp_path):
