@@ -97,10 +97,11 @@ def scratch_baseline(study: optuna.Study, task: Task, target: Target, metric: st
 def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metric: str, data: LoadedData,
                           zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None],
                           device: torch.device, reporter: Reporter, keep_top: int | None = None,
-                          rounds: int = DEFAULT_ROUNDS) -> dict[str, Any] | None:
+                          rounds: int = DEFAULT_ROUNDS, select_by: str | None = None) -> dict[str, Any] | None:
     """Select an ensemble of the kept trials (the top ``keep_top`` by validation) on their validation outputs, score it
     on the test split, record it on the study (``ensemble``) and say how it compares with the best single trial.
 
+    ``select_by``: the metric of the target greedy selection climbs, in its own direction [default: ``metric``].
     ``None`` with fewer than two trials whose outputs can be combined (:func:`ensemble_candidates`).
     """
     sign = direction_sign(study)
@@ -112,7 +113,9 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
         reporter.message("No ensemble: it needs at least two trials with kept weights (--keep-top) whose outputs "
                          "can be combined.")
         return None
-    ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, study.direction.name.lower(), rounds)
+    by = (select_by, target.metrics[select_by]) if select_by and select_by != metric else None
+    ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, study.direction.name.lower(), rounds,
+                               select_by=by)
     ensemble["excluded"] = excluded
     ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
                               zoo.get, device)

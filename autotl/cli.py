@@ -188,9 +188,13 @@ def trial_loop_options(func):
 @click.option("--ensemble-rounds", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
               help="After the search, select an ensemble of the kept trials in N rounds of greedy selection on "
                    "their validation outputs, and show it beside the best single trial; 0: no ensemble.")
+@click.option("--ensemble-metric", metavar="METRIC",
+              help="The metric the ensemble's greedy selection climbs [default: the study's]: a smooth one (a loss) "
+                   "overfits a small validation split less than a share of right items. Its scores are shown in "
+                   "the study's metric either way.")
 @handle_errors
 def search(data, task, out, recipe, models, weights, trials, time_budget, max_failures, device, keep_top, seed,
-           storage, study, scratch_baseline, data_options, no_prerank, no_cache, ensemble_rounds):
+           storage, study, scratch_baseline, data_options, no_prerank, no_cache, ensemble_rounds, ensemble_metric):
     """Search for the best way to adapt a pretrained model to DATA.
 
     Runs Optuna trials over source model, freeze depth, LoRA rank, learning rate and the recipe's
@@ -213,6 +217,7 @@ def search(data, task, out, recipe, models, weights, trials, time_budget, max_fa
         study=study, device=device, scratch_baseline=scratch_baseline, keep_top=keep_top,
         data_options=parse_key_values(data_options, "--data-option", "-d text_column=review"),
         max_failures=max_failures, prerank=not no_prerank, cache=not no_cache, ensemble_rounds=ensemble_rounds,
+        ensemble_metric=ensemble_metric,
     )
     _run_search(options, out)
 

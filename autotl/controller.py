@@ -67,6 +67,7 @@ class Search:
         else:
             self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options, self.parameters)
         self.metric = checked_metric(self.recipe, self.target)  # what trials are ranked by (a begun study's: open)
+        self._check_ensemble_metric()  # again once the labels are known: a target's metrics may depend on them
         self.device = resolve_device(options.device)
         if self.device.type == "cpu":
             configure_threads()
@@ -112,10 +113,17 @@ class Search:
         _check_writable(opts.out)
         self._open_study(storage or self._open_storage(url, database), described)
         self._check_or_record_study()
+        self._check_ensemble_metric()
         self.group_counts = sampled_models(self.group_counts, self.study.user_attrs)  # less what pre-ranking dropped
         write_run_file(self.location, opts.storage is None)
         write_json(opts.out / "data_report.json", self.data.report)
         return self.location
+
+    def _check_ensemble_metric(self) -> None:
+        chosen = self.options.ensemble_metric
+        if chosen and chosen not in self.target.metrics:
+            raise UsageError(f"--ensemble-metric {chosen} is no metric of task {self.task.name}; use one of "
+                             f"{', '.join(self.target.metrics)}")
 
     def _open_storage(self, url: str, database: Path | None) -> optuna.storages.BaseStorage:
         if database is not None and self.lock is None:  # SQLite: one process at a time (see StudyLock)
@@ -266,7 +274,7 @@ class Search:
         try:
             return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
                                          self.kept_weights, self.device, self.reporter, self.options.keep_top,
-                                         self.options.ensemble_rounds)
+                                         self.options.ensemble_rounds, self.options.ensemble_metric)
         except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
             self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
                                   "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")

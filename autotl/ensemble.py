@@ -234,14 +234,21 @@ class Candidate:
 
 def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, test_labels: torch.Tensor | None,
                     target: Target, metric: str, direction: str, rounds: int = DEFAULT_ROUNDS,
-                    selected_on: str = "validation", weights: Mapping[int, float] | None = None) -> dict[str, Any]:
+                    selected_on: str = "validation", weights: Mapping[int, float] | None = None,
+                    select_by: tuple[str, str] | None = None) -> dict[str, Any]:
     """Select an ensemble of ``candidates`` (the best first) on their validation outputs and describe it as the study
     records it: members and weights, the calibration tuned on the combined outputs, the ensemble's and the best
     single candidate's scores on the selection items and (where every candidate has test outputs) on the test
     split, the summed latency and parameters.
 
-    ``weights`` ({trial number: weight}) gives the members and weights instead of selecting them (``rounds`` 0).
+    ``weights`` ({trial number: weight}) gives the members and weights instead of selecting them (``rounds`` 0);
+    ``select_by`` (a metric of the target and its direction) is what the selection climbs instead of ``metric``
+    (every score recorded stays in ``metric``).
     """
+    if weights is None and select_by is not None:
+        climbed = greedy_selection({c.number: c.val for c in candidates}, val_labels, target, select_by[0],
+                                   select_by[1], candidates[0].calibration, rounds)
+        weights, kept_round, trajectory = climbed.weights, climbed.rounds, climbed.trajectory
     if weights is None:
         selection = greedy_selection({c.number: c.val for c in candidates}, val_labels, target, metric, direction,
                                      candidates[0].calibration, rounds)
@@ -254,7 +261,10 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
         singles = {c.number: score_combined(target, [c.val], [1.0], val_labels, c.calibration, metric).score
                    for c in candidates}
         selection = Selection(given, fixed.score, fixed.metrics, fixed.calibration, 0, [], singles)
-        rounds = 0
+        if select_by is not None:  # selected, by another metric: its rounds and its scores along them
+            selection.rounds, selection.trajectory = kept_round, trajectory
+        else:
+            rounds = 0
     by_number = {c.number: c for c in candidates}
     members = [by_number[n] for n in selection.weights]
     best = candidates[0]
@@ -281,6 +291,7 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
         "models": {str(m.number): m.model for m in members},
         "candidates": [c.number for c in candidates],
         "selected_on": selected_on,
+        "selected_by": None if rounds == 0 else (select_by or (metric, direction))[0],
         "metric": metric,
         "direction": direction,
         "rounds": rounds,

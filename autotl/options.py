@@ -33,6 +33,9 @@ class SearchOptions:
     max_failures: int | None = 5
     #: rounds of greedy ensemble selection over the kept trials after the search (autotl/ensemble.py); 0: none
     ensemble_rounds: int = 20
+    #: the metric greedy selection climbs (one of the target's) [None: the study's]; the ensemble is reported in the
+    #: study's metric either way
+    ensemble_metric: str | None = None
     recipe_raw: dict[str, Any] | None = None  # a worker takes the study's recorded recipe
 
 

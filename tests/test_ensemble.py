@@ -397,3 +397,27 @@ def test_a_token_ensemble_records_exports_and_predicts_its_test_score(tmp_path):
     right = sum(t == g for s, p in zip(sentences, predictions) for t, g in zip(s.tags, p["tags"]))
     accuracy = right / sum(len(s.words) for s in sentences)
     assert accuracy == pytest.approx(config["scores"]["test_metrics"]["token_accuracy"], abs=1e-9)
+
+
+def test_selection_may_climb_another_metric_and_reports_in_the_studys():
+    from autotl.ensemble import Candidate
+
+    candidates = [Candidate(i, 0.75, {}, MEMBERS[k]) for i, k in enumerate("abc")]
+    by_loss = ensemble_record(candidates, LABELS, None, ClassLabel(), "accuracy", "maximize", rounds=20,
+                              select_by=("log_loss", "minimize"))
+    loss_selection = greedy_selection(MEMBERS, LABELS, ClassLabel(), "log_loss", "minimize", {}, rounds=20)
+    assert by_loss["selected_by"] == "log_loss"
+    assert by_loss["members"] == {str("abc".index(k)): w for k, w in loss_selection.weights.items()}
+    members = [MEMBERS["abc"[int(n)]] for n in by_loss["members"]]
+    combined = ClassLabel().combine(members, list(by_loss["members"].values()))
+    assert by_loss["val"] == ClassLabel().score(combined, LABELS, {})["accuracy"]  # in the study's metric
+    assert by_loss["trajectory"] == pytest.approx(loss_selection.trajectory)
+    assert ensemble_record(candidates, LABELS, None, ClassLabel(), "accuracy", "maximize")["selected_by"] == "accuracy"
+
+
+def test_an_unknown_ensemble_metric_is_refused_before_any_trial(tmp_path, tiny_weights):
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    code, out = cli_run("search", data, "--task", "image-classification", "--models", TINY, "-w",
+                        f"{TINY}={tiny_weights}", "--trials", 1, "--out", tmp_path / "run", "--ensemble-metric", "nope")
+    assert code == 2 and out.startswith("Error: --ensemble-metric nope is no metric of task image-classification; "
+                                        "use one of accuracy, balanced_accuracy"), out
