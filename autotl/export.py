@@ -342,7 +342,8 @@ def export_ensemble(run: Run, options: ExportOptions, say: Callable[[str], None]
             member = export_bundle(run, ExportOptions(out=tmp / folders[number], trial=number, formats=options.formats,
                                                       data=options.data, weights=options.weights,
                                                       device=options.device),
-                                   say=lambda message, n=number: say(f"  member trial {n}: {message}")).config
+                                   say=lambda message, n=number: None if message.startswith("Bundle written to")
+                                   else say(f"  member trial {n}: {message}")).config
             members.append(member)
         config = _ensemble_config(run, ensemble, chosen_by, members, folders, weights, tmp,
                                   f"{missing}: the bundle's scores were not re-checked" if missing else "")
