@@ -1,4 +1,5 @@
-"""After the search: the best trial scored once on the test split, and the from-scratch baseline.
+"""After the search: the best trial scored once on the test split, the from-scratch baseline, and the ensemble of
+the kept trials (:func:`ensemble_after_search`, autotl/ensemble.py).
 
 The test split chose nothing (trials are ranked on validation), so its score of the best trial is an
 honest estimate; it is recorded on the study (``test_scores``). The scratch baseline trains the best
@@ -16,12 +17,13 @@ import torch
 from optuna.trial import FrozenTrial
 
 from .base import Backbone, LoadedData, Target, Task, TensorSplit
+from .ensemble import DEFAULT_ROUNDS, Candidate, describe, ensemble_record, soup_record
 from .files import load_weights
 from .inference import predict_outputs
-from .leaderboard import best_trial
+from .leaderboard import best_trial, direction_sign, rank_key
 from .network import trained_network
 from .progress import Reporter
-from .records import TrialRecord, record_scratch, record_test_score
+from .records import TrialRecord, record_ensemble, record_scratch, record_test_score
 from .training import train
 
 
@@ -92,4 +94,104 @@ def scratch_baseline(study: optuna.Study, task: Task, target: Target, metric: st
     return scratch
 
 
-__all__ = ["score_best_on_test", "scratch_baseline", "test_split_scores"]
+def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metric: str, data: LoadedData,
+                          zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None],
+                          device: torch.device, reporter: Reporter, keep_top: int | None = None,
+                          rounds: int = DEFAULT_ROUNDS, select_by: str | None = None) -> dict[str, Any] | None:
+    """Select an ensemble of the kept trials (the top ``keep_top`` by validation) on their validation outputs, score it
+    on the test split, record it on the study (``ensemble``) and say how it compares with the best single trial.
+
+    ``select_by``: the metric of the target greedy selection climbs, in its own direction [default: ``metric``].
+    ``None`` with fewer than two trials whose outputs can be combined (:func:`ensemble_candidates`).
+    """
+    sign = direction_sign(study)
+    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: rank_key(t, sign))
+    kept = [(t, path) for t in ranked if (path := kept_weights(t)) is not None][:keep_top or None]
+    candidates, labels, excluded = ensemble_candidates(kept, task, target, data, zoo.get, device)
+    if len(candidates) < 2:
+        reporter.message("No ensemble: it needs at least two trials with kept weights (--keep-top) whose outputs "
+                         "can be combined.")
+        return None
+    by = (select_by, target.metrics[select_by]) if select_by and select_by != metric else None
+    ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, study.direction.name.lower(), rounds,
+                               select_by=by)
+    ensemble["excluded"] = excluded
+    ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
+                              zoo.get, device)
+    record_ensemble(study, ensemble)
+    reporter.message(describe(ensemble))
+    return ensemble
+
+
+def ensemble_candidates(trials: list[tuple[FrozenTrial, Path]], task: Task, target: Target, data: LoadedData,
+                        backbone_of: Callable[[str], Backbone | None], device: torch.device
+                        ) -> tuple[list[Candidate], tuple[torch.Tensor | None, torch.Tensor | None], dict[str, str]]:
+    """Each trial's network (from its weights file) run on the validation and test splits as the task prepares them
+    for it: the candidates of an ensemble (in the order given: the best first), the validation and test labels,
+    and the trials left out with why.
+
+    Only trials whose prepared labels are the same as the first one's are combined (a per-position target whose
+    models cut the words into other pieces has other labels).
+    """
+    candidates, excluded, labels = [], {}, None
+    for trial, path in trials:
+        params = TrialRecord.params(trial)
+        backbone = backbone_of(params["model"])
+        if backbone is None:
+            excluded[str(trial.number)] = f"model {params['model']} is not loaded"
+            continue
+        prepared = task.prepare(data, backbone, params)
+        test = prepared.test if prepared.test is not None and len(prepared.test) else None
+        if labels is None:
+            labels = (prepared.val.labels, test.labels if test is not None else None)
+        elif not _same(prepared.val.labels, labels[0]) or (test is not None and not _same(test.labels, labels[1])):
+            excluded[str(trial.number)] = "its prepared labels differ from the first trial's (other pieces of the items)"
+            continue
+        record = TrialRecord.from_trial(trial)
+        model = trained_network(backbone, target.width(data.label_names), load_weights(path), device,
+                                per_position=target.per_position)
+        candidates.append(Candidate(trial.number, float(trial.value), dict(record.calibration or {}),
+                                    predict_outputs(model, prepared.val, device),
+                                    predict_outputs(model, test, device) if test is not None else None,
+                                    record.latency, record.inference_params, params["model"]))
+        del model
+    return candidates, labels or (None, None), excluded
+
+
+def soups(kept: list[tuple[FrozenTrial, Path]], candidates: list[Candidate], labels: tuple, task: Task,
+          target: Target, metric: str, direction: str, data: LoadedData,
+          backbone_of: Callable[[str], Backbone | None], device: torch.device) -> list[dict[str, Any]]:
+    """The greedy soup (weight averaging, :func:`autotl.ensemble.soup_record`) of each model two or more candidates
+    share, scored on the best of them's preparation of the items: what the study records under the ensemble's
+    ``soups``."""
+    paths = {t.number: (t, path) for t, path in kept}
+    by_model: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
+    found = []
+    for model, group in by_model.items():
+        if len(group) < 2:
+            continue
+        first = paths[group[0].number][0]
+        backbone = backbone_of(model)
+        prepared = task.prepare(data, backbone, TrialRecord.params(first))
+        test = prepared.test if prepared.test is not None and len(prepared.test) else None
+
+        def outputs_of(state, backbone=backbone, prepared=prepared, test=test):
+            network = trained_network(backbone, target.width(data.label_names), state, device,
+                                      per_position=target.per_position)
+            return (predict_outputs(network, prepared.val, device),
+                    predict_outputs(network, test, device) if test is not None else None)
+
+        states = [(c.number, load_weights(paths[c.number][1])) for c in group]
+        soup = soup_record(states, outputs_of, labels[0], labels[1], target, metric, direction, group[0].calibration)
+        found.append({**soup, "model": model})
+    return found
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+__all__ = ["ensemble_after_search", "ensemble_candidates", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]

@@ -40,6 +40,7 @@ class SearchResult:
     too_many_failures: bool = False  # stopped by max_failures
     test_score: dict[str, Any] | None = None  # the best trial on the test split: trial, test_<metric>, test_metrics, test_size
     scratch: dict[str, Any] | None = None  # the from-scratch baseline, when asked for
+    ensemble: dict[str, Any] | None = None  # the ensemble of kept trials, as recorded (autotl/ensemble.py)
 
 
 def default_out(task: str, data: Path | str) -> Path:
@@ -59,7 +60,7 @@ def search(data: Path | str, *, task: str, out: Path | str | None = None, report
     :param options: the other fields of :class:`autotl.options.SearchOptions`, as the command's options:
         ``recipe``, ``models`` (a list), ``weights`` ({model: file}), ``trials``, ``time_budget`` (seconds),
         ``seed``, ``storage``, ``study``, ``device``, ``keep_top``, ``scratch_baseline``, ``data_options``,
-        ``max_failures``, ``prerank``, ``cache``.
+        ``max_failures``, ``prerank``, ``cache``, ``ensemble_rounds`` (0: no ensemble).
     :raises autotl.AutotlError: what the command reports as its one ``Error:`` line.
     """
     known = {f.name for f in fields(SearchOptions)} - {"task", "data", "out"}
@@ -74,7 +75,8 @@ def search(data: Path | str, *, task: str, out: Path | str | None = None, report
 def run_search(options, reporter: Reporter | None = None, registry: Registry | None = None,
                on_open: Callable[[], None] = lambda: None) -> SearchResult:
     """Run the search ``options`` (a :class:`autotl.options.SearchOptions`) describes: open the study, run trials
-    until it stops, score the best trial on the test split and, if asked, train the scratch baseline.
+    until it stops, score the best trial on the test split, select an ensemble of the kept trials and, if asked, train
+    the scratch baseline.
 
     ``on_open()`` is called once the study is open (the command installs its SIGTERM handler there).
     It changes no global state: the commands call :func:`autotl.progress.quiet_libraries` themselves.
@@ -96,6 +98,8 @@ def run_search(options, reporter: Reporter | None = None, registry: Registry | N
                 score, metric = result.test_score, runner.metric
                 reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
                                  f"{metric} {score[f'test_{metric}']:.4f}")
+            if not outcome.interrupted:
+                result.ensemble = runner.ensemble()
             if options.scratch_baseline and not outcome.interrupted:
                 result.scratch = runner.scratch_baseline()
         except KeyboardInterrupt:

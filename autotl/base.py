@@ -537,6 +537,19 @@ class Target(ABC):
         """The outputs as the numbers an exported format must reproduce (probabilities); the default: as they are."""
         return outputs
 
+    def combine(self, outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """Several networks' outputs on the same items as one set of outputs: an ensemble's, weight for weight.
+
+        ``outputs`` are whole splits' outputs as :meth:`score` takes them, one per network, for the same
+        items in the same order; ``weights`` are non-negative, one per network (normalised here to sum to 1).
+        The result is again outputs that :meth:`score`, :meth:`decode`, :meth:`tune` and
+        :meth:`probabilities` accept. A target averages where averaging means something (the probabilities
+        of a class, say, and back to the outputs' space); the default: the weighted mean of the outputs as
+        they are. Per-position outputs of different widths are right-padded with zeros to the widest first.
+        """
+        stacked, share = stack_weighted(outputs, weights)
+        return (stacked * share).sum(0)
+
     def rankable(self, labels: torch.Tensor) -> "torch.Tensor | None":
         """Class indices (one per item) that source models' features can be ranked by before any trial.
 
@@ -557,6 +570,24 @@ class Target(ABC):
         if best != best:
             return True
         return value < best if self.metrics.get(metric) == "minimize" else value > best
+
+
+def stack_weighted(outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``outputs`` stacked along a new first dimension (float32; per-position ones right-padded with zeros along
+    their positions to the widest), and ``weights`` normalised to sum to 1, shaped to broadcast against them:
+    what :meth:`Target.combine` averages."""
+    if not len(outputs) or len(outputs) != len(weights):
+        raise ValueError(f"combine needs one weight per output ({len(outputs)} outputs, {len(weights)} weights)")
+    share = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+    if (share < 0).any() or not share.sum() > 0:
+        raise ValueError(f"combine needs non-negative weights with a positive sum, not {list(weights)}")
+    share = (share / share.sum()).float()
+    parts = [o.float() for o in outputs]
+    if parts[0].dim() == 3:
+        widest = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0, 0, widest - p.shape[1])) for p in parts]
+    stacked = torch.stack(parts)
+    return stacked, share.reshape(-1, *([1] * (stacked.dim() - 1)))
 
 
 @dataclass

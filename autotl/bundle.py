@@ -11,6 +11,11 @@ are read and preprocessed by the task's :meth:`~autotl.Task.read_inputs` and
 validation split during the search (:func:`autotl.inference.predict_outputs`), in the same batches, and
 the task's target (:class:`autotl.Target`) decodes them into predictions with the calibration the trial
 recorded.
+
+An ensemble's bundle (``autotl export --ensemble``) holds its members as bundles of their own under
+``members/<trial>/``; its config.json names them with their weights (:class:`EnsembleBundle`): each member
+predicts on its own preprocessing of the inputs, and the task's target combines their outputs
+(:meth:`autotl.Target.combine`) before decoding.
 """
 
 from __future__ import annotations
@@ -193,7 +198,43 @@ class Bundle:
                         on_skip(index, reason)
                     kept = [i for i in kept if i not in bad]
             if kept:
-                yield kept, split, self.outputs(split, batch_size)
+                yield kept, self._decoded(split), self.outputs(split, batch_size)
+
+    @staticmethod
+    def _decoded(split: Any) -> TensorSplit:
+        """The split the target decodes with (an ensemble's first member's)."""
+        return split
+
+
+class EnsembleBundle(Bundle):
+    """A loaded ensemble's bundle (``config.ensemble``): every member a :class:`Bundle` of its own (its network, its
+    preprocessing), their outputs combined by the task's target (:meth:`autotl.Target.combine`) with the members'
+    weights, then decoded with the ensemble's calibration. ``predict``, ``predict_files``, ``iter_predict`` and
+    ``probabilities`` work as a single network's bundle's do.
+    """
+
+    def __init__(self, directory: Path, config: BundleConfig, task: Task, members: Sequence[Bundle],
+                 weights: Sequence[float], device: torch.device, engine: str = "torch"):
+        super().__init__(directory, config, task, None, None, device, engine)
+        self.members = list(members)
+        self.weights = [float(w) for w in weights]
+
+    def split(self, items: Sequence[Any]) -> list[TensorSplit]:
+        """Raw items as each member preprocesses them: one split per member, in the members' order."""
+        return [member.split(items) for member in self.members]
+
+    def outputs(self, splits: Sequence[TensorSplit], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+        """The combined outputs of the members, each on its own split of the same items (:meth:`split`)."""
+        if isinstance(splits, TensorSplit) or len(splits) != len(self.members):
+            raise UsageError(f"an ensemble's outputs need one split per member ({len(self.members)}), as split() "
+                             "makes them: each member preprocesses the inputs its own way")
+        return self.target.combine([m.outputs(s, batch_size) for m, s in zip(self.members, splits)], self.weights)
+
+    logits = outputs
+
+    @staticmethod
+    def _decoded(split: Any) -> TensorSplit:
+        return split[0]
 
 
 def _joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -225,6 +266,8 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     if engine not in ("torch", "onnx"):
         raise UsageError(f"engine {engine!r} is unknown; use torch or onnx")
     registry = registry or get_registry()
+    if config.ensemble is not None:
+        return _load_ensemble(directory, config, device, engine, registry)
     task_name, family_name = config.task, config.backbone.family
     if task_name not in registry.tasks:
         raise BundleError(f"the bundle is for task {task_name!r}, which no installed plugin provides; install its "
@@ -256,6 +299,29 @@ def load(path: str | Path, *, device: str | torch.device = "auto", engine: str =
     return Bundle(directory, config, task, backbone, model, device, engine, session)
 
 
+def _load_ensemble(directory: Path, config: BundleConfig, device: str | torch.device, engine: str,
+                   registry: Registry) -> EnsembleBundle:
+    """An ensemble's bundle: each member's config.json checked against the ensemble's checksums, then each member
+    loaded as a bundle (which checks its own files)."""
+    if config.task not in registry.tasks:
+        raise BundleError(f"the bundle is for task {config.task!r}, which no installed plugin provides; install its "
+                          f"plugin (installed tasks: {', '.join(sorted(registry.tasks)) or 'none'})")
+    if config.target is None:
+        raise BundleError(f"{directory / CONFIG} holds an ensemble but no target; export the bundle again")
+    members = []
+    for member in config.ensemble.members:
+        folder = Path(member.folder)
+        verify_file(directory, (folder / CONFIG).as_posix(), config.files.get((folder / CONFIG).as_posix()))
+        loaded = load(directory / folder, device=device, engine=engine, registry=registry)
+        if loaded.config.task != config.task or list(loaded.config.label_names) != list(config.label_names):
+            raise BundleError(f"member {member.folder} of {directory} is not of the ensemble's task and labels; "
+                              "export the bundle again")
+        members.append(loaded)
+    task = registry.tasks[config.task]
+    return EnsembleBundle(directory, config, task, members, [m.weight for m in config.ensemble.members],
+                          resolve_device(device), engine)
+
+
 def _onnx_session(directory: Path, config: BundleConfig, device: torch.device):
     """A session on the bundle's ONNX file, once its checksum is verified."""
     info = config.formats.get("onnx") or {}
@@ -264,4 +330,4 @@ def _onnx_session(directory: Path, config: BundleConfig, device: torch.device):
     return onnx_session(verify_file(directory, info["file"], info.get("sha256")), device)
 
 
-__all__ = ["Bundle", "BundleConfig", "BundleError", "Prediction", "load", "sha256_file", "verify_file"]
+__all__ = ["Bundle", "BundleConfig", "BundleError", "EnsembleBundle", "Prediction", "load", "sha256_file", "verify_file"]

@@ -24,11 +24,15 @@ from .errors import BundleError
 from .files import write_json
 
 FORMAT = "autotl-bundle"
-#: the version of config.json this autotl writes; it reads this one and every older one. Version 2 added
-#: ``target`` (the metric, the network's width and layout, the calibration) and the ``scores``' metric
-#: dicts; a version 1 bundle reads as one of its task's primary metric, one output per label and an
-#: empty calibration.
-FORMAT_VERSION = 2
+#: the newest version of config.json this autotl reads (and every older one). Version 2 added ``target`` (the
+#: metric, the network's width and layout, the calibration) and the ``scores``' metric dicts; a version 1
+#: bundle reads as one of its task's primary metric, one output per label and an empty calibration. Version 3
+#: is an ensemble's bundle (``ensemble``: its members, each a bundle of its own in a folder of the bundle, and
+#: no ``backbone``), which an older autotl refuses; a bundle of one network is still written as version 2
+#: (:data:`NETWORK_FORMAT_VERSION`), which older autotl reads.
+FORMAT_VERSION = 3
+#: the version a bundle of one network is written as.
+NETWORK_FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
@@ -216,6 +220,45 @@ class ScoreCheck:
     equal: bool | None
 
 
+@dataclass
+class EnsembleMember:
+    """One member of an ensemble's bundle: a whole bundle of its own in ``folder`` (relative to the ensemble's)."""
+
+    trial: int
+    folder: str
+    weight: float
+    model: str | None = None
+    #: the trial's validation score (the study's metric), and its batch-1 latency at the search.
+    val: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class EnsembleInfo:
+    """``ensemble`` (version 3): a bundle of several networks whose outputs the task's target combines
+    (:meth:`autotl.Target.combine`) with the members' weights, then scores and decodes with ``target``'s
+    calibration (tuned on the combined validation outputs)."""
+
+    members: list[EnsembleMember]
+    #: how the members and weights were chosen, in words (greedy selection on validation outputs, or --members).
+    chosen_by: str
+    #: the items that chose them (``validation``), and why their score there is optimistic.
+    selected_on: str = "validation"
+    val_note: str = ""
+    #: the best single trial of the search, with its validation and test scores, to compare with.
+    best_single: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, value: Any) -> "EnsembleInfo | None":
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or not isinstance(value.get("members"), list) or not value["members"]:
+            raise ValueError("ensemble names no members")
+        info = _part(cls, value, "ensemble")
+        info.members = [_part(EnsembleMember, m, "ensemble.members") for m in value["members"]]
+        return info
+
+
 def _part(cls, value: Any, key: str):
     """The dataclass ``cls`` from ``value`` (a JSON object); keys it does not know are left out."""
     if value is None:
@@ -247,11 +290,12 @@ class BundleConfig:
     """
 
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
+    format_version: int = NETWORK_FORMAT_VERSION
     created: str | None = None
     task: str
     label_names: list[str]
-    backbone: BackboneInfo
+    #: ``None`` only in an ensemble's bundle, whose members each name their own.
+    backbone: BackboneInfo | None
     #: how the task preprocesses inputs for this network (``Task.export_settings``).
     preprocessing: dict[str, Any] = field(default_factory=dict)
     #: ``None`` only in a version 1 bundle: read it through :meth:`target_info`.
@@ -271,6 +315,8 @@ class BundleConfig:
     files: dict[str, str] = field(default_factory=dict)
     #: the versions of Python and the libraries that wrote the bundle.
     versions: dict[str, str] = field(default_factory=dict)
+    #: an ensemble's members and how they were chosen (version 3); ``None``: the bundle holds one network.
+    ensemble: EnsembleInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written as ``config.json``."""
@@ -279,6 +325,8 @@ class BundleConfig:
             data["trial"] = self.trial.to_json(self.metric or "metric")
         if self.scores is not None:
             data["scores"] = self.scores.to_json()
+        if self.ensemble is None:  # the key of version 3 only
+            del data["ensemble"]
         if self.target is None:  # a version 1 record writes back as it was read
             del data["target"]
             if self.scores is not None:
@@ -305,7 +353,7 @@ class BundleConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "BundleConfig":
         """The record of a ``config.json`` object; ``ValueError`` names a part that is not what it must be."""
-        for key in ("task", "label_names", "backbone"):
+        for key in ("task", "label_names") + (() if data.get("ensemble") is not None else ("backbone",)):
             if data.get(key) is None:
                 raise ValueError(f"it lacks {key}")
         if not isinstance(data["label_names"], list):
@@ -315,7 +363,7 @@ class BundleConfig:
         return cls(
             format=data.get("format", FORMAT), format_version=int(data.get("format_version", 0)),
             created=data.get("created"), task=data["task"], label_names=list(data["label_names"]),
-            backbone=_part(BackboneInfo, data["backbone"], "backbone"),
+            backbone=_part(BackboneInfo, data.get("backbone"), "backbone"),
             preprocessing=_mapping(data.get("preprocessing"), "preprocessing"),
             target=target,
             trial=TrialInfo.from_json(data.get("trial")),
@@ -329,6 +377,7 @@ class BundleConfig:
             formats=_mapping(data.get("formats"), "formats"),
             files=_mapping(data.get("files"), "files"),
             versions=_mapping(data.get("versions"), "versions"),
+            ensemble=EnsembleInfo.from_json(data.get("ensemble")),
         )
 
     @classmethod
@@ -382,6 +431,7 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-__all__ = ["BackboneInfo", "BundleConfig", "CARD", "CONFIG", "Cost", "DataInfo", "FORMAT", "FORMAT_VERSION", "ONNX",
+__all__ = ["BackboneInfo", "BundleConfig", "CARD", "CONFIG", "Cost", "DataInfo", "EnsembleInfo", "EnsembleMember", "FORMAT",
+           "FORMAT_VERSION", "NETWORK_FORMAT_VERSION", "ONNX",
            "RefitInfo", "ScoreCheck", "Scores", "SearchInfo", "TORCHSCRIPT", "TargetInfo", "TrialInfo", "WEIGHTS", "WeightsInfo",
            "library_versions"]

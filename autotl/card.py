@@ -15,7 +15,54 @@ from .bundle_config import CONFIG, WEIGHTS, BundleConfig
 def model_card(config: BundleConfig) -> str:
     """README.md of a bundle: what the model is, how good, from what search, how fast, how to use it."""
     sections = (_title, _scores, _trained_on, _search, _size_and_speed, _use, _limits, _files)
+    if config.ensemble is not None:
+        sections = (_ensemble_title, _scores, _members, _ensemble_trained_on, _ensemble_search, _size_and_speed,
+                    _use, _limits, _files)
     return "\n".join(line for section in sections for line in section(config)) + "\n"
+
+
+def _ensemble_title(c: BundleConfig) -> list[str]:
+    members = c.ensemble.members
+    return [f"# An ensemble of {len(members)} networks for {c.task} ({len(c.label_names)} labels)", "",
+            f"An autotl bundle: trials {', '.join(str(m.trial) for m in members)} of an automated transfer-learning "
+            f"search, their outputs combined by the task's target with the weights below, exported {c.created}. "
+            f"Chosen by: {c.ensemble.chosen_by}.", ""]
+
+
+def _members(c: BundleConfig) -> list[str]:
+    metric, single = c.metric, c.ensemble.best_single or {}
+    lines = ["## Members", "", f"| trial | model | weight | validation {metric} | ms/item at batch 1 | folder |",
+             "|---|---|---|---|---|---|"]
+    for m in c.ensemble.members:
+        lines.append(f"| {m.trial} | `{m.model}` | {m.weight:.3f} | {_acc(m.val)} | "
+                     f"{'-' if m.latency_ms is None else f'{m.latency_ms:.2f}'} | `{m.folder}/` |")
+    lines += ["", f"The ensemble's validation score is {c.ensemble.val_note}."]
+    if single:
+        lines.append(f"The best single trial of the search, trial {single.get('trial')}: validation {metric} "
+                     f"{_acc(single.get('val'))}, test {metric} {_acc(single.get('test'))}.")
+    lines.append("Each member is a whole bundle of its own (its own preprocessing, card and checksums); "
+                 "`autotl predict` runs every member and combines their outputs.")
+    return lines + [""]
+
+
+def _ensemble_trained_on(c: BundleConfig) -> list[str]:
+    data, sizes = c.data, c.data.sizes or {}
+    lines = ["## Trained on", "", f"- Data: `{data.path}` (fingerprint `{data.fingerprint}`)."]
+    if sizes:
+        lines.append(f"- Samples: {sizes.get('train')} train, {sizes.get('val')} validation"
+                     + (f", {sizes.get('test')} test" if sizes.get("test") else "") + ".")
+    if data.note:
+        lines.append(f"- Note: {data.note}.")
+    lines.append("- Each member's source model and adaptation: its own README.md.")
+    return lines + [""]
+
+
+def _ensemble_search(c: BundleConfig) -> list[str]:
+    search, t = c.search, c.search.trials
+    return ["## The search that chose them", "",
+            f"- {sum(t.values())} trials ({t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
+            f"{t.get('fail', 0)} failed), {search.sampler} sampler, seed {search.seed}; {search.location}.",
+            f"- Members and weights chosen on the {c.ensemble.selected_on} split: {c.ensemble.chosen_by}.", ""]
 
 
 def _title(c: BundleConfig) -> list[str]:
@@ -29,6 +76,8 @@ def _scores(c: BundleConfig) -> list[str]:
     scores, sizes, metric = c.scores, c.data.sizes or {}, c.metric
     checked = c.verification.get(f"val_{metric}")
     val_note = "chose the trial among the search's trials, so slightly optimistic"
+    if c.ensemble is not None:
+        val_note = f"the ensemble's; {c.ensemble.val_note}"
     if c.refit:
         val_note = "of the trial before the refit; the refit model trained on this split, so it has no validation score"
     elif checked is not None and checked.equal:
@@ -40,6 +89,8 @@ def _scores(c: BundleConfig) -> list[str]:
     if scores.test is not None:
         origin = {"search": "scored by the search once it had chosen its best trial",
                   "export": "scored at export, once the trial was chosen"}.get(scores.test_from, "")
+        if c.ensemble is not None:
+            origin = "scored once the search had selected the ensemble"
         lines.append(f"| test{_n(sizes.get('test'))} | {_acc(scores.test)} | never used to choose; {origin} |")
     else:
         lines.append("| test | not scored | the data had no test split, or it was not available at export |")
@@ -93,7 +144,10 @@ def _size_and_speed(c: BundleConfig) -> list[str]:
     lines = ["## Size and speed", ""]
     cost = c.cost
     if cost is not None and cost.parameters:
-        lines.append(f"- Parameters: {cost.parameters:,} (LoRA merged: the plain network).")
+        lines.append(f"- Parameters: {cost.parameters:,} (LoRA merged: the plain network"
+                     + ("s of the members, added" if c.ensemble is not None else "") + ").")
+    if c.ensemble is not None:
+        lines.append("- The latencies below are the members' added: they run one after the other.")
     for label, latency in (("at the search", cost and cost.latency_at_search),
                            ("at export", cost and cost.latency_at_export)):
         if latency:
@@ -107,6 +161,11 @@ def _size_and_speed(c: BundleConfig) -> list[str]:
 
 def _format_line(fmt: str, info: Mapping[str, Any]) -> str:
     """One ONNX or TorchScript file: its parity with the PyTorch network and its latency."""
+    if "files" in info:  # an ensemble's members' files, checked together
+        parity = info["parity"]
+        return (f"- {fmt}: the members' files ({', '.join(f'`{f}`' for f in info['files'])}) together give "
+                f"probabilities within {parity['max_abs_diff_probability']:.1e} of the PyTorch ensemble on "
+                f"{parity['items']} real validation inputs (tolerance {parity['tolerance']:.0e}).")
     if "skipped" in info:
         return f"- {fmt}: not written ({info['skipped']})."
     parity, latency = info["parity"], info["latency"]
@@ -123,8 +182,9 @@ def _use(c: BundleConfig) -> list[str]:
             "autotl predict BUNDLE INPUT... --json", "```", "", "```python", "import autotl",
             "model = autotl.load(\"BUNDLE\")", "for p in model.predict([...]):", "    print(p.as_dict())",
             "```", "",
-            "Inputs are preprocessed exactly as in the search: "
-            + "; ".join(f"{k}: {_value(v)}" for k, v in c.preprocessing.items()) + ".",
+            ("Inputs are preprocessed exactly as in the search: "
+             + "; ".join(f"{k}: {_value(v)}" for k, v in c.preprocessing.items()) + "." if c.ensemble is None else
+             "Each member preprocesses the inputs exactly as in the search (see its README.md)."),
             ""]
 
 

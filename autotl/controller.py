@@ -16,12 +16,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .after_search import score_best_on_test, scratch_baseline
+from .after_search import ensemble_after_search, score_best_on_test, scratch_baseline
 from .base import Backbone, LoadedData, Registry, Task
 from .budget import Budget
 from .cache import FeatureCache
 from .device import resolve_device
-from .errors import RunError, UsageError
+from .errors import AutotlError, RunError, UsageError
 from .files import write_json
 from .objective import Objective
 from .options import SearchOptions, SearchOutcome
@@ -67,6 +67,7 @@ class Search:
         else:
             self.recipe = _resolve_recipe(options.recipe, self.task, options.data_options, self.parameters)
         self.metric = checked_metric(self.recipe, self.target)  # what trials are ranked by (a begun study's: open)
+        self._check_ensemble_metric()  # again once the labels are known: a target's metrics may depend on them
         self.device = resolve_device(options.device)
         if self.device.type == "cpu":
             configure_threads()
@@ -112,10 +113,17 @@ class Search:
         _check_writable(opts.out)
         self._open_study(storage or self._open_storage(url, database), described)
         self._check_or_record_study()
+        self._check_ensemble_metric()
         self.group_counts = sampled_models(self.group_counts, self.study.user_attrs)  # less what pre-ranking dropped
         write_run_file(self.location, opts.storage is None)
         write_json(opts.out / "data_report.json", self.data.report)
         return self.location
+
+    def _check_ensemble_metric(self) -> None:
+        chosen = self.options.ensemble_metric
+        if chosen and chosen not in self.target.metrics:
+            raise UsageError(f"--ensemble-metric {chosen} is no metric of task {self.task.name}; use one of "
+                             f"{', '.join(self.target.metrics)}")
 
     def _open_storage(self, url: str, database: Path | None) -> optuna.storages.BaseStorage:
         if database is not None and self.lock is None:  # SQLite: one process at a time (see StudyLock)
@@ -257,6 +265,20 @@ class Search:
         """The weights ``trial`` recorded, if they are in the run folder and are its own."""
         path, problem = kept_weights(trial, [self.options.out], self.location.study_name)
         return None if problem else path
+
+    def ensemble(self) -> dict[str, Any] | None:
+        """Select an ensemble of the kept trials on their validation outputs, score it on the test split, record it
+        (autotl/ensemble.py); ``None`` with fewer than two kept trials or ``ensemble_rounds`` 0."""
+        if not self.options.ensemble_rounds:
+            return None
+        try:
+            return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
+                                         self.kept_weights, self.device, self.reporter, self.options.keep_top,
+                                         self.options.ensemble_rounds, self.options.ensemble_metric)
+        except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
+            self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
+                                  "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")
+            return None
 
     def scratch_baseline(self) -> dict[str, Any] | None:
         """Train the best trial's network from random weights (everything trains) and score it."""

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .ensemble import describe as describe_ensemble
 from .errors import RunError, UsageError
 from .records import StudyRecord, TrialRecord, retry_of
 from .runs import RunLocation, retried_as
@@ -130,6 +131,7 @@ def best_summary(study: optuna.Study, number: int | None = None, metric: str | N
         "latency": row["latency"],
         "weights": row["weights"],
         "scratch": record.scratch,
+        "ensemble": record.ensemble,  # the ensemble of kept trials (autotl/ensemble.py), beside the single trial
     }
 
 
@@ -139,6 +141,8 @@ class Choice:
 
     trial: FrozenTrial
     reason: str
+    #: the study's recorded ensemble where ``--within`` picked it (``trial`` is then its best single trial)
+    ensemble: dict[str, Any] | None = None
 
 
 def choose_trial(study: optuna.Study, *, number: int | None = None, within: float | None = None) -> Choice:
@@ -149,6 +153,11 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
     "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
     user attribute); ties go to the better score, then the lower trial number. Trials without a
     measured latency are never picked for speed.
+
+    With ``within``, the study's recorded ensemble (:mod:`autotl.ensemble`) competes too, with its members'
+    latencies added: its validation score (optimistic: selected on the same items) sets the best where it beats
+    the best trial's, and it is picked (``Choice.ensemble``) only where no trial within the margin is faster, so a
+    margin that lets a fast single trial in picks that trial.
     """
     sign, metric = direction_sign(study), metric_name(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -166,15 +175,33 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         return Choice(best, f"the best validation {metric} ({best.value:.4f}) of {len(complete)} completed trials")
     if within < 0:
         raise UsageError(f"--within {within}: give a non-negative margin of {metric} such as 0.01")
-    close = [t for t in complete if sign * (best.value - t.value) <= within + 1e-12]
+    ensemble, top, top_name = _ensemble(study), best.value, f"trial {best.number}"
+    if ensemble is not None and sign * (ensemble["val"] - best.value) > 0:
+        top, top_name = ensemble["val"], f"the ensemble of trials {', '.join(ensemble['members'])}, optimistic"
+    close = [t for t in complete if sign * (top - t.value) <= within + 1e-12]
     timed = [t for t in close if _batch1(t) is not None]
+    ensemble_ms = None if ensemble is None or sign * (top - ensemble["val"]) > within + 1e-12 else \
+        (ensemble.get("latency") or {}).get("batch1_ms")
+    if ensemble_ms is not None and (not timed or ensemble_ms < min(_batch1(t) for t in timed)):
+        return Choice(best, f"the ensemble of trials {', '.join(ensemble['members'])} (val {metric} "
+                            f"{ensemble['val']:.4f}, optimistic; {ensemble_ms:.2f} ms/item at batch 1, the members' "
+                            f"added): no single trial within {within:g} of the best validation {metric} ({top:.4f}, "
+                            f"{top_name}) is faster", ensemble=ensemble)
     if not timed:
         return Choice(best, f"the best validation {metric} ({best.value:.4f}); no trial within {within:g} of it has "
                             "a measured latency")
     fastest = min(timed, key=lambda t: (_batch1(t), -sign * t.value, t.number))
     return Choice(fastest, f"the lowest batch-1 latency ({_batch1(fastest):.2f} ms/item) among the "
                            f"{len(close)} trial(s) within {within:g} of the best validation {metric} "
-                           f"({best.value:.4f}, trial {best.number})")
+                           f"({top:.4f}, {top_name})")
+
+
+def _ensemble(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's recorded ensemble where it has at least two members and a validation score, else ``None``."""
+    ensemble = StudyRecord.from_study(study).ensemble
+    if not ensemble or len(ensemble.get("members") or {}) < 2 or ensemble.get("val") is None:
+        return None
+    return ensemble
 
 
 def _batch1(trial: FrozenTrial) -> float | None:
@@ -241,6 +268,9 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     console.print(f"[bold]Best trial {summary['number']}[/]: val {metric} {summary[f'val_{metric}']:.4f}, "
                   + (f"test {metric} {test:.4f} (the test split chose nothing)" if test is not None
                      else f"test {metric} not scored"), highlight=False)
+    ensemble = StudyRecord.from_study(study).ensemble
+    if ensemble:
+        console.print(escape(describe_ensemble(ensemble)), highlight=False)
     scratch = summary.get("scratch")
     if scratch and scratch.get(f"val_{metric}") is not None:
         test_s = f"{scratch[f'test_{metric}']:.4f}" if scratch.get(f"test_{metric}") is not None else "-"

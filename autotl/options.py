@@ -31,6 +31,11 @@ class SearchOptions:
     cache: bool = True  # the frozen-prefix cache (autotl/cache.py), as the recipe's `cache` section sets it
     data_options: dict[str, Any] = field(default_factory=dict)
     max_failures: int | None = 5
+    #: rounds of greedy ensemble selection over the kept trials after the search (autotl/ensemble.py); 0: none
+    ensemble_rounds: int = 20
+    #: the metric greedy selection climbs (one of the target's) [None: the study's]; the ensemble is reported in the
+    #: study's metric either way
+    ensemble_metric: str | None = None
     recipe_raw: dict[str, Any] | None = None  # a worker takes the study's recorded recipe
 
 

@@ -6,7 +6,8 @@ is: task, data, recipe, models, seed...; and what it adds later: test scores, th
 the transferability pre-ranking), :class:`TrialRecord` for one trial (its configuration, curves,
 costs, weights, why it stopped or failed). Every attribute name is a field name here, and every
 reader goes through :meth:`StudyRecord.from_study` / :meth:`TrialRecord.from_trial`; the writers are
-:func:`begin_study`, :func:`record_test_score`, :func:`record_scratch`, :func:`record_transferability`
+:func:`begin_study`, :func:`record_test_score`, :func:`record_scratch`, :func:`record_ensemble`,
+:func:`record_transferability`
 and :func:`record_trial`. In the manner of timm's ``PretrainedCfg`` and peft's config dataclasses.
 
 The record is versioned (:data:`RECORD_VERSION`, stored as ``record_version``). A study that holds no
@@ -83,6 +84,8 @@ class StudyRecord:
     transferability: list[dict[str, Any]] | None = None  # the pre-ranking's rows
     prerank_dropped: dict[str, str] = field(default_factory=dict)
     prerank_skipped: str | None = None  # why the pre-ranking was left out (the task's target gives nothing to rank by)
+    #: the ensemble of kept trials selected after the search (:func:`record_ensemble`; autotl/ensemble.py)
+    ensemble: dict[str, Any] | None = None
     #: whether the study holds a whole description (False: nobody began it, or its creator was cut)
     begun: bool = False
 
@@ -140,7 +143,8 @@ class StudyRecord:
 #: the description's keys, in the order they are written; `created` is written last, after DESCRIPTION.
 _DESCRIBED = ("record_version", "task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed",
               "models", "weights_files", "out", "keep_top", "metric", "created")
-_LATER = ("test_scores", "all_test_metrics", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR, "prerank_skipped")
+_LATER = ("test_scores", "all_test_metrics", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR, "prerank_skipped",
+          "ensemble")
 
 
 def _description(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -235,6 +239,12 @@ def record_scratch(study, scratch: dict[str, Any]) -> None:
     study.set_user_attr("scratch", scratch)
 
 
+def record_ensemble(study, ensemble: dict[str, Any]) -> None:
+    """Record the ensemble of kept trials selected after the search (see ``autotl.after_search.ensemble_after_search``):
+    its members and weights, scores, calibration, summed latency and parameters."""
+    study.set_user_attr("ensemble", ensemble)
+
+
 def record_transferability(study, rows: list[dict[str, Any]], dropped: dict[str, str]) -> None:
     """Record the transferability pre-ranking's rows and the models it dropped from the search."""
     study.set_user_attr(TRANSFERABILITY_ATTR, rows)
@@ -319,5 +329,5 @@ def record_trial_error(storage, trial_id: int, error: str) -> None:
 
 __all__ = ["DESCRIPTION", "FAILED_TRIAL_ATTR", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "RETRY_HISTORY_ATTR",
            "StudyRecord", "TRANSFERABILITY_ATTR", "TrialRecord", "VERSION_ATTR", "begin_study", "begun",
-           "check_version", "complete_keys", "half_recorded", "record_prerank_skipped", "record_scratch", "record_test_score", "record_trial",
+           "check_version", "complete_keys", "half_recorded", "record_ensemble", "record_prerank_skipped", "record_scratch", "record_test_score", "record_trial",
            "record_trial_error", "record_transferability", "record_version", "retry_attrs", "retry_of"]

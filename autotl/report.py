@@ -33,6 +33,7 @@ import torch
 from optuna.trial import TrialState
 
 from .device import resolve_device
+from .ensemble import describe as describe_ensemble
 from .errors import AutotlError, UsageError
 from .files import atomic_write
 from .inference import predict_outputs
@@ -236,6 +237,8 @@ def _summary(study: optuna.Study, rows: list[dict], location: RunLocation, metri
     if scratch:
         items.append(("From scratch", f"the same network from random weights: validation {metric} "
                                       f"{_acc(scratch.get(f'val_{metric}'))}, test {_acc(scratch.get(f'test_{metric}'))}"))
+    if record.ensemble:
+        items.append(("Ensemble", describe_ensemble(record.ensemble)))
     return '<dl class="kv">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
                                        for k, v in items) + "</dl>"
 

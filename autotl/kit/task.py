@@ -523,6 +523,7 @@ class TaskSubject:
             raise self.fail(c, f"the primary metric {primary} is {scores[primary]} on a validation split of "
                                f"{len(val)} items: trials would have no value to rank by")
         self.score(c, outputs[:0], val.labels[:0], tuned, "an empty split")
+        self.check_combine(c, outputs, val.labels, tuned, scores)
         again = self.score(c, outputs, val.labels, self.json(c, "target.tune()", tuned), "the validation split")
         self.same_scores(c, scores, again, "scoring again with the calibration read back from JSON")
         items, _ = self.items(c, data, "val")
@@ -539,6 +540,25 @@ class TaskSubject:
             self.target.figure(outputs, val.labels, tuned, data.label_names)
         except Exception as exc:
             raise self.fail(c, f"target.figure() (the report's plot) raised {describe(exc)}") from exc
+
+    def check_combine(self, c: str, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
+                      scores: Mapping[str, float]) -> None:
+        """An ensemble of one network twice over (:meth:`autotl.Target.combine`, any weights) is that network: its
+        outputs have the same probabilities and scores."""
+        try:
+            combined = self.target.combine([outputs, outputs], [0.25, 0.75])
+        except Exception as exc:
+            raise self.fail(c, f"target.combine() of the validation outputs with themselves raised {describe(exc)}") \
+                from exc
+        if not isinstance(combined, torch.Tensor) or combined.shape != outputs.shape:
+            raise self.fail(c, "target.combine() must give outputs of the shape it was given "
+                               f"({tuple(outputs.shape)}), not {getattr(combined, 'shape', type(combined).__name__)}")
+        a, b = self.target.probabilities(outputs), self.target.probabilities(combined)
+        if not torch.allclose(a, b, atol=ATOL, rtol=1e-4):
+            raise self.fail(c, "target.combine() of the same outputs twice changed their probabilities (by up to "
+                               f"{float((a - b).abs().max()):.3g}): an ensemble of one network must be that network")
+        self.same_scores(c, scores, self.score(c, combined, labels, calibration, "combined outputs"),
+                         "scoring the combination of the validation outputs with themselves")
 
     def check_predict(self) -> None:
         c = "predict"

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from autotl import Param, Target, TensorSplit
+from autotl.base import stack_weighted
 
 
 class ClassLabel(Target):
@@ -60,6 +61,10 @@ class ClassLabel(Target):
 
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(outputs.float(), dim=-1)
+
+    def combine(self, outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """The log of the weighted mean of the members' softmax probabilities: its softmax is that mean."""
+        return mean_probability_log(outputs, weights)
 
     def rankable(self, labels: torch.Tensor) -> torch.Tensor | None:
         return labels
@@ -256,6 +261,13 @@ class LabelSet(Target):
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(outputs.float())
 
+    def combine(self, outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """The logit of the weighted mean of the members' sigmoid probabilities, label by label: its sigmoid is that
+        mean (the thresholds are tuned again on it)."""
+        stacked, share = stack_weighted(outputs, weights)
+        mean = (torch.sigmoid(stacked.double()) * share.double()).sum(0)
+        return torch.logit(mean.clamp(1e-12, 1 - 1e-12)).float()
+
     def figure(self, outputs: torch.Tensor, labels: torch.Tensor, calibration: Mapping[str, Any],
                label_names: Sequence[str]) -> Any:
         """Each label's F1 at its threshold, labels by how many items carry them (the most frequent first)."""
@@ -346,6 +358,11 @@ class TagSequence(Target):
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(outputs.float(), dim=-1)
 
+    def combine(self, outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """Position by position, the log of the weighted mean of the members' tag probabilities (members of the
+        same word pieces: the core ensembles only networks whose validation labels are the same)."""
+        return mean_probability_log(outputs, weights)
+
     def figure(self, outputs, labels, calibration, label_names) -> Any:
         """The per-tag confusion matrix over the words (true tags in rows, predicted in columns)."""
         labels = aligned(labels, outputs.shape[1])
@@ -354,6 +371,14 @@ class TagSequence(Target):
         fig.update_layout(title="Per-tag confusion over the test words: rows are the true tags, columns the "
                                 "predictions; the numbers are counts, the colour the share of the true tag")
         return fig
+
+
+def mean_probability_log(outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """The log of the weighted mean of the softmax probabilities (over the last dimension) of ``outputs``: outputs
+    whose softmax is that mean (probabilities kept above the smallest normal float, so that logs stay finite)."""
+    stacked, share = stack_weighted(outputs, weights)
+    mean = (torch.softmax(stacked.double(), dim=-1) * share.double()).sum(0)
+    return torch.log(mean.clamp_min(torch.finfo(torch.float32).tiny)).float()
 
 
 #: the label of positions a per-position target does not score: a word's later pieces, special tokens, padding.
