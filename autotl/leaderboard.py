@@ -289,10 +289,11 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     cv = (f"cv {metric} {format_cv({'mean': summary['cv_metric'], 'se': summary['cv_se']})}, "
           if summary["cv_metric"] is not None else "")
     whose = " of the model trained on train+val" if summary["test_weights"] == "refit" else ""
-    console.print(f"[bold]Best trial {summary['number']}[/] (chosen by {summary['selected_by']}): val {metric} "
-                  f"{summary[f'val_{metric}']:.4f}, {cv}"
+    console.print(f"[bold]Best trial {summary['number']}[/]: val {metric} {summary[f'val_{metric}']:.4f}, {cv}"
                   + (f"test {metric}{whose} {test:.4f} (the test split chose nothing)" if test is not None
-                     else f"test {metric} not scored"), highlight=False)
+                     else f"test {metric} not scored")
+                  + (f"; chosen by {summary['selected_by']}" if summary["selected_by"] != "validation" else ""),
+                  highlight=False)
     selection = StudyRecord.from_study(study).selection
     if selection and has_cv:
         skipped = len(selection.get("skipped") or [])
