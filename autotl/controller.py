@@ -242,12 +242,17 @@ class Search:
         end = TrialLoop(self.study, self.objective, self.budget, self.reporter, opts.max_failures,
                         self._keep_top_weights).run()
         self.reporter.search_finished(end.reason)
-        if not end.interrupted:
+        if not end.interrupted and not end.too_many_failures:
             try:
                 self.select()
             except KeyboardInterrupt:
                 end.interrupted = True
                 end.reason += "; selection interrupted (Ctrl-C): every candidate it finished is kept"
+            except Exception as exc:  # the trials stand: the best by validation (or the candidates finished) decides
+                text = str(exc).strip()
+                self.reporter.message(f"Selection stopped: {exc.__class__.__name__}: "
+                                      f"{text.splitlines()[0][:300] if text else ''}; the trials and every candidate "
+                                      "it finished are kept")
         return SearchOutcome(self.location, end.interrupted, end.reason, end.trials_run, end.too_many_failures)
 
     # -- after the trials (see autotl/selection.py) ---------------------------------------------
