@@ -41,6 +41,7 @@ from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_coun
 from .records import StudyRecord, TrialRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
+from .selection import recorded_refit
 
 #: wrong test items shown at most.
 MAX_MISTAKES = 24
@@ -391,12 +392,14 @@ def _transferability(record: StudyRecord, rows: list[dict], notes: list[str], me
 
 def _score_best(run: Run, data_path: Path | None, device: str,
                 say: Callable[[str], None]) -> tuple[Scored | None, str]:
-    """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
+    """Predict the test split with the best trial's model as shipped (its refit on train+val where the search made
+    one, else its saved weights); ``(None, why)`` when that cannot be done."""
     record = run.record
     best = run.best_trial()
     if best is None:
         return None, "No trial has completed: no best trial to score."
-    weights, problem = run.kept_weights(best)
+    refitted, refit = recorded_refit(record, best.number, [run.location.folder, record.out])
+    weights, problem = (refitted, None) if refitted is not None else run.kept_weights(best)
     if weights is None:
         return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot score "
                       "it on the test split (only the top --keep-top trials keep their weights, in the run folder).")
@@ -410,6 +413,8 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
     target, names = run.target, list(record.label_names)
     calibration = dict(TrialRecord.from_trial(best).calibration or {})
+    if refitted is not None:  # the model shipped: the chosen configuration trained again on train+val
+        calibration = dict(refit.get("calibration") or {})
     try:
         say(f"Loading the run's data from {data_path or record.data} ...")
         data, missing = run.load_data(data_path)
