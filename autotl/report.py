@@ -68,6 +68,8 @@ class Scored:
     wrong: int = 0
     #: why :attr:`mistakes` is ``None``.
     no_mistakes: str = ""
+    #: whose weights were scored: the trial's saved ones, or its configuration refitted on train+val (the model shipped)
+    weights: str = "saved weights"
 
 
 @dataclass
@@ -432,6 +434,8 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         metrics = target.score(outputs, test.labels, calibration)
         scored = Scored(best.number, run.metric, metrics[run.metric], metrics, len(test), run.test_score(best),
                         target.figure(outputs, test.labels, calibration, names))
+        if refitted is not None:
+            scored.weights = "configuration trained again on train+val (the model the search ships)"
         _find_mistakes(scored, run, task, data, backbone, model, dev, params, target.rankable(test.labels) is not None)
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"
@@ -474,7 +478,7 @@ def _best_on_test(scored: Scored, page: _Page) -> str:
                  + (": the same." if same else "; the difference comes from a changed environment (library versions "
                                                  "or device)."))
     others = ", ".join(f"{name} {_acc(value)}" for name, value in scored.metrics.items() if name != scored.metric)
-    text = _p(f"Trial {scored.trial}'s saved weights on the {scored.size} test samples: {scored.metric} "
+    text = _p(f"Trial {scored.trial}'s {scored.weights} on the {scored.size} test samples: {scored.metric} "
               f"{_acc(scored.value)}.{check}" + (f" Its other metrics: {others}." if others else ""), "muted")
     if scored.figure is None:
         return text + _p("The task's target draws no plot of its predictions.", "muted")

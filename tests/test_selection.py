@@ -289,3 +289,13 @@ def test_ctrl_c_during_selection_keeps_every_candidate_finished(tmp_path, tiny_w
 
 def test_split_items_counts_train_and_val(run):
     assert split_items(run.data.report) == 30 and split_items(run.data.report, ("train",)) < 30
+
+
+def test_the_report_scores_the_model_shipped(run, tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(run.options.out), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    chosen = StudyRecord.from_study(run.study).selection["chosen"]
+    assert f"Trial {chosen}&#x27;s configuration trained again on train+val" in page or \
+        f"Trial {chosen}'s configuration trained again on train+val" in page
+    assert ": the same." in page  # the recorded test score is the refit's
