@@ -230,7 +230,7 @@ class Search:
         refit (:meth:`select`), for which a time budget keeps its ``selection.reserve`` share."""
         opts = self.options
         tie_break_metric(self.recipe.selection, self.target, self.metric)  # a misnamed criterion, before any trial
-        after = self.selection_applies() or refits(self.recipe.selection, False)
+        after = self._given.recipe_raw is None and (self.selection_applies() or refits(self.recipe.selection, False))
         reserve = self.recipe.selection["reserve"] if opts.time_budget and after else 0.0
         self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve)
         self.reporter.ranking(self.metric, self.direction)
@@ -242,7 +242,10 @@ class Search:
         end = TrialLoop(self.study, self.objective, self.budget, self.reporter, opts.max_failures,
                         self._keep_top_weights).run()
         self.reporter.search_finished(end.reason)
-        if not end.interrupted and not end.too_many_failures:
+        if self._given.recipe_raw is not None:  # `autotl worker`: the `autotl search` process selects and refits
+            if self.selection_applies():
+                self.reporter.message("The selection on small data is left to the `autotl search` process of the study")
+        elif not end.interrupted and not end.too_many_failures:
             try:
                 self.select()
             except KeyboardInterrupt:
