@@ -203,7 +203,7 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         chosen = best_trial(study)
         selection = StudyRecord.from_study(study).selection or {}
         if selected_number(study) == chosen.number:
-            return Choice(chosen, f"chosen by the selection on small data: {selection.get('reason')}")
+            return Choice(chosen, f"the selection on small data, {selection.get('reason')}")
         return Choice(chosen, f"the best validation {metric} ({chosen.value:.4f}) of {len(complete)} completed trials")
     best = min(complete, key=lambda t: rank_key(t, sign))
     if within < 0:
