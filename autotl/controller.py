@@ -34,7 +34,7 @@ from .resume import (adopted_options, adopted_recipe, check_metric, check_models
                      new_study_options, searched_as_recorded)
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
-from .selection import Selection, applies, recorded_refit, refits, split_items, tie_break_metric
+from .selection import Selection, applies, needed_seconds, recorded_refit, refits, split_items, tie_break_metric
 from .training import configure_threads
 from .trial_loop import TrialLoop
 from .transfer import prerank_study, sampled_models
@@ -230,9 +230,13 @@ class Search:
         refit (:meth:`select`), for which a time budget keeps its ``selection.reserve`` share."""
         opts = self.options
         tie_break_metric(self.recipe.selection, self.target, self.metric)  # a misnamed criterion, before any trial
-        after = self._given.recipe_raw is None and (self.selection_applies() or refits(self.recipe.selection, False))
-        reserve = self.recipe.selection["reserve"] if opts.time_budget and after else 0.0
-        self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve)
+        reserving = self._given.recipe_raw is None and (self.selection_applies() or refits(self.recipe.selection, False))
+        reserve = self.recipe.selection["reserve"] if opts.time_budget and reserving else 0.0
+        after = None
+        if reserve and self.selection_applies():  # the leading trials' folds, estimated as the trials go
+            items, trained_on = split_items(self.data.report), split_items(self.data.report, ("train",))
+            after = lambda study: needed_seconds(study, self.recipe.selection, items, trained_on)  # noqa: E731
+        self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve, after=after)
         self.reporter.ranking(self.metric, self.direction)
         self.objective = Objective(task=self.task, target=self.target, metric=self.metric, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
                                    recipe=self.recipe, device=self.device, cache=self.cache, seed=opts.seed,

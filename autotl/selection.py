@@ -155,6 +155,20 @@ def estimated_seconds(trial: FrozenTrial, items: int, trained_on: int, runs: flo
     return runs * (fixed + per_epoch * trained_epochs(trial))
 
 
+def needed_seconds(study: optuna.Study, settings: Mapping[str, Any], items: int, trained_on: int) -> float:
+    """What the selection and the refit would take if the trials stopped now: every current candidate's folds (those
+    cross-validated already by an earlier process count nothing) and the dearest candidate's refit."""
+    chosen = candidates(study, int(settings["candidates"]))
+    if not chosen:
+        return 0.0
+    folds = max(2, min(int(settings["folds"]), items))
+    done = {int(r["trial"]) for r in ((StudyRecord.from_study(study).selection or {}).get("candidates") or [])}
+    cv = sum(estimated_seconds(t, items * (folds - 1) / folds, trained_on, folds) for t in chosen
+             if t.number not in done)
+    refit_s = max(estimated_seconds(t, items, trained_on, 1) for t in chosen) if refits(settings, True) else 0.0
+    return cv + refit_s
+
+
 # -- training without a validation split ----------------------------------------------------------------------
 
 def fit_last_epoch(backbone: Backbone, params: Mapping[str, Any], train_split: TensorSplit, shown: TensorSplit,
@@ -509,6 +523,6 @@ def _assembled(pieces: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch
 
 
 __all__ = ["OOF_FORMAT", "OutOfFold", "REFIT_WEIGHTS", "Refit", "Selection", "applies", "candidates", "choose",
-           "estimated_seconds", "fit_last_epoch", "fold_of", "load_out_of_fold", "oof_path", "out_of_fold",
+           "estimated_seconds", "fit_last_epoch", "needed_seconds", "fold_of", "load_out_of_fold", "oof_path", "out_of_fold",
            "recorded_refit", "refit", "refit_path", "refits", "save_out_of_fold", "split_items", "tie_break_metric",
            "trained_epochs"]
