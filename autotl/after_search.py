@@ -23,7 +23,8 @@ from .inference import predict_outputs
 from .leaderboard import best_trial, direction_sign, rank_key
 from .network import trained_network
 from .progress import Reporter
-from .records import TrialRecord, record_ensemble, record_scratch, record_test_score
+from .records import StudyRecord, TrialRecord, record_ensemble, record_scratch, record_test_score
+from .selection import recorded_refit
 from .training import train
 
 
@@ -39,7 +40,10 @@ def score_best_on_test(study: optuna.Study, task: Task, target: Target, metric: 
                        zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None], out: Path,
                        device: torch.device, reporter: Reporter) -> dict[str, Any] | None:
     """Score the best trial on the test split and record it on the study: ``{trial, test_<metric>, test_metrics,
-    test_size}`` (``metric``: the one the study ranks by; ``test_metrics``: every metric of ``target``).
+    test_size, weights}`` (``metric``: the one the study ranks by; ``test_metrics``: every metric of ``target``).
+
+    The model scored is the one shipped: the trial's configuration trained again on train+val where the search
+    refitted it (:attr:`StudyRecord.refit`, ``weights: "refit"``), else the trial's own weights (``"trial"``).
 
     ``None``, said to ``reporter``, when there is no completed trial, no test split, or no kept weights
     (``kept_weights(trial)``: the path in the run folder ``out``, or ``None``) or loaded model for the best trial.
@@ -50,10 +54,13 @@ def score_best_on_test(study: optuna.Study, task: Task, target: Target, metric: 
     if not data.has_test:
         reporter.message("No test/ split: the best trial is reported with its validation score only.")
         return None
-    weights = kept_weights(best)
+    refitted, refit = recorded_refit(StudyRecord.from_study(study), best.number, [out])
+    weights = refitted or kept_weights(best)
     if weights is None:
         reporter.message(f"Weights of trial {best.number} are not in {out}; no test score.")
         return None
+    calibration = refit["calibration"] if refitted else TrialRecord.from_trial(best).calibration
+    whose = "refit" if refitted else "trial"
     params = TrialRecord.params(best)
     backbone = zoo.get(params["model"])
     if backbone is None:
@@ -61,9 +68,10 @@ def score_best_on_test(study: optuna.Study, task: Task, target: Target, metric: 
         return None
     split = task.prepare(data, backbone, params).test
     metrics = test_split_scores(backbone, target, target.width(data.label_names), split, weights, device,
-                                TrialRecord.from_trial(best).calibration)
-    score = {"trial": best.number, f"test_{metric}": metrics[metric], "test_metrics": metrics, "test_size": len(split)}
-    record_test_score(study, best.number, metrics[metric], metrics)
+                                calibration or {})
+    score = {"trial": best.number, f"test_{metric}": metrics[metric], "test_metrics": metrics, "test_size": len(split),
+             "weights": whose}
+    record_test_score(study, best.number, metrics[metric], metrics, weights=whose)
     return score
 
 

@@ -96,8 +96,9 @@ def run_search(options, reporter: Reporter | None = None, registry: Registry | N
             result.test_score = runner.score_best_on_test()
             if result.test_score:
                 score, metric = result.test_score, runner.metric
-                reporter.message(f"Best trial {score['trial']} on the test split ({score['test_size']} samples): "
-                                 f"{metric} {score[f'test_{metric}']:.4f}")
+                whose = " (its configuration trained on train+val)" if score.get("weights") == "refit" else ""
+                reporter.message(f"Best trial {score['trial']}{whose} on the test split ({score['test_size']} "
+                                 f"samples): {metric} {score[f'test_{metric}']:.4f}")
             if not outcome.interrupted:
                 result.ensemble = runner.ensemble()
             if options.scratch_baseline and not outcome.interrupted:

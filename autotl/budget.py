@@ -7,6 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -17,15 +18,26 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts: failed 
 @dataclass
 class Budget:
     """The stopping rule of one search process: ``trials`` (shared by every worker of the study) and a
-    wall-clock ``time_budget`` in seconds from ``started``."""
+    wall-clock ``time_budget`` in seconds from ``started``, of which the share ``reserved`` is kept for what follows
+    the trials (the selection on small data and the refit: autotl/selection.py). ``after(study)``, where given, estimates
+    the seconds that work needs from the trials recorded so far: where it exceeds the reserved share, the trials stop
+    earlier, never before half the time budget."""
 
     trials: int | None = None
     time_budget: float | None = None
     started: float = field(default_factory=time.time)
+    reserved: float = 0.0
+    after: Callable[[optuna.Study], float] | None = None
 
     @property
     def deadline(self) -> float | None:
-        """When the time budget ends (``time.time()`` seconds); ``None`` without one."""
+        """When the trials must end (``time.time()`` seconds): the time budget less its reserved share; ``None``
+        without one."""
+        return self.started + self.time_budget * (1.0 - self.reserved) if self.time_budget else None
+
+    @property
+    def end(self) -> float | None:
+        """When the whole time budget ends (``time.time()`` seconds); ``None`` without one."""
         return self.started + self.time_budget if self.time_budget else None
 
     def reason_to_stop(self, study: optuna.Study) -> str:
@@ -36,15 +48,27 @@ class Budget:
         if self.deadline is None:
             return ""
         remaining = self.deadline - time.time()
+        kept = (f" (the last {self.reserved:.0%}, {format_seconds(self.time_budget * self.reserved)}, is kept for the "
+                "selection and the refit)") if self.reserved else ""
         if remaining <= 0:
+            if self.reserved:
+                return (f"the trials' share of the time budget used: {format_seconds(self.time_budget * (1 - self.reserved))}"
+                        f" of {format_seconds(self.time_budget)}{kept}")
             return f"time budget of {format_seconds(self.time_budget)} used"
         # pruned trials count: under Hyperband most trials stop after a few epochs, and a trial still
         # running at the deadline is cut there and keeps its best epoch
         durations = [t.duration.total_seconds() for t in done if t.duration]
         typical = statistics.median(durations) if durations else None
+        if self.after is not None and self.reserved:
+            kept = self.time_budget * self.reserved
+            needed = min(self.after(study), 0.5 * self.time_budget)
+            left = self.end - time.time()
+            if needed > kept and left - needed < 0.5 * (typical or 0.0):
+                return (f"the rest of the time budget, {format_seconds(left)}, is kept for the selection and the "
+                        f"refit, estimated at {format_seconds(needed)} from the leading trials' recorded epochs")
         if typical and remaining < 0.5 * typical:
-            return (f"time budget nearly used: {format_seconds(remaining)} left, a typical trial takes "
-                    f"{format_seconds(typical)}")
+            return (f"time budget nearly used: {format_seconds(remaining)} left for trials, a typical trial takes "
+                    f"{format_seconds(typical)}{kept}")
         return ""
 
     def others_will_finish(self, study: optuna.Study) -> bool:

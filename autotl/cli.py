@@ -347,8 +347,14 @@ def best(run, storage, study, within, as_json):
         return
     test = summary[f"test_{metric}"]
     title = "Best trial" if within is None else "Production pick: trial"
+    whose = " (its configuration trained on train+val, as exported)" if summary.get("test_weights") == "refit" else ""
     click.echo(f"{title} {summary['number']}: val {metric} {summary[f'val_{metric}']:.4f}, test {metric} "
-               f"{'not scored' if test is None else f'{test:.4f}'}")
+               f"{'not scored' if test is None else f'{test:.4f}'}{whose}")
+    if summary.get("cv_metric") is not None:
+        se = summary.get("cv_se")
+        click.echo(f"  cross-validation {metric}: {summary['cv_metric']:.4f}"
+                   + (f" ± {se:.4f} (standard error over {len(summary.get('cv_folds') or [])} folds)"
+                      if se is not None and se == se else ""))
     click.echo(f"  chosen by: {choice.reason}")
     latency = summary.get("latency") or {}
     if summary.get("inference_params") or latency:

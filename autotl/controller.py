@@ -34,9 +34,11 @@ from .resume import (adopted_options, adopted_recipe, check_metric, check_models
                      new_study_options, searched_as_recorded)
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
+from .selection import Selection, applies, needed_seconds, recorded_refit, refits, split_items, tie_break_metric
 from .training import configure_threads
 from .trial_loop import TrialLoop
 from .transfer import prerank_study, sampled_models
+from .leaderboard import best_trial
 from .trial_weights import drop_outside_top, kept_weights, weights_path
 from .zoo import layer_group_counts, resolve_zoo
 
@@ -232,8 +234,17 @@ class Search:
 
     # -- the search loop (see autotl/trial_loop.py) -------------------------------------------
     def run(self) -> SearchOutcome:
+        """Run trials until the budget says stop, then (unless interrupted) the selection on small data and the
+        refit (:meth:`select`), for which a time budget keeps its ``selection.reserve`` share."""
         opts = self.options
-        self.budget = Budget(opts.trials, opts.time_budget)
+        tie_break_metric(self.recipe.selection, self.target, self.metric)  # a misnamed criterion, before any trial
+        reserving = self._given.recipe_raw is None and (self.selection_applies() or refits(self.recipe.selection, False))
+        reserve = self.recipe.selection["reserve"] if opts.time_budget and reserving else 0.0
+        after = None
+        if reserve and self.selection_applies():  # the leading trials' folds, estimated as the trials go
+            items, trained_on = split_items(self.data.report), split_items(self.data.report, ("train",))
+            after = lambda study: needed_seconds(study, self.recipe.selection, items, trained_on)  # noqa: E731
+        self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve, after=after)
         self.reporter.ranking(self.metric, self.direction)
         self.objective = Objective(task=self.task, target=self.target, metric=self.metric, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
                                    recipe=self.recipe, device=self.device, cache=self.cache, seed=opts.seed,
@@ -243,7 +254,45 @@ class Search:
         end = TrialLoop(self.study, self.objective, self.budget, self.reporter, opts.max_failures,
                         self._keep_top_weights).run()
         self.reporter.search_finished(end.reason)
+        if self._given.recipe_raw is not None:  # `autotl worker`: the `autotl search` process selects and refits
+            if self.selection_applies():
+                self.reporter.message("The selection on small data is left to the `autotl search` process of the study")
+        elif not end.interrupted and not end.too_many_failures:
+            try:
+                self.select()
+            except KeyboardInterrupt:
+                end.interrupted = True
+                end.reason += "; selection interrupted (Ctrl-C): every candidate it finished is kept"
+            except Exception as exc:  # the trials stand: the best by validation (or the candidates finished) decides
+                text = str(exc).strip()
+                self.reporter.message(f"Selection stopped: {exc.__class__.__name__}: "
+                                      f"{text.splitlines()[0][:300] if text else ''}; the trials and every candidate "
+                                      "it finished are kept")
         return SearchOutcome(self.location, end.interrupted, end.reason, end.trials_run, end.too_many_failures)
+
+    # -- after the trials (see autotl/selection.py) ---------------------------------------------
+    def selection_applies(self) -> bool:
+        """Whether the data is small enough for the leading trials to be re-scored by cross-validation."""
+        return applies(self.recipe.selection, split_items(self.data.report))
+
+    def select(self) -> dict[str, Any] | None:
+        """Re-score the leading trials by cross-validation where the data is small, then train the chosen
+        configuration on train+val where the recipe's ``selection.refit`` asks for it; the selection's record."""
+        settings = self.recipe.selection
+        selection = Selection(study=self.study, task=self.task, target=self.target, metric=self.metric,
+                              data=self.data, zoo=self.zoo, device=self.device, out=Path(self.options.out),
+                              settings=settings, split_seed=self.split_seed, reporter=self.reporter,
+                              deadline=self.budget.end if self.budget is not None else None, cache=self.cache)
+        record = selection.run()
+        best = best_trial(self.study)
+        if best is None or not refits(settings, bool(record and record.get("chosen") is not None)):
+            return record
+        done, _ = recorded_refit(StudyRecord.from_study(self.study), best.number, [self.options.out])
+        if done is not None:
+            self.reporter.message(f"Trial {best.number} was refitted on train+val already: {done}")
+        elif selection.refit_fits(best.number):
+            selection.refit(best.number)
+        return record
 
     def close(self) -> None:
         if self.lock is not None:

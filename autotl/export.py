@@ -38,6 +38,7 @@ from .latency import count_parameters, measure_model, sample_inputs
 from .leaderboard import choose_trial, rank_key
 from .records import TrialRecord
 from .run import Run
+from .selection import recorded_refit, refit as refit_configuration
 from .runs import RunLocation, load_study, redact
 
 
@@ -90,11 +91,19 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    stored, stored_record = (None, {}) if options.refit else recorded_refit(
+        run.record, trial.number, [run.location.folder, run.record.out])
     try:
         refit_info = None
         calibration = dict(TrialRecord.from_trial(trial).calibration or {})
+        recorded_test = _recorded_test(run, trial, refit=options.refit or stored is not None)
         if options.refit:
-            state, calibration, refit_info = _refit(run, data, backbone, params, trial, device, say)
+            state, calibration, refit_info = _refit(run, data, backbone, trial, device, say)
+        elif stored is not None:  # the search refitted the chosen configuration on train+val: that model ships
+            say(f"Shipping trial {trial.number}'s configuration as the search trained it again on train+val ({stored})")
+            state = load_weights(stored)
+            calibration = dict(stored_record.get("calibration") or {})
+            refit_info = {k: stored_record[k] for k in ("on", "samples", "epochs", "seed", "duration_s", "note")}
         else:
             state = load_weights(run.weights(trial))
         _check_merged(state)
@@ -102,7 +111,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
         backbone_config = backbone.bundle_files(tmp)
         settings = task.export_settings(recipe.data, backbone, params)
         config = _config(run, trial, choice.reason, params, backbone, backbone_config, settings, tmp, calibration,
-                         refit_info, data_note)
+                         refit_info, data_note, recorded_test)
         config.write(tmp)
 
         bundle = load(tmp, device=device, registry=run.registry)  # the round trip `autotl predict` makes
@@ -110,7 +119,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
         if data is not None:
             prepared = task.prepare(data, backbone, params)
             config.data.val_from_train = data.report.val_from_train
-            _verify_scores(config, bundle, prepared, run.test_score(trial), trial, options.refit, say)
+            _verify_scores(config, bundle, prepared, recorded_test, trial, refit_info is not None, say)
             val = prepared.val
             config.cost.latency_at_export = measure_model(bundle.model, sample_inputs(val), device,
                                                           channels_last=backbone.channels_last)
@@ -193,39 +202,32 @@ def _check_merged(state: Mapping[str, torch.Tensor]) -> None:
                           "network with LoRA merged")
 
 
-def _refit(run: Run, data: LoadedData, backbone: Backbone, params: Mapping[str, Any], trial: FrozenTrial,
-           device: torch.device, say) -> tuple[dict, dict, dict]:
-    """The trial's configuration trained again on train+val: the network's state, its calibration (fitted on
-    train+val), and what the bundle's ``refit`` records."""
-    from .adapt import merged
-    from .training import train
+def _refit(run: Run, data: LoadedData, backbone: Backbone, trial: FrozenTrial, device: torch.device,
+           say) -> tuple[dict, dict, dict]:
+    """The trial's configuration trained again on train+val (:func:`autotl.selection.refit`, as the search refits the
+    one it chose): the network's state, its calibration (fitted on train+val), and what the bundle's ``refit``
+    records."""
+    made = refit_configuration(run.task, data, backbone, trial, run.target, run.width, metric=run.metric,
+                               device=device, split_seed=run.record.seed, say=say)
+    return made.state, made.calibration, made.info
 
-    epochs = int(TrialRecord.from_trial(trial).best_epoch or params["epochs"])
-    splits = run.task.prepare_refit(data, backbone, params)
-    say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
-        f"epoch(s), the trial's best epoch) ...")
-    started = time.time()
-    seed = run.record.seed + trial.number
-    result = train(backbone, dict(params, epochs=epochs), splits.train, splits.val, run.target, run.width,
-                   metric=run.metric, device=device, seed=seed)
-    model = merged(result.adapted.model)  # the last epoch's weights: no held-out split chose an epoch
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    info = {"on": "train+val", "samples": len(splits.train), "epochs": epochs, "seed": seed,
-            "duration_s": round(time.time() - started, 1),
-            "note": "trained again on the training and validation splits together, for the trial's best number of "
-                    "epochs, keeping the last epoch; no held-out split remains to validate it"}
-    return state, dict(result.calibration or {}), info
+
+def _recorded_test(run: Run, trial: FrozenTrial, *, refit: bool) -> float | None:
+    """The test score the search recorded for the weights exported: the refit model's where ``refit`` (the search
+    recorded the score of what it refitted), else the trial's own; ``None`` where it recorded none of those."""
+    whose = (run.record.test_weights or {}).get(str(trial.number), "trial")
+    return run.test_score(trial) if whose == ("refit" if refit else "trial") else None
 
 
 # -- what the bundle says about itself -------------------------------------------------------------
 
 def _config(run: Run, trial: FrozenTrial, reason: str, params: Mapping[str, Any], backbone: Backbone,
             backbone_config: dict, settings: dict, tmp: Path, calibration: dict, refit: dict | None,
-            data_note: str) -> BundleConfig:
-    """The bundle's config as export first writes it: scores, cost and checks are filled in as they are known."""
+            data_note: str, test: float | None) -> BundleConfig:
+    """The bundle's config as export first writes it: scores, cost and checks are filled in as they are known
+    (``test``: the test score the search recorded for these weights, if it did)."""
     study, record, location = run.study, run.record, run.location
     recipe = record.recipe or {}
-    test = None if refit else record.test_score(trial.number)
     done = TrialRecord.from_trial(trial)
     weights = tmp / WEIGHTS
     return BundleConfig(
@@ -242,7 +244,7 @@ def _config(run: Run, trial: FrozenTrial, reason: str, params: Mapping[str, Any]
         scores=Scores(metric=run.metric, val=trial.value, test=test,
                       test_from="search" if test is not None else None,
                       val_metrics=dict(done.val_metrics or {}),
-                      test_metrics={} if refit else record.test_metrics(trial.number)),
+                      test_metrics={} if test is None else record.test_metrics(trial.number)),
         refit=RefitInfo(**refit) if refit else None,
         cost=Cost(latency_at_search=done.latency),
         search=SearchInfo(location=location.describe(), study=location.study_name,
@@ -291,8 +293,9 @@ def _record_files(config: BundleConfig, folder: Path) -> None:
 
 def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, test_score: float | None, trial: FrozenTrial,
                    refit: bool, say) -> None:
-    """Score the loaded bundle on the search's splits with the calibration it holds (nothing tuned again); without
-    --refit its validation score must be the one the trial recorded."""
+    """Score the loaded bundle on the search's splits with the calibration it holds (nothing tuned again); the
+    trial's own weights must give the validation score the trial recorded, and any weights the test score the search
+    recorded for them (``test_score``: ``None`` where it recorded none for these weights)."""
     config.data.sizes = {"train": len(prepared.train), "val": len(prepared.val),
                          "test": len(prepared.test) if prepared.test is not None else None}
     checks, metric = config.verification, config.target.metric
@@ -305,9 +308,12 @@ def _verify_scores(config: BundleConfig, bundle: Bundle, prepared, test_score: f
     if prepared.test is not None:
         metrics = scored(bundle, prepared.test)
         test = metrics[metric]
-        recorded = None if refit else test_score
+        recorded = test_score
         checks[f"test_{metric}"] = ScoreCheck(recorded=recorded, bundle=test,
                                               equal=None if recorded is None else test == recorded)
+        if recorded is not None and test != recorded:
+            say(f"Warning: the bundle scores {test:.6f} ({metric}) on the test split, the search recorded "
+                f"{recorded:.6f} for these weights")
         if config.scores.test is None:
             config.scores.test = test
             config.scores.test_from = "export"
@@ -325,7 +331,7 @@ def export_ensemble(run: Run, options: ExportOptions, say: Callable[[str], None]
     ensemble's recorded validation and test scores, and with ``--format onnx`` its members' ONNX files together
     the PyTorch ensemble's probabilities."""
     out = _check_options(options)
-    task, target, metric = run.task, run.target, run.metric
+    task = run.task
     data, missing = run.load_data(options.data, needed_for="--members" if options.members else
                                   "--format" if options.formats else None)
     device = resolve_device(options.device)

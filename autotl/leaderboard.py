@@ -50,11 +50,36 @@ def rank_key(trial: FrozenTrial, sign: float = 1.0) -> tuple[float, int]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best completed trial by :func:`rank_key` in the study's direction (never ``study.best_trial``, whose
-    pick among ties the storage decides); ``None`` before any trial completed."""
+    """The best completed trial: the one the selection on small data chose by cross-validation where it ran
+    (:attr:`StudyRecord.selection`, autotl/selection.py), else the best by :func:`rank_key` in the study's direction
+    (never ``study.best_trial``, whose pick among ties the storage decides); ``None`` before any trial completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    chosen = selected_number(study)
+    found = next((t for t in complete if t.number == chosen), None) if chosen is not None else None
+    if found is not None:
+        return found
     sign = direction_sign(study)
-    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign),
-               default=None)
+    return min(complete, key=lambda t: rank_key(t, sign), default=None)
+
+
+def selected_number(study: optuna.Study) -> int | None:
+    """The trial the selection on small data chose by cross-validation; ``None`` where none ran (or chose none)."""
+    chosen = (StudyRecord.from_study(study).selection or {}).get("chosen")
+    return None if chosen is None else int(chosen)
+
+
+def cross_validation(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """{trial number: its cross-validation by the selection (``mean``, ``se``, ``fold_scores``, ``oof_score``...)}."""
+    rows = (StudyRecord.from_study(study).selection or {}).get("candidates") or []
+    return {int(r["trial"]): r for r in rows}
+
+
+def selected_by(study: optuna.Study) -> str:
+    """How the best trial was chosen, in words: by cross-validation (its folds and items) or by validation."""
+    selection = StudyRecord.from_study(study).selection or {}
+    if selection.get("chosen") is not None and best_number(study) == int(selection["chosen"]):
+        return f"cross-validation ({selection.get('folds')} folds over {selection.get('items')} items)"
+    return "validation"
 
 
 def best_number(study: optuna.Study) -> int | None:
@@ -67,6 +92,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     best = best_number(study)
     retries = retried_as(study)
     better = max if direction_sign(study) > 0 else min
+    cv = cross_validation(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.from_trial(t)
@@ -98,6 +124,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "weights": record.weights,
             "timing": record.timing,  # seconds: step, eval, data, prefix, setup
             "cache": record.cache,  # how the frozen-prefix cache served the trial
+            # the selection's k-fold cross-validation (mean and standard error of the study's metric), if it ran
+            "cv": {k: cv[t.number].get(k) for k in ("mean", "se", "fold_scores", "oof_score")} if t.number in cv
+            else None,
         })
     return rows
 
@@ -115,6 +144,8 @@ def best_summary(study: optuna.Study, number: int | None = None, metric: str | N
     metric = metric or metric_name(study)
     row = next(r for r in trial_rows(study) if r["number"] == number)
     record = StudyRecord.from_study(study)
+    cv = row["cv"] or {}
+    refit = record.refit if (record.refit or {}).get("trial") == number else None
     return {
         "number": number,
         "params": row["params"],
@@ -132,6 +163,13 @@ def best_summary(study: optuna.Study, number: int | None = None, metric: str | N
         "weights": row["weights"],
         "scratch": record.scratch,
         "ensemble": record.ensemble,  # the ensemble of kept trials (autotl/ensemble.py), beside the single trial
+        "cv_metric": cv.get("mean"),  # the selection's cross-validation of the study's metric (None: not run)
+        "cv_se": cv.get("se"),  # its standard error over the folds
+        "cv_folds": cv.get("fold_scores"),
+        "selected_by": selected_by(study) if number == best_number(study) else "named",
+        "test_weights": (record.test_weights or {}).get(str(number), "trial") if record.test_score(number) is not None
+        else None,  # whose the test score is: "refit" (train+val) or "trial" (its own weights)
+        "refit": {k: v for k, v in refit.items() if k != "calibration"} if refit else None,
     }
 
 
@@ -170,9 +208,13 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         return Choice(found, f"named with --trial {number}")
     if not complete:
         raise RunError("no trial of the study has completed yet")
-    best = min(complete, key=lambda t: rank_key(t, sign))
     if within is None:
-        return Choice(best, f"the best validation {metric} ({best.value:.4f}) of {len(complete)} completed trials")
+        chosen = best_trial(study)
+        selection = StudyRecord.from_study(study).selection or {}
+        if selected_number(study) == chosen.number:
+            return Choice(chosen, f"the selection on small data, {selection.get('reason')}")
+        return Choice(chosen, f"the best validation {metric} ({chosen.value:.4f}) of {len(complete)} completed trials")
+    best = min(complete, key=lambda t: rank_key(t, sign))
     if within < 0:
         raise UsageError(f"--within {within}: give a non-negative margin of {metric} such as 0.01")
     ensemble, top, top_name = _ensemble(study), best.value, f"trial {best.number}"
@@ -226,6 +268,9 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     for _, header in PARAM_COLUMNS + tuple(extras):
         table.add_column(header, justify="left" if header == "model" else "right")
     table.add_column(f"val {metric}", justify="right")
+    has_cv = any(r["cv"] for r in rows)
+    if has_cv:
+        table.add_column(f"cv {metric}", justify="right")
     table.add_column("params", justify="right")
     table.add_column("ms/item b1", justify="right")
     table.add_column(f"ms/item b{_batched_size(rows)}", justify="right")
@@ -241,7 +286,10 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         cells = ["★" if r["best"] else "", str(r["number"])]
         cells += [escape(format_value(p.get(k))) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
         latency = r["latency"] or {}
-        cells += [format_value(r["value"], 4), format_count(r["inference_params"]), format_ms(latency.get("batch1_ms")),
+        cells += [format_value(r["value"], 4)]
+        if has_cv:
+            cells.append(format_cv(r["cv"]))
+        cells += [format_count(r["inference_params"]), format_ms(latency.get("batch1_ms")),
                   format_ms(latency.get("batched_ms"))]
         cells += [f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"]
         if workers:
@@ -265,9 +313,21 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         console.print("No trial has completed yet.")
         return
     test = summary[f"test_{metric}"]
-    console.print(f"[bold]Best trial {summary['number']}[/]: val {metric} {summary[f'val_{metric}']:.4f}, "
-                  + (f"test {metric} {test:.4f} (the test split chose nothing)" if test is not None
-                     else f"test {metric} not scored"), highlight=False)
+    cv = (f"cv {metric} {format_cv({'mean': summary['cv_metric'], 'se': summary['cv_se']})}, "
+          if summary["cv_metric"] is not None else "")
+    whose = " of the model trained on train+val" if summary["test_weights"] == "refit" else ""
+    console.print(f"[bold]Best trial {summary['number']}[/]: val {metric} {summary[f'val_{metric}']:.4f}, {cv}"
+                  + (f"test {metric}{whose} {test:.4f} (the test split chose nothing)" if test is not None
+                     else f"test {metric} not scored")
+                  + (f"; chosen by {summary['selected_by']}" if summary["selected_by"] != "validation" else ""),
+                  highlight=False)
+    selection = StudyRecord.from_study(study).selection
+    if selection and has_cv:
+        skipped = len(selection.get("skipped") or [])
+        console.print(f"cv {metric}: mean ± standard error over {selection.get('folds')} folds of train+val "
+                      f"({selection.get('items')} items), last-epoch weights; two trials whose ranges overlap cannot "
+                      f"be told apart. Selection took {selection.get('seconds', 0):.0f}s"
+                      + (f"; {skipped} candidate(s) skipped for time" if skipped else ""), highlight=False)
     ensemble = StudyRecord.from_study(study).ensemble
     if ensemble:
         console.print(escape(describe_ensemble(ensemble)), highlight=False)
@@ -281,6 +341,14 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
 def _batched_size(rows: list[dict[str, Any]]) -> str:
     sizes = {(r["latency"] or {}).get("batch_size") for r in rows} - {None}
     return str(sizes.pop()) if len(sizes) == 1 else "N"
+
+
+def format_cv(cv: dict[str, Any] | None) -> str:
+    """A cross-validated score for a table: ``0.842±0.021`` (mean ± standard error); ``-`` where none."""
+    if not cv or cv.get("mean") is None:
+        return "-"
+    se = cv.get("se")
+    return f"{cv['mean']:.3f}" + (f"±{se:.3f}" if se is not None and se == se else "")
 
 
 def format_count(value: int | None) -> str:

@@ -22,13 +22,18 @@ from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 #: adds those of its own parameters (:func:`defaults_for`).
 DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "warmup_epochs")}
 _TOP_KEYS = {"task", "description", "metric", "models", "data", "space", "fixed", "start_with", "sampler", "pruner",
-             "prerank", "cache"}
+             "prerank", "cache", "selection"}
 #: the share of the training data held out for validation where the recipe's ``data`` names none.
 VAL_FRACTION = 0.2
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
+#: the ``selection`` section's defaults: the leading trials re-scored by k-fold cross-validation on small data, and
+#: the chosen configuration trained again on train+val (autotl/selection.py; docs/recipes.md says why these numbers)
+SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "reserve": 0.25, "refit": "auto",
+                      "tie_break": "auto"}
+REFIT_CHOICES = ("auto", "always", "never")
 #: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/samplers.py).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
@@ -86,6 +91,7 @@ class Recipe:
     pruner: dict[str, Any] = field(default_factory=dict)
     prerank: dict[str, Any] = field(default_factory=lambda: dict(PRERANK_DEFAULTS))
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
+    selection: dict[str, Any] = field(default_factory=lambda: dict(SELECTION_DEFAULTS))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -136,7 +142,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
         fail("task", "missing; name the task: `task: NAME`, one of those `autotl plugins` lists")
-    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache"):
+    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache", "selection"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
     if raw.get("metric") is not None and not isinstance(raw["metric"], str):
@@ -171,6 +177,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         pruner=_optuna_section("pruner", raw.get("pruner") or {}, PRUNERS, "median", fail),
         prerank=_prerank(raw.get("prerank") or {}, fail),
         cache=_cache(raw.get("cache") or {}, fail),
+        selection=_selection(raw.get("selection") or {}, fail),
         raw=raw,
     )
 
@@ -227,6 +234,31 @@ def _cache(spec: dict, fail) -> dict[str, Any]:
     if settings["dir"] is not None and not isinstance(settings["dir"], str):
         fail("cache.dir", f"must be a folder path (or null: $AUTOTL_CACHE_DIR, else ~/.cache/autotl/features), "
                           f"not {settings['dir']!r}")
+    return settings
+
+
+def _selection(spec: dict, fail) -> dict[str, Any]:
+    """The ``selection`` section: its known keys only, over :data:`SELECTION_DEFAULTS`, each checked."""
+    unknown = sorted(set(spec) - set(SELECTION_DEFAULTS))
+    if unknown:
+        fail(f"selection.{unknown[0]}", f"unknown key; known keys are {', '.join(SELECTION_DEFAULTS)}")
+    settings = {**SELECTION_DEFAULTS, **spec}
+    for key, least in (("cv_below", 0), ("folds", 2), ("candidates", 1)):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            what = ("a number of items (train+val) at or below which trials are re-scored by cross-validation; "
+                    "0: never") if key == "cv_below" else f"a whole number of at least {least}"
+            fail(f"selection.{key}", f"must be {what}, not {value!r}")
+    reserve = settings["reserve"]
+    if isinstance(reserve, bool) or not isinstance(reserve, (int, float)) or not 0 <= reserve < 1:
+        fail("selection.reserve", f"must be the share of the time budget kept for selection and refit, at least 0 "
+                                  f"and below 1, not {reserve!r}")
+    settings["reserve"] = float(reserve)
+    if settings["refit"] not in REFIT_CHOICES:
+        fail("selection.refit", f"must be one of {', '.join(REFIT_CHOICES)}, not {settings['refit']!r}")
+    tie = settings["tie_break"]
+    if tie is not None and not isinstance(tie, str):
+        fail("selection.tie_break", f"must be auto, the name of one of the task's metrics, or null, not {tie!r}")
     return settings
 
 

@@ -7,8 +7,8 @@ the transferability pre-ranking), :class:`TrialRecord` for one trial (its config
 costs, weights, why it stopped or failed). Every attribute name is a field name here, and every
 reader goes through :meth:`StudyRecord.from_study` / :meth:`TrialRecord.from_trial`; the writers are
 :func:`begin_study`, :func:`record_test_score`, :func:`record_scratch`, :func:`record_ensemble`,
-:func:`record_transferability`
-and :func:`record_trial`. In the manner of timm's ``PretrainedCfg`` and peft's config dataclasses.
+:func:`record_transferability`, :func:`record_selection`, :func:`record_refit` and :func:`record_trial`. In the manner
+of timm's ``PretrainedCfg`` and peft's config dataclasses.
 
 The record is versioned (:data:`RECORD_VERSION`, stored as ``record_version``). A study that holds no
 version was written before versions were recorded (autotl up to 6f673bc), in the layout of version 1;
@@ -86,6 +86,16 @@ class StudyRecord:
     prerank_skipped: str | None = None  # why the pre-ranking was left out (the task's target gives nothing to rank by)
     #: the ensemble of kept trials selected after the search (:func:`record_ensemble`; autotl/ensemble.py)
     ensemble: dict[str, Any] | None = None
+    #: the selection on small data (autotl/selection.py): the leading trials re-scored by k-fold cross-validation,
+    #: each candidate's fold scores, mean, standard error, out-of-fold score and seconds, the trial chosen and why,
+    #: the cost; ``None``: no selection ran (large data, or a study begun before it existed)
+    selection: dict[str, Any] | None = None
+    #: the chosen trial's configuration trained again on train+val (autotl/selection.py ``refit``): ``trial``,
+    #: ``weights`` (relative to the run folder), ``calibration`` and how it was trained; ``None``: none was
+    refit: dict[str, Any] | None = None
+    #: {trial number: which weights its recorded test score is of}: ``"refit"`` (trained on train+val) or ``"trial"``
+    #: (the trial's own); a trial missing here was scored with its own weights
+    test_weights: dict[str, str] = field(default_factory=dict)
     #: whether the study holds a whole description (False: nobody began it, or its creator was cut)
     begun: bool = False
 
@@ -144,7 +154,7 @@ class StudyRecord:
 _DESCRIBED = ("record_version", "task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed",
               "models", "weights_files", "out", "keep_top", "metric", "created")
 _LATER = ("test_scores", "all_test_metrics", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR, "prerank_skipped",
-          "ensemble")
+          "ensemble", "selection", "refit", "test_weights")
 
 
 def _description(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -223,15 +233,29 @@ def complete_keys(study) -> None:
             study.set_user_attr(key, value)
 
 
-def record_test_score(study, number: int, value: float, metrics: Mapping[str, float] | None = None) -> None:
+def record_test_score(study, number: int, value: float, metrics: Mapping[str, float] | None = None,
+                      weights: str = "trial") -> None:
     """Record trial ``number``'s test score (``value``, in the study's metric) beside those recorded already, and
-    with ``metrics`` every metric of the target on the test split."""
+    with ``metrics`` every metric of the target on the test split; ``weights`` says whose: ``"trial"`` (its own) or
+    ``"refit"`` (its configuration trained again on train+val, :attr:`StudyRecord.refit`)."""
     record = StudyRecord.from_study(study)
     scores = dict(record.test_scores or {})
     scores[str(number)] = value
     study.set_user_attr("test_scores", scores)
     if metrics is not None:
         study.set_user_attr("all_test_metrics", {**(record.all_test_metrics or {}), str(number): dict(metrics)})
+    study.set_user_attr("test_weights", {**(record.test_weights or {}), str(number): weights})
+
+
+def record_selection(study, selection: Mapping[str, Any]) -> None:
+    """Record the selection on small data as it stands (autotl/selection.py): written again after each candidate,
+    so that an interrupted selection keeps every candidate it finished."""
+    study.set_user_attr("selection", dict(selection))
+
+
+def record_refit(study, refit: Mapping[str, Any] | None) -> None:
+    """Record the chosen configuration trained again on train+val (``None``: forget a refit made stale)."""
+    study.set_user_attr("refit", None if refit is None else dict(refit))
 
 
 def record_scratch(study, scratch: dict[str, Any]) -> None:
@@ -329,5 +353,6 @@ def record_trial_error(storage, trial_id: int, error: str) -> None:
 
 __all__ = ["DESCRIPTION", "FAILED_TRIAL_ATTR", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "RETRY_HISTORY_ATTR",
            "StudyRecord", "TRANSFERABILITY_ATTR", "TrialRecord", "VERSION_ATTR", "begin_study", "begun",
-           "check_version", "complete_keys", "half_recorded", "record_ensemble", "record_prerank_skipped", "record_scratch", "record_test_score", "record_trial",
+           "check_version", "complete_keys", "half_recorded", "record_ensemble", "record_prerank_skipped", "record_refit",
+           "record_scratch", "record_selection", "record_test_score", "record_trial",
            "record_trial_error", "record_transferability", "record_version", "retry_attrs", "retry_of"]

@@ -42,6 +42,7 @@ from .leaderboard import (EXTRA_COLUMNS, PARAM_COLUMNS, best_number, format_coun
 from .records import StudyRecord, TrialRecord
 from .run import Run
 from .runs import RunLocation, load_study, redact
+from .selection import recorded_refit
 
 #: wrong test items shown at most.
 MAX_MISTAKES = 24
@@ -68,6 +69,8 @@ class Scored:
     wrong: int = 0
     #: why :attr:`mistakes` is ``None``.
     no_mistakes: str = ""
+    #: whose weights were scored: the trial's saved ones, or its configuration refitted on train+val (the model shipped)
+    weights: str = "saved weights"
 
 
 @dataclass
@@ -394,12 +397,14 @@ def _transferability(record: StudyRecord, rows: list[dict], notes: list[str], me
 
 def _score_best(run: Run, data_path: Path | None, device: str,
                 say: Callable[[str], None]) -> tuple[Scored | None, str]:
-    """Predict the test split with the best trial's saved weights; ``(None, why)`` when that cannot be done."""
+    """Predict the test split with the best trial's model as shipped (its refit on train+val where the search made
+    one, else its saved weights); ``(None, why)`` when that cannot be done."""
     record = run.record
     best = run.best_trial()
     if best is None:
         return None, "No trial has completed: no best trial to score."
-    weights, problem = run.kept_weights(best)
+    refitted, refit = recorded_refit(record, best.number, [run.location.folder, record.out])
+    weights, problem = (refitted, None) if refitted is not None else run.kept_weights(best)
     if weights is None:
         return None, (f"The run has no saved weights for the best trial ({best.number}), so the report cannot score "
                       "it on the test split (only the top --keep-top trials keep their weights, in the run folder).")
@@ -413,6 +418,8 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         return None, f"No installed backbone family knows {params['model']!r}: the best trial cannot be scored."
     target, names = run.target, list(record.label_names)
     calibration = dict(TrialRecord.from_trial(best).calibration or {})
+    if refitted is not None:  # the model shipped: the chosen configuration trained again on train+val
+        calibration = dict(refit.get("calibration") or {})
     try:
         say(f"Loading the run's data from {data_path or record.data} ...")
         data, missing = run.load_data(data_path)
@@ -430,6 +437,8 @@ def _score_best(run: Run, data_path: Path | None, device: str,
         metrics = target.score(outputs, test.labels, calibration)
         scored = Scored(best.number, run.metric, metrics[run.metric], metrics, len(test), run.test_score(best),
                         target.figure(outputs, test.labels, calibration, names))
+        if refitted is not None:
+            scored.weights = "configuration trained again on train+val (the model the search ships)"
         _find_mistakes(scored, run, task, data, backbone, model, dev, params, target.rankable(test.labels) is not None)
     except AutotlError as exc:
         return None, f"The best trial could not be scored on the test split: {exc}"
@@ -472,7 +481,7 @@ def _best_on_test(scored: Scored, page: _Page) -> str:
                  + (": the same." if same else "; the difference comes from a changed environment (library versions "
                                                  "or device)."))
     others = ", ".join(f"{name} {_acc(value)}" for name, value in scored.metrics.items() if name != scored.metric)
-    text = _p(f"Trial {scored.trial}'s saved weights on the {scored.size} test samples: {scored.metric} "
+    text = _p(f"Trial {scored.trial}'s {scored.weights} on the {scored.size} test samples: {scored.metric} "
               f"{_acc(scored.value)}.{check}" + (f" Its other metrics: {others}." if others else ""), "muted")
     if scored.figure is None:
         return text + _p("The task's target draws no plot of its predictions.", "muted")

@@ -47,11 +47,14 @@ class TrainResult:
     #: how the frozen-prefix cache served this trial: ``{"train": "computed", "val": "disk"}``, or
     #: ``{"skipped": reason}``; empty when the trial had nothing to cache
     cache: dict[str, str] = field(default_factory=dict)
+    #: the last epoch's weights of the network validated (its moving average where there is one), on the CPU:
+    #: what a training that no held-out split chose an epoch for keeps (autotl/selection.py)
+    last_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
-    def merged_state(self, backbone: Backbone) -> dict[str, torch.Tensor]:
-        """The best epoch's weights as a plain network's state dict (LoRA merged)."""
+    def merged_state(self, backbone: Backbone, *, last: bool = False) -> dict[str, torch.Tensor]:
+        """The best epoch's weights (with ``last``: the last epoch's) as a plain network's state dict (LoRA merged)."""
         model = self.adapted.model
-        model.load_state_dict(self.best_state)
+        model.load_state_dict(self.last_state if last else self.best_state)
         return {k: v.detach().cpu().clone().contiguous() for k, v in merged(model).state_dict().items()}
 
 
@@ -134,7 +137,9 @@ def train(
         if stopped:
             progress.stopped = stopped
             break
-    return progress.result(adapted, timing, cache_info)
+    result = progress.result(adapted, timing, cache_info)
+    result.last_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
+    return result
 
 
 def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, settings: TrainingParams,

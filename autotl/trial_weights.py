@@ -19,7 +19,7 @@ from typing import Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .leaderboard import direction_sign, rank_key
+from .leaderboard import direction_sign, rank_key, selected_number
 from .records import TrialRecord
 from .runs import DEFAULT_STUDY
 
@@ -99,12 +99,15 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
 
     Call it only once Optuna has recorded the trials it ranks (an Optuna callback): a trial whose result is not
     recorded yet is neither ranked nor displaces one. Only files recorded by trials of this study, whose
-    metadata names no other trial, are deleted. Returns the numbers of the trials whose weights went."""
+    metadata names no other trial, are deleted; nor those of the trial the selection on small data chose
+    (:func:`~autotl.leaderboard.selected_number`). Returns the numbers of the trials whose weights went."""
     sign = direction_sign(study)
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign))
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    dropped = []
+    dropped, chosen = [], selected_number(study)
     for trial in [*complete[keep_top:], *failed]:
+        if trial.number == chosen:  # the selection on small data chose it by cross-validation: it stays
+            continue
         path, problem = kept_weights(trial, [out], study.study_name)
         if path is None or problem:
             continue

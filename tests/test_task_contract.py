@@ -147,8 +147,8 @@ def test_a_minimised_metric_is_minimised_by_the_study_leaderboard_best_and_keep_
     registry = collect(make_manager(extra_plugins=[ClassNumberPlugin()]))
     out = tmp_path / "run"
     result = autotl.search(data, task=ClassNumberTask.name, registry=registry, out=out,
-                           recipe=str(recipe(tmp_path, ClassNumberTask.name)), models=[TINY],
-                           weights={TINY: str(weights)}, trials=3, keep_top=1, seed=0)
+                           recipe=str(recipe(tmp_path, ClassNumberTask.name, "selection: {cv_below: 0}\n")),
+                           models=[TINY], weights={TINY: str(weights)}, trials=3, keep_top=1, seed=0)
     run = result.run
     assert run.study.direction == optuna.study.StudyDirection.MINIMIZE
     assert (run.metric, run.direction, run.width) == ("squared_error", "minimize", 1)

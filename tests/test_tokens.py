@@ -184,6 +184,8 @@ def test_search_export_and_predict_agree_on_the_test_words(tmp_path, tiny_model)
     assert result.exit_code == 0, result.output
     best = json.loads(run(cli, ["best", str(tmp_path / "run"), "--json"]).output)
     assert best["metric"] == "entity_f1"
+    # small data: the trial was cross-validated (per-position out-of-fold outputs) and its refit is what ships
+    assert best["selected_by"].startswith("cross-validation") and best["test_weights"] == "refit"
     assert set(best["test_metrics"]) == {"entity_f1", "token_accuracy", "macro_f1"}
     result = run(cli, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"), "--format", "onnx"])
     assert result.exit_code == 0, result.output
