@@ -22,13 +22,16 @@ from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 #: adds those of its own parameters (:func:`defaults_for`).
 DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "warmup_epochs")}
 _TOP_KEYS = {"task", "description", "metric", "models", "data", "space", "fixed", "start_with", "sampler", "pruner",
-             "prerank", "cache"}
+             "prerank", "cache", "converged_head"}
 #: the share of the training data held out for validation where the recipe's ``data`` names none.
 VAL_FRACTION = 0.2
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
 PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "batch_size": 64}
 #: the ``cache`` section's defaults: the frozen-prefix cache (autotl/cache.py; docs/recipes.md).
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
+#: the ``converged_head`` section's defaults: a new study queues one converged-head trial per model first
+#: (autotl/head_fit.py, autotl/controller.py; docs/recipes.md). ``C``: the inverse strength of its L2 penalty.
+CONVERGED_HEAD_DEFAULTS = {"enabled": True, "C": 1.0}
 #: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/samplers.py).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
@@ -86,6 +89,7 @@ class Recipe:
     pruner: dict[str, Any] = field(default_factory=dict)
     prerank: dict[str, Any] = field(default_factory=lambda: dict(PRERANK_DEFAULTS))
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
+    converged_head: dict[str, Any] = field(default_factory=lambda: dict(CONVERGED_HEAD_DEFAULTS))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -136,7 +140,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
         fail("task", "missing; name the task: `task: NAME`, one of those `autotl plugins` lists")
-    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache"):
+    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache", "converged_head"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
     if raw.get("metric") is not None and not isinstance(raw["metric"], str):
@@ -171,6 +175,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         pruner=_optuna_section("pruner", raw.get("pruner") or {}, PRUNERS, "median", fail),
         prerank=_prerank(raw.get("prerank") or {}, fail),
         cache=_cache(raw.get("cache") or {}, fail),
+        converged_head=_converged_head(raw.get("converged_head") or {}, fail),
         raw=raw,
     )
 
@@ -227,6 +232,16 @@ def _cache(spec: dict, fail) -> dict[str, Any]:
     if settings["dir"] is not None and not isinstance(settings["dir"], str):
         fail("cache.dir", f"must be a folder path (or null: $AUTOTL_CACHE_DIR, else ~/.cache/autotl/features), "
                           f"not {settings['dir']!r}")
+    return settings
+
+
+def _converged_head(spec: dict, fail) -> dict[str, Any]:
+    settings = _switched_section("converged_head", spec, CONVERGED_HEAD_DEFAULTS, fail)
+    try:  # what the queued trials' head_fit_c takes
+        settings["C"] = CORE["head_fit_c"].check(settings["C"])
+    except ParamError as exc:
+        fail("converged_head.C", f"{exc} (the inverse strength of the L2 penalty on the head's weights; 1.0 by "
+                                 "default)")
     return settings
 
 

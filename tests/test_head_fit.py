@@ -1,0 +1,187 @@
+"""The converged-head fit (``head_fit: converged``): the head alone, fitted to convergence on frozen features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autotl import Backbone, TensorSplit
+from autotl.errors import UsageError
+from autotl.head_fit import head_inputs, head_module
+from autotl.training import train
+from autotl_tasks.targets import ClassLabel, LabelSet, Number
+
+CPU = torch.device("cpu")
+
+
+class _Net(nn.Module):
+    def __init__(self, width: int, features: int = 24, inputs: int = 10, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(inputs, features), nn.Tanh())
+        self.head = nn.Linear(features, width)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class _Rest(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.head(x)
+
+
+class TinyBackbone(Backbone):
+    """A frozen random projection (the body: what a pretrained network would give) and a linear head."""
+
+    name, family, modality = "tiny-projection", "test", "vector"
+
+    def __init__(self, cut: bool = True):
+        self.cut = cut
+
+    def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        return _Net(num_classes)
+
+    def layer_groups(self, model):
+        return [["body"], ["head"]]
+
+    def lora_targets(self, model):
+        return ["body.0"]
+
+    def split(self, model, freeze):
+        return (model.body, _Rest(model)) if self.cut and freeze == 1 else None
+
+
+def blobs(n: int, classes: int = 3, seed: int = 0, inputs: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping Gaussian classes: a fit that stops early scores differently from the optimum."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (classes, inputs))
+    y = rng.integers(0, classes, n)
+    x = centres[y] + rng.normal(0, 1.6, (n, inputs))
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def splits(n_train=240, n_val=400):
+    x, y = blobs(n_train + n_val)
+    return (TensorSplit(x[:n_train], y[:n_train], random_augmentation=False),
+            TensorSplit(x[n_train:], y[n_train:], random_augmentation=False))
+
+
+CONVERGED = {"head_fit": "converged", "freeze": 1, "lr": 1e-3, "epochs": 3, "batch_size": 16}
+
+
+def features(backbone, split):
+    model = backbone.build(3)
+    with torch.no_grad():
+        return model.body(split.inputs).double().numpy()
+
+
+@pytest.mark.parametrize("c", [1.0, 0.05])
+def test_a_converged_head_reproduces_scikit_learns_l2_penalised_fit_on_the_same_features(c):
+    from sklearn.linear_model import LogisticRegression
+
+    backbone = TinyBackbone()
+    train_split, val_split = splits()
+    result = train(backbone, {**CONVERGED, "head_fit_c": c, "label_smoothing": 0.1}, train_split, val_split,
+                   ClassLabel(), 3, device=CPU, seed=0)
+    reference = LogisticRegression(C=c, tol=1e-10, max_iter=10000).fit(features(backbone, train_split),
+                                                                        train_split.labels.numpy())
+    val_features = features(backbone, val_split)
+    expected_accuracy = reference.score(val_features, val_split.labels.numpy())
+    assert result.best_value == pytest.approx(expected_accuracy, abs=1.5 / len(val_split))  # one item at most
+    model = result.adapted.model
+    model.load_state_dict(result.best_state)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(val_split.inputs), -1).double().numpy()
+    assert np.abs(probabilities - reference.predict_proba(val_features)).max() < 2e-3
+    assert result.head_fit["converged"] and result.head_fit["through"] == "head"
+    assert result.head_fit["C"] == c and result.head_fit["items"] == len(train_split)
+    assert result.curve == [result.best_value] and result.best_epoch == 0
+    # the frozen body is the pretrained one, untouched
+    assert torch.equal(result.best_state["body.0.weight"], backbone.build(3).state_dict()["body.0.weight"])
+
+
+def test_training_the_head_by_sgd_for_a_few_epochs_stays_further_from_the_optimum():
+    """What the issue measured: a short AdamW probe is not the converged fit (so the test above can fail)."""
+    backbone = TinyBackbone()
+    train_split, val_split = splits()
+    converged = train(backbone, CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0)
+    sgd = train(backbone, {**CONVERGED, "head_fit": "sgd", "lr": 1e-3}, train_split, val_split, ClassLabel(), 3,
+                device=CPU, seed=0)
+    assert sgd.best_state["head.weight"].abs().max() < 0.5 * converged.best_state["head.weight"].abs().max()
+    assert len(sgd.curve) == 3 and not sgd.head_fit
+
+
+def test_without_a_cut_or_a_cache_the_fit_runs_the_whole_network_once_and_reaches_the_same_head(tmp_path):
+    from autotl.cache import FeatureCache
+
+    train_split, val_split = splits()
+    cut = train(TinyBackbone(cut=True), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                cache=FeatureCache(64, 64, tmp_path))
+    whole = train(TinyBackbone(cut=False), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                  cache=FeatureCache(64, 64, tmp_path))
+    assert cut.cache == {"train": "computed", "val": "computed"}
+    assert whole.cache == {"skipped": "tiny-projection cannot be cut after 1 layer groups"}
+    assert torch.allclose(cut.best_state["head.weight"], whole.best_state["head.weight"], atol=1e-4)
+    assert cut.best_value == whole.best_value
+
+
+def test_a_head_followed_by_more_network_is_fitted_through_the_network():
+    class Scaled(_Net):
+        def forward(self, x):
+            return 2.0 * self.head(self.body(x))  # the outputs are not the head's: its input cannot stand for them
+
+    class ScaledBackbone(TinyBackbone):
+        def build(self, num_classes, pretrained=True):
+            return Scaled(num_classes)
+
+    train_split, val_split = splits()
+    plain = train(TinyBackbone(cut=False), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0)
+    scaled = train(ScaledBackbone(cut=False), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0)
+    assert scaled.head_fit["through"] == "network" and plain.head_fit["through"] == "head"
+    # the same optimum of the network's outputs: the weights halve, the penalty on them quarters (C = 1 either way)
+    assert scaled.head_fit["converged"]
+    assert scaled.best_value == pytest.approx(plain.best_value, abs=0.05)
+
+
+def test_the_head_input_is_refused_where_something_follows_the_head():
+    backbone = TinyBackbone()
+    model = backbone.build(3)
+    train_split, _ = splits()
+    captured = head_inputs(model, model.head, train_split, CPU, 64)
+    assert captured is not None and captured[0].shape == (len(train_split), 24)
+    assert head_inputs(nn.Sequential(model, nn.Tanh()), model.head, train_split, CPU, 64) is None
+    assert head_module(model, ["head"]) is model.head and head_module(model, ["body.0", "head"]) is None
+
+
+@pytest.mark.parametrize("target, labels", [
+    (Number(), lambda y: y.float() * 3.0 + 1.0),
+    (LabelSet(), lambda y: torch.stack([y == 0, y != 1], 1).float()),
+])
+def test_any_target_with_a_loss_gets_a_converged_head(target, labels):
+    train_split, val_split = splits()
+    train_split = TensorSplit(train_split.inputs, labels(train_split.labels), random_augmentation=False)
+    val_split = TensorSplit(val_split.inputs, labels(val_split.labels), random_augmentation=False)
+    width = 1 if isinstance(target, Number) else 2
+    converged = train(TinyBackbone(), CONVERGED, train_split, val_split, target, width, device=CPU, seed=0)
+    sgd = train(TinyBackbone(), {**CONVERGED, "head_fit": "sgd"}, train_split, val_split, target, width, device=CPU,
+                seed=0)
+    assert converged.head_fit["converged"]
+    assert target.best_epoch(converged.best_value, sgd.best_value, target.primary)  # better than 3 epochs of AdamW
+
+
+@pytest.mark.parametrize("params, message", [
+    ({**CONVERGED, "freeze": 0}, "head_fit: converged fits the head alone: freeze must be 1 for tiny-projection"),
+    ({**CONVERGED, "lora_rank": 4}, "lora_rank must be 0, not 4"),
+    ({**CONVERGED, "head_fit": "closed"}, "head_fit must be one of sgd, converged, not 'closed'"),
+    ({**CONVERGED, "head_fit_c": 0}, "head_fit_c must be a number, 1e-06 or more, not 0"),
+])
+def test_a_converged_head_with_settings_it_cannot_honour_is_a_usage_error(params, message):
+    train_split, val_split = splits()
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(TinyBackbone(), params, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0)
