@@ -185,3 +185,72 @@ def test_a_converged_head_with_settings_it_cannot_honour_is_a_usage_error(params
     train_split, val_split = splits()
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(TinyBackbone(), params, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0)
+
+
+# -- in a search --------------------------------------------------------------------------------------
+
+def test_a_new_search_runs_a_converged_head_trial_per_model_first_and_exports_it(tmp_path, tiny_backbone):
+    from click.testing import CliRunner
+    from tiny import TINY, make_image_folder, save_tiny_weights
+
+    from autotl.cli import cli as autotl_cli
+    from autotl.leaderboard import trial_rows
+    from autotl.records import TrialRecord
+    from autotl.runs import load_study, locate
+
+    folder = make_image_folder(tmp_path / "data", per_class=10)
+    weights = save_tiny_weights(tmp_path / "tiny.safetensors")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: image-classification\ndata: {val_fraction: 0.25}\n"
+                      "space:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  resolution: {choices: [24, 32]}\n"
+                      "  augment: {choices: [flip, none]}\n"
+                      "fixed: {epochs: 2, batch_size: 16, label_smoothing: 0.1}\n"
+                      "start_with:\n  - {model: " + TINY + ", freeze: 0, lr: 5.0e-3}\n"
+                      "converged_head: {C: 0.5}\npruner: {name: median}\n")
+    out = tmp_path / "run"
+
+    def cli(*args):
+        result = CliRunner().invoke(autotl_cli, [str(a) for a in args])
+        return result.exit_code, result.output
+
+    code, output = cli("search", "--task", "image-classification", folder, "--out", out, "--recipe", recipe,
+                       "--models", TINY, "--weights", f"{TINY}={weights}", "--trials", 2, "--seed", 0)
+    assert code == 0, output
+    assert "Queued first: a converged-head trial for each of 1 model(s)" in output
+    assert "converged head: " in output and "L-BFGS iterations on 24 items" in output
+    study = load_study(locate(str(out), None, None))
+    first, second = study.trials[:2]
+    params = TrialRecord.params(first)
+    assert params["head_fit"] == "converged" and params["head_fit_c"] == 0.5 and params["lora_rank"] == 0
+    assert params["freeze"] == len(tiny_backbone.layer_groups(tiny_backbone.build(3))) - 1  # all groups but the head
+    assert params["resolution"] == 32 and params["augment"] == "flip"  # the largest resolution, the first choice
+    assert first.params["head_fit"] == "converged" and first.intermediate_values == {}  # no epoch for the pruner
+    fit = TrialRecord.from_trial(first).converged_fit
+    assert fit["converged"] and fit["through"] == "head" and fit["C"] == 0.5
+    assert TrialRecord.from_trial(first).cache == {"train": "computed", "val": "computed"}
+    assert first.value == TrialRecord.from_trial(first).val_curve[0]
+    # then the recipe's start point, trained as always
+    assert TrialRecord.params(second)["freeze"] == 0 and "head_fit" not in TrialRecord.params(second)
+    assert "head_fit" not in second.params
+    rows = {r["number"]: r for r in trial_rows(study)}
+    code, output = cli("trials", out)
+    assert code == 0 and "probe (converged)" in output, output
+    # the converged trial's weights are a plain network: exported and checked by the round trip like any trial's
+    code, output = cli("export", out, "--out", tmp_path / "bundle", "--trial", 0)
+    assert code == 0, output
+    config = __import__("json").loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["trial"]["number"] == 0 and config["trial"]["params"]["head_fit"] == "converged"
+    assert rows[0]["weights"]
+
+
+def test_the_recipe_switch_turns_the_queued_trials_off_and_checks_c(tmp_path):
+    from autotl.errors import UsageError
+    from autotl.recipes import parse_recipe
+
+    base = {"task": "image-classification", "space": {"lr": {"low": 1e-3, "high": 1e-2}}}
+    assert parse_recipe(base, "r").converged_head == {"enabled": True, "C": 1.0}
+    assert parse_recipe({**base, "converged_head": {"enabled": False}}, "r").converged_head["enabled"] is False
+    with pytest.raises(UsageError, match=r"recipe r: converged_head.C: must be a number, 1e-06 or more, not 0"):
+        parse_recipe({**base, "converged_head": {"C": 0}}, "r")
+    with pytest.raises(UsageError, match=r"converged_head.c: unknown key; known keys are enabled, C"):
+        parse_recipe({**base, "converged_head": {"c": 1}}, "r")
