@@ -151,7 +151,8 @@ CORE: dict[str, Param] = {p.name: p for p in (
           "frozen features; the search queues one such trial per model, recipe section converged_head)",
           default="sgd", choices=HEAD_FITS),
     Param("head_fit_c", "float", "inverse strength of the L2 penalty on the head's weights in a converged head "
-          "fit (scikit-learn's C): the fit minimises the mean loss + |W|^2 / (2 C n)", default=1.0, low=1e-6),
+          "fit (scikit-learn's C): the fit minimises the mean loss plus the squared weights' sum over 2 C n (n training "
+          "items)", default=1.0, low=1e-6),
 )}
 
 

@@ -157,7 +157,7 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
 
     The frozen part runs once over the training split's un-augmented inputs (through the frozen-prefix cache
     where it serves: the prefix outputs a linear probe's trials share); the head is fitted on what it receives
-    there, minimising the target's own loss (its parameters at their defaults: no label smoothing, say) plus
+    there, minimising the target's own loss (the parameters the target declares at their defaults) plus
     the L2 penalty of ``head_fit_c``; then the network is validated and kept like any trial's best epoch. The
     learning rate, epochs, batch size, weight averaging and augmentation of ``params`` do not apply.
     """
