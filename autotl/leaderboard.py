@@ -249,11 +249,12 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
 
 
 def _param_cell(params: dict[str, Any], key: str) -> str:
-    """A setting's cell; a converged-head trial (``head_fit: converged``) shows its freeze depth as ``probe
-    (converged)`` and no learning rate, epochs or batch size, which its fit does not use."""
+    """A setting's cell; a converged-head trial (``head_fit: converged``) shows its freeze depth as
+    ``converged`` (short: the table keeps its width) and no learning rate, epochs or batch size, which its fit does
+    not use."""
     if params.get("head_fit") == "converged":
         if key == "freeze":
-            return "probe (converged)"
+            return "converged"
         if key in ("lr", "epochs", "batch_size"):
             return "-"
     return format_value(params.get(key))
