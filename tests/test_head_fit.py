@@ -256,3 +256,75 @@ def test_the_recipe_switch_turns_the_queued_trials_off_and_checks_c(tmp_path):
         parse_recipe({**base, "converged_head": {"C": 0}}, "r")
     with pytest.raises(UsageError, match=r"converged_head.c: unknown key; known keys are enabled, C"):
         parse_recipe({**base, "converged_head": {"c": 1}}, "r")
+
+
+# -- the search space ---------------------------------------------------------------------------------
+
+def _recipe(**sections):
+    from autotl.recipes import parse_recipe
+
+    raw = {"task": "image-classification", "space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True},
+                                                     "lora_rank": {"choices": [0, 4]},
+                                                     "resolution": {"choices": [96, 128]},
+                                                     "augment": {"choices": ["none", "flip+shift"]},
+                                                     "label_smoothing": {"low": 0.0, "high": 0.2}},
+           "fixed": {"epochs": 3}}
+    raw.update(sections)
+    return parse_recipe(raw, "r")
+
+
+def test_queued_converged_points_take_the_richest_features_and_the_sampler_never_draws_head_fit():
+    import optuna
+
+    from autotl.space import converged_points, suggest
+
+    recipe = _recipe(converged_head={"C": 2.0})
+    counts = {"a": 5, "b": 3}
+    points = converged_points(recipe, ["b", "a"], counts, loss_parameters={"label_smoothing"})
+    assert points == [
+        {"model": "b", "head_fit": "converged", "head_fit_c": 2.0, "freeze": 2, "resolution": 128, "augment": "none"},
+        {"model": "a", "head_fit": "converged", "head_fit_c": 2.0, "freeze": 4, "resolution": 128, "augment": "none"}]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in points:
+        study.enqueue_trial(point)
+    seen = []
+    for _ in range(8):
+        trial = study.ask()
+        params = suggest(trial, recipe, counts)
+        seen.append(params)
+        study.tell(trial, 0.5)
+    assert [p.get("head_fit") for p in seen[:2]] == ["converged", "converged"]
+    assert seen[0]["freeze"] == 2 and seen[0]["lora_rank"] == 0 and seen[0]["head_fit_c"] == 2.0
+    assert study.trials[0].params["head_fit"] == "converged" and study.trials[0].params["freeze"] == 2
+    assert all("head_fit" not in p and "head_fit_c" not in p for p in seen[2:])  # never sampled
+    assert all("head_fit" not in t.params for t in study.trials[2:])
+    # a retry of a queued trial (autotl/runs.py: queue_retry keeps its system attributes) is converged again
+    from autotl.runs import queue_retry
+
+    queue_retry(study, study.trials[1])
+    retry = study.ask()
+    assert suggest(retry, recipe, counts)["head_fit"] == "converged"
+
+
+def test_a_recipe_may_fix_or_search_head_fit_and_a_bounded_freeze_range_still_gets_its_converged_trial():
+    import optuna
+
+    from autotl.space import converged_points, suggest
+
+    counts = {"a": 5}
+    fixed = _recipe(fixed={"epochs": 3, "head_fit": "converged", "freeze": 1, "lora_rank": 4})
+    study = optuna.create_study()
+    for _ in range(3):
+        params = suggest(study.ask(), fixed, counts)
+        assert params["head_fit"] == "converged" and params["freeze"] == 4 and params["lora_rank"] == 0
+    searched = _recipe(space={"lr": {"low": 1e-3, "high": 1e-2}, "head_fit": {"choices": ["sgd", "converged"]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    drawn = {suggest(study.ask(), searched, counts)["head_fit"] for _ in range(12)}
+    assert drawn == {"sgd", "converged"}
+    bounded = _recipe(space={"lr": {"low": 1e-3, "high": 1e-2}, "freeze": {"low": 0, "high": 2}})
+    point = converged_points(bounded, ["a"], counts)[0]
+    assert "freeze" not in point  # outside the sampled range: not suggested, but the trial is still the head alone
+    study = optuna.create_study()
+    study.enqueue_trial(point)
+    trial = study.ask()
+    assert suggest(trial, bounded, counts)["freeze"] == 4 and "freeze" not in trial.params
