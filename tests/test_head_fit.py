@@ -243,6 +243,18 @@ def test_a_new_search_runs_a_converged_head_trial_per_model_first_and_exports_it
     config = __import__("json").loads((tmp_path / "bundle" / "config.json").read_text())
     assert config["trial"]["number"] == 0 and config["trial"]["params"]["head_fit"] == "converged"
     assert rows[0]["weights"]
+    # --refit fits the head to convergence again, on train and val together: only the head moves
+    code, output = cli("export", out, "--out", tmp_path / "refit", "--trial", 0, "--refit")
+    assert code == 0, output
+    assert "the head fitted to convergence again, C 0.5" in output
+    refit = __import__("json").loads((tmp_path / "refit" / "config.json").read_text())["refit"]
+    assert refit["note"].startswith("the head fitted to convergence again") and refit["samples"] == 30
+    from autotl.files import load_weights
+
+    saved, again = load_weights(out / rows[0]["weights"]), load_weights(tmp_path / "refit" / "model.safetensors")
+    assert saved.keys() == again.keys()
+    moved = {k for k in saved if not torch.equal(saved[k], again[k])}
+    assert moved and all(k.startswith("classifier.") for k in moved), moved
 
 
 def test_the_recipe_switch_turns_the_queued_trials_off_and_checks_c(tmp_path):
