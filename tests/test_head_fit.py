@@ -340,3 +340,36 @@ def test_a_recipe_may_fix_or_search_head_fit_and_a_bounded_freeze_range_still_ge
     study.enqueue_trial(point)
     trial = study.ask()
     assert suggest(trial, bounded, counts)["freeze"] == 4 and "freeze" not in trial.params
+
+
+def test_a_tag_per_word_gets_a_converged_head_from_one_pass_of_the_frozen_network(tmp_path):
+    """Per-position targets: the tiny BERT tagger cannot be cut before its head (the cache says why), so the
+    frozen network runs once, the head's input (hidden states per position) is captured, and the head fitted."""
+    import tinybert
+    from test_tokens import TASK, make_conll
+
+    from autotl.cache import FeatureCache
+    from autotl.inference import predict_outputs
+    from autotl.plugins import target_of
+    from autotl_transformers import TransformersFamily
+
+    model = str(tinybert.save_tiny_bert(tmp_path / "m"))
+    backbone = TransformersFamily().get(model)
+    data = TASK.load(make_conll(tmp_path / "data", sentences=(("train", 200), ("test", 20))), seed=0,
+                     val_fraction=0.2, options={})
+    target = target_of(TASK, data.label_names)
+    last = len(backbone.layer_groups(backbone.build_per_position(3))) - 1
+    params = {"model": model, "freeze": last, "lora_rank": 0, "lr": 3e-3, "epochs": 5, "batch_size": 16}
+    prepared = TASK.prepare(data, backbone, params)
+    width = target.width(data.label_names)
+    cache = FeatureCache(256, 0, tmp_path / "cache")
+    converged = train(backbone, {**params, "head_fit": "converged"}, prepared.train, prepared.val, target, width,
+                      device=CPU, seed=0, cache=cache)
+    sgd = train(backbone, params, prepared.train, prepared.val, target, width, device=CPU, seed=0, cache=cache)
+    assert converged.head_fit["converged"] and converged.head_fit["through"] == "head"
+    assert "cannot be cut" in converged.cache["skipped"]
+    assert converged.best_value > sgd.best_value
+    network = converged.adapted.model
+    network.load_state_dict(converged.best_state)
+    outputs = predict_outputs(network, prepared.val, CPU)
+    assert target.score(outputs, prepared.val.labels, converged.calibration)[target.primary] == converged.best_value
