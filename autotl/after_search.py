@@ -83,6 +83,8 @@ def scratch_baseline(study: optuna.Study, task: Task, target: Target, metric: st
     if best is None:
         return None
     params = dict(TrialRecord.params(best), freeze=0, lora_rank=0)
+    params.pop("head_fit", None)  # the training loop, everything trained, whatever the best trial's head fit was
+    params.pop("head_fit_c", None)
     backbone = zoo[params["model"]]
     reporter.message(f"From-scratch comparison: {params['model']} with random weights, "
                      f"{params['epochs']} epochs, lr {params['lr']:.2g} ...")

@@ -35,6 +35,7 @@ from .resume import (adopted_options, adopted_recipe, check_metric, check_models
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
 from .selection import Selection, applies, needed_seconds, recorded_refit, refits, split_items, tie_break_metric
+from .space import converged_points
 from .training import configure_threads
 from .trial_loop import TrialLoop
 from .transfer import prerank_study, sampled_models
@@ -206,7 +207,23 @@ class Search:
         if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
             points = prerank_study(self.study, self.task, self.data, self.zoo, self.recipe, points, self.group_counts,
                                    self.device, seed=self.split_seed, say=self.reporter.message)
+        points = self._converged_points() + points
         begin_study(self.study, self._new_record(), before_description=lambda: _enqueue(self.study, points))
+
+    def _converged_points(self) -> list[dict[str, Any]]:
+        """One converged-head trial per model the pre-ranking kept, best-ranked first (the zoo's order without a
+        ranking), to run before the start points: a sound model within seconds per model (autotl/head_fit.py)."""
+        if not self.recipe.converged_head["enabled"]:
+            return []
+        kept = sampled_models(self.group_counts, self.study.user_attrs)
+        ranked = [row.get("model") for row in StudyRecord.from_attrs(self.study.user_attrs).transferability or []]
+        models = sorted(kept, key=lambda m: ranked.index(m) if m in ranked else len(ranked))
+        loss_parameters = {p.name for p in getattr(self.target, "parameters", ())}
+        points = converged_points(self.recipe, models, self.group_counts, loss_parameters)
+        self.reporter.message(f"Queued first: a converged-head trial for each of {len(points)} model(s) (the head "
+                              f"alone fitted to convergence on frozen features, C {self.recipe.converged_head['C']:g}; "
+                              "recipe section converged_head)")
+        return points
 
     def _check_resumed(self, record: StudyRecord) -> None:
         if record.fingerprint and record.fingerprint != self.data.fingerprint:

@@ -284,7 +284,7 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
     for r in order:
         p = r["params"]
         cells = ["★" if r["best"] else "", str(r["number"])]
-        cells += [escape(format_value(p.get(k))) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
+        cells += [escape(_param_cell(p, k)) for k, _ in PARAM_COLUMNS + tuple(extras)]  # text, not rich markup
         latency = r["latency"] or {}
         cells += [format_value(r["value"], 4)]
         if has_cv:
@@ -336,6 +336,18 @@ def render(study: optuna.Study, location: RunLocation, console: Console | None =
         test_s = f"{scratch[f'test_{metric}']:.4f}" if scratch.get(f"test_{metric}") is not None else "-"
         console.print(f"From scratch (same network and settings, random initial weights, all layers trained): "
                       f"val {metric} {scratch[f'val_{metric}']:.4f}, test {metric} {test_s}", highlight=False)
+
+
+def _param_cell(params: dict[str, Any], key: str) -> str:
+    """A setting's cell; a converged-head trial (``head_fit: converged``) shows its freeze depth as
+    ``converged`` (short: the table keeps its width) and no learning rate, epochs or batch size, which its fit does
+    not use."""
+    if params.get("head_fit") == "converged":
+        if key == "freeze":
+            return "converged"
+        if key in ("lr", "epochs", "batch_size"):
+            return "-"
+    return format_value(params.get(key))
 
 
 def _batched_size(rows: list[dict[str, Any]]) -> str:

@@ -82,7 +82,7 @@ class Objective:
         stats: dict[str, Any] = {}
         try:
             trial_data = self.task.prepare(self.data, backbone, params)
-            on_epoch = self._on_epoch(trial, int(params["epochs"]), curve)
+            on_epoch = self._on_epoch(trial, int(params["epochs"]), curve, params.get("head_fit") == "converged")
             result = train(backbone, params, trial_data.train, trial_data.val, self.target, self.width,
                            metric=self.metric, device=self.device, seed=self.seed + trial.number, on_epoch=on_epoch,
                            deadline=self.deadline, cache=self.cache,
@@ -102,11 +102,18 @@ class Objective:
             raise
         return result, trial_data.val
 
-    def _on_epoch(self, trial: optuna.Trial, epochs: int, curve: list[float]):
-        """What ``train`` calls after each epoch: report to the pruner, prune, or stop at the deadline."""
+    def _on_epoch(self, trial: optuna.Trial, epochs: int, curve: list[float], converged: bool = False):
+        """What ``train`` calls after each epoch: report to the pruner, prune, or stop at the deadline.
+
+        A converged head fit (``head_fit: converged``) is one step that no epoch of another trial compares
+        with: it is shown, never reported to the pruner.
+        """
 
         def on_epoch(epoch: int, loss: float, value: float) -> str | None:
             curve.append(value)
+            if converged:
+                self.reporter.epoch(trial.number, epoch, 1, loss, value)
+                return None
             trial.report(value, epoch + 1)  # the step: epochs done, Hyperband's resource
             self.reporter.epoch(trial.number, epoch, epochs, loss, value)
             if epoch + 1 < epochs and trial.should_prune():
@@ -128,6 +135,8 @@ class Objective:
                      epoch_seconds=[round(s, 2) for s in result.epoch_seconds], val_metrics=result.best_metrics,
                      calibration=result.calibration)
         _record_stats(trial, {"timing": result.timing, "cache": result.cache})
+        if result.head_fit:
+            record_trial(trial, converged_fit=result.head_fit)
         record_trial(trial, trainable_params=result.adapted.trainable_params, total_params=result.adapted.total_params)
         self._step = "merging the weights"
         state = result.merged_state(backbone)
@@ -140,8 +149,10 @@ class Objective:
             save_weights(path, state, weights_metadata(self.study_name, trial.number, params["model"]))
             record_trial(trial, weights=str(path.relative_to(self.out)))
         self._step = "reporting the result"
-        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_value, time.time() - started,
-                                     result.stopped)
+        fit = result.head_fit
+        note = result.stopped or (f"converged head: {fit['iterations']} L-BFGS iterations on {fit['items']} items"
+                                  if fit else "")
+        self.reporter.trial_finished(trial.number, "COMPLETE", result.best_value, time.time() - started, note)
 
     def _record_failure(self, trial: optuna.Trial, exc: Exception, started: float, during: str = "") -> None:
         """Record why the trial failed (its ``error`` attribute, which the leaderboard shows) and say so."""

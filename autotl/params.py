@@ -19,6 +19,9 @@ from .errors import UsageError
 
 #: the kinds of value a parameter takes.
 TYPES = ("int", "float", "categorical", "bool", "str")
+#: how a trial's head is trained (``head_fit``): ``sgd``, the training loop, or ``converged``, the head alone fitted
+#: to convergence on frozen features (autotl/head_fit.py).
+HEAD_FITS = ("sgd", "converged")
 
 
 class ParamError(ValueError):
@@ -143,6 +146,13 @@ CORE: dict[str, Param] = {p.name: p for p in (
           default=0.0, low=0, high=1, high_open=True, aliases=("ema",)),
     Param("precision", "categorical", "training forward pass: auto (bfloat16 autocast on a CUDA card that has "
           "it), fp32, or bf16 (CUDA only)", default="auto", choices=("auto", "fp32", "bf16")),
+    Param("head_fit", "categorical", "how the head trains: sgd (AdamW over the epochs, the other settings), or "
+          "converged (every group but the head frozen, the head fitted to convergence by full-batch L-BFGS on the "
+          "frozen features; the search queues one such trial per model, recipe section converged_head)",
+          default="sgd", choices=HEAD_FITS),
+    Param("head_fit_c", "float", "inverse strength of the L2 penalty on the head's weights in a converged head "
+          "fit (scikit-learn's C): the fit minimises the mean loss plus the squared weights' sum over 2 C n (n training "
+          "items)", default=1.0, low=1e-6),
 )}
 
 
@@ -207,6 +217,8 @@ class TrainingParams:
     head_init: str
     ema_decay: float
     precision: str
+    head_fit: str
+    head_fit_c: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainingParams":
@@ -229,5 +241,5 @@ class TrainingParams:
         return cls(**values)
 
 
-__all__ = ["CORE", "CORE_ONLY", "TYPES", "Param", "ParamError", "ParameterSet", "TrainingParams", "parameters_for",
+__all__ = ["CORE", "CORE_ONLY", "HEAD_FITS", "TYPES", "Param", "ParamError", "ParameterSet", "TrainingParams", "parameters_for",
            "to_number"]

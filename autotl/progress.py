@@ -96,7 +96,8 @@ class ConsoleReporter(Reporter):
         if self._trial is not None:
             self.progress.remove_task(self._trial)
         desc = escape(f"trial {number}: {_describe(params)}")
-        self._trial = self.progress.add_task(desc, total=int(params.get("epochs", 1)))
+        epochs = 1 if params.get("head_fit") == "converged" else int(params.get("epochs", 1))
+        self._trial = self.progress.add_task(desc, total=epochs)
 
     def ranking(self, metric, direction) -> None:
         self.sign = -1.0 if direction == "minimize" else 1.0
@@ -151,8 +152,12 @@ def quiet_libraries() -> None:
 
 
 def _describe(params: dict[str, Any]) -> str:
-    parts = [str(params.get("model")), f"freeze {params.get('freeze')}", f"lora {params.get('lora_rank')}",
-             f"lr {params.get('lr', 0):.2g}"]
+    if params.get("head_fit") == "converged":
+        parts = [str(params.get("model")), f"converged head (freeze {params.get('freeze')}, C "
+                                           f"{float(params.get('head_fit_c', 1.0)):g})"]
+    else:
+        parts = [str(params.get("model")), f"freeze {params.get('freeze')}", f"lora {params.get('lora_rank')}",
+                 f"lr {params.get('lr', 0):.2g}"]
     for key in ("resolution", "max_length"):
         if key in params:
             parts.append(f"{key} {params[key]}")

@@ -22,7 +22,7 @@ from .params import CORE, CORE_ONLY, Param, ParamError, ParameterSet, to_number
 #: adds those of its own parameters (:func:`defaults_for`).
 DEFAULTS = {name: CORE[name].default for name in ("epochs", "batch_size", "weight_decay", "warmup_epochs")}
 _TOP_KEYS = {"task", "description", "metric", "models", "data", "space", "fixed", "start_with", "sampler", "pruner",
-             "prerank", "cache", "selection"}
+             "prerank", "cache", "selection", "converged_head"}
 #: the share of the training data held out for validation where the recipe's ``data`` names none.
 VAL_FRACTION = 0.2
 #: the ``prerank`` section's defaults (autotl/transfer.py; docs/recipes.md describes them).
@@ -34,6 +34,9 @@ CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": No
 SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "reserve": 0.25, "refit": "auto",
                       "tie_break": "auto"}
 REFIT_CHOICES = ("auto", "always", "never")
+#: the ``converged_head`` section's defaults: a new study queues one converged-head trial per model first
+#: (autotl/head_fit.py, autotl/controller.py; docs/recipes.md). ``C``: the inverse strength of its L2 penalty.
+CONVERGED_HEAD_DEFAULTS = {"enabled": True, "C": 1.0}
 #: the ``sampler`` and ``pruner`` names a recipe may give, and the Optuna classes they make (autotl/samplers.py).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
@@ -92,6 +95,7 @@ class Recipe:
     prerank: dict[str, Any] = field(default_factory=lambda: dict(PRERANK_DEFAULTS))
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     selection: dict[str, Any] = field(default_factory=lambda: dict(SELECTION_DEFAULTS))
+    converged_head: dict[str, Any] = field(default_factory=lambda: dict(CONVERGED_HEAD_DEFAULTS))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -142,7 +146,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         fail(", ".join(sorted(unknown)), f"unknown key; known keys are {', '.join(sorted(_TOP_KEYS))}")
     if not isinstance(raw.get("task"), str):
         fail("task", "missing; name the task: `task: NAME`, one of those `autotl plugins` lists")
-    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache", "selection"):
+    for key in ("data", "space", "fixed", "sampler", "pruner", "prerank", "cache", "selection", "converged_head"):
         if not isinstance(raw.get(key) or {}, dict):
             fail(key, "must be a mapping")
     if raw.get("metric") is not None and not isinstance(raw["metric"], str):
@@ -178,6 +182,7 @@ def parse_recipe(raw: Any, source: str, parameters: ParameterSet = CORE_ONLY) ->
         prerank=_prerank(raw.get("prerank") or {}, fail),
         cache=_cache(raw.get("cache") or {}, fail),
         selection=_selection(raw.get("selection") or {}, fail),
+        converged_head=_converged_head(raw.get("converged_head") or {}, fail),
         raw=raw,
     )
 
@@ -259,6 +264,16 @@ def _selection(spec: dict, fail) -> dict[str, Any]:
     tie = settings["tie_break"]
     if tie is not None and not isinstance(tie, str):
         fail("selection.tie_break", f"must be auto, the name of one of the task's metrics, or null, not {tie!r}")
+    return settings
+
+
+def _converged_head(spec: dict, fail) -> dict[str, Any]:
+    settings = _switched_section("converged_head", spec, CONVERGED_HEAD_DEFAULTS, fail)
+    try:  # what the queued trials' head_fit_c takes
+        settings["C"] = CORE["head_fit_c"].check(settings["C"])
+    except ParamError as exc:
+        fail("converged_head.C", f"{exc} (the inverse strength of the L2 penalty on the head's weights; 1.0 by "
+                                 "default)")
     return settings
 
 

@@ -312,6 +312,8 @@ class TrialRecord:
     epoch_seconds: list[float] | None = None
     timing: dict[str, float] | None = None  # seconds: step, eval, data, prefix, setup
     cache: dict[str, Any] | None = None  # how the frozen-prefix cache served it
+    #: how its converged head fit went (``head_fit: converged``): iterations, objective, gradient, converged, C...
+    converged_fit: dict[str, Any] | None = None
     trainable_params: int | None = None
     total_params: int | None = None
     inference_params: int | None = None  # the deployed network's (LoRA merged)

@@ -208,8 +208,10 @@ def refit(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, 
     params = TrialRecord.params(trial)
     epochs = trained_epochs(trial)
     splits = task.prepare_refit(data, backbone, params)
-    say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {epochs} "
-        f"epoch(s), the trial's best epoch) ...")
+    converged = params.get("head_fit") == "converged"  # a converged head fit has no epochs: fitted again
+    how = (f"the head fitted to convergence again, C {float(params.get('head_fit_c', 1.0)):g}" if converged
+           else f"{epochs} epoch(s), the trial's best epoch")
+    say(f"Refitting trial {trial.number}'s configuration on train+val ({len(splits.train)} samples, {how}) ...")
     started = time.time()
     seed = split_seed + trial.number
     model, calibration, _ = fit_last_epoch(backbone, dict(params, epochs=epochs), splits.train, splits.val, target,
@@ -217,8 +219,10 @@ def refit(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, 
     state = {k: v.detach().cpu().clone().contiguous() for k, v in merged(model).state_dict().items()}
     info = {"on": "train+val", "samples": len(splits.train), "epochs": epochs, "seed": seed,
             "duration_s": round(time.time() - started, 1),
-            "note": "trained again on the training and validation splits together, for the trial's best number of "
-                    "epochs, keeping the last epoch; no held-out split remains to validate it"}
+            "note": ("the head fitted to convergence again on the training and validation splits together"
+                     if converged else "trained again on the training and validation splits together, for the "
+                     "trial's best number of epochs, keeping the last epoch") + "; no held-out split remains to "
+                    "validate it"}
     return Refit(state, calibration, info)
 
 

@@ -20,6 +20,7 @@ from .adapt import Adapted, adapt, merged
 from .base import Backbone, Inputs, Target, TensorSplit
 from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
+from .head_fit import fit as fit_head, head_inputs, head_module
 from .inference import forward, predict_outputs, to_device
 from .network import built
 from .params import TrainingParams
@@ -50,6 +51,10 @@ class TrainResult:
     #: the last epoch's weights of the network validated (its moving average where there is one), on the CPU:
     #: what a training that no held-out split chose an epoch for keeps (autotl/selection.py)
     last_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    #: how a converged head fit went (``head_fit: converged``, autotl/head_fit.py): iterations, objective,
+    #: gradient, converged, C, items, seconds, and ``through`` (``head``: on its captured input, or ``network``);
+    #: empty for the training loop
+    head_fit: dict[str, Any] = field(default_factory=dict)
 
     def merged_state(self, backbone: Backbone, *, last: bool = False) -> dict[str, torch.Tensor]:
         """The best epoch's weights (with ``last``: the last epoch's) as a plain network's state dict (LoRA merged)."""
@@ -104,12 +109,18 @@ def train(
     On CUDA the training forward pass runs in bfloat16 autocast where the card supports it
     (``precision: fp32`` in the recipe's ``fixed`` section turns it off); validation stays float32,
     so the score recorded is what the exported float32 network gives.
+
+    ``head_fit: converged`` in ``params`` fits the head alone to convergence instead (:func:`_converged`,
+    autotl/head_fit.py): the result is one "epoch", the fit, validated and kept like any other.
     """
     setup_started = time.perf_counter()
     seed_everything(seed)
     settings = TrainingParams.from_params(params)
     metric = metric or target.primary
     fitted = dict(target.fit(train_split.labels) if calibration is None else calibration)
+    if settings.head_fit == "converged":
+        return _converged(backbone, params, settings, train_split, val_split, target, width, metric, device,
+                          pretrained, on_epoch, cache, cache_context, stats, fitted, setup_started)
     adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device,
                        target.initial_bias(fitted))
     model = adapted.model
@@ -142,19 +153,79 @@ def train(
     return result
 
 
+def _converged(backbone: Backbone, params: Mapping[str, Any], settings: TrainingParams, train_split: TensorSplit,
+               val_split: TensorSplit, target: Target, width: int, metric: str, device: torch.device, pretrained: bool,
+               on_epoch: Callable[[int, float, float], str | None] | None, cache: FeatureCache | None,
+               cache_context: Mapping[str, Any] | None, stats: dict[str, Any] | None, fitted: dict[str, Any],
+               setup_started: float) -> TrainResult:
+    """``head_fit: converged``: every group but the head frozen, the head fitted to convergence (autotl/head_fit.py).
+
+    The frozen part runs once over the training split's un-augmented inputs (through the frozen-prefix cache
+    where it serves: the prefix outputs a linear probe's trials share); the head is fitted on what it receives
+    there, minimising the target's own loss (the parameters the target declares at their defaults) plus
+    the L2 penalty of ``head_fit_c``; then the network is validated and kept like any trial's best epoch. The
+    learning rate, epochs, batch size, weight averaging and augmentation of ``params`` do not apply.
+    """
+    if settings.lora_rank:
+        raise UsageError(f"head_fit: converged fits the head alone: lora_rank must be 0, not {settings.lora_rank}")
+    adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device, target.initial_bias(fitted))
+    if settings.freeze != adapted.n_groups - 1:
+        raise UsageError(f"head_fit: converged fits the head alone: freeze must be {adapted.n_groups - 1} for "
+                         f"{backbone.name} (its layer groups but the head), not {settings.freeze}")
+    model = adapted.model
+    model.eval()  # nothing runs in training mode: the head's input is the frozen network's, as validation sees it
+    timing = {"setup": time.perf_counter() - setup_started, "prefix": 0.0, "data": 0.0, "step": 0.0, "eval": 0.0}
+    runs, _, fit_split, val_split, cache_info = _through_cache(backbone, model, model, settings, train_split,
+                                                               val_split, device, cache, cache_context, timing,
+                                                               unaugmented=True)
+    if stats is not None:
+        stats.update(timing=timing, cache=cache_info)
+    loss_params = {**params, **{p.name: p.default for p in getattr(target, "parameters", ()) if p.default is not None}}
+
+    def loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return target.loss(outputs.float(), labels, fitted, loss_params)
+
+    batch_size = max(settings.batch_size, 64)
+    head = head_module(model, backbone.layer_groups(model)[-1])
+    started = time.perf_counter()
+    captured = None if head is None else head_inputs(runs, head, fit_split, device, batch_size)
+    timing["prefix"] += time.perf_counter() - started
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    if captured is not None:
+        info = fit_head(head, [captured], trainable, loss, settings.head_fit_c, len(captured[1]))
+        info.update(through="head", features=list(captured[0].shape[1:]))
+    else:  # the network's unfrozen part on every step, batch by batch
+        batches = [(to_device(inputs, device), labels.to(device)) for inputs, labels in fit_split.batches(batch_size)]
+        info = fit_head(lambda inputs: forward(runs, inputs), batches, trainable, loss, settings.head_fit_c,
+                        len(fit_split))
+        info.update(through="network")
+    timing["step"] += time.perf_counter() - started
+    metrics, tuned = _evaluate(runs, val_split, target, fitted, device, timing)
+    progress = _Progress(model, target, metric, calibration=dict(fitted))
+    progress.keep(0, metrics, tuned, time.perf_counter() - setup_started)
+    if on_epoch is not None:
+        on_epoch(0, info["loss"], metrics[metric])  # one "epoch": the fit (a reason to stop changes nothing)
+    result = progress.result(adapted, timing, cache_info)
+    result.head_fit = info
+    result.last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # the fit: its only "epoch"
+    return result
+
+
 def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, settings: TrainingParams,
                    train_split: TensorSplit, val_split: TensorSplit, device: torch.device, cache: FeatureCache | None,
-                   context: Mapping[str, Any] | None, timing: dict[str, float]):
+                   context: Mapping[str, Any] | None, timing: dict[str, float], unaugmented: bool = False):
     """What the batches go through, the splits they come from, and how the cache served them.
 
     Without a cache or a frozen prefix: the network (and its averaged copy) on the splits given, ``{}``.
     Otherwise the network's rest on the cached prefix outputs (``timing["prefix"]``: the seconds they took),
-    or, where the prefix cannot be cached, the whole network and ``{"skipped": why}``.
+    or, where the prefix cannot be cached, the whole network and ``{"skipped": why}``. ``unaugmented``: the
+    caller reads the training split without augmentation (a converged head fit), so an augmenting one is cached too.
     """
     if cache is None or settings.freeze == 0:
         return model, evaluated, train_split, val_split, {}
     plan = _cached_prefix(backbone, model, evaluated, settings.freeze, train_split, val_split, device, cache,
-                          dict(context or {}), settings.batch_size)
+                          dict(context or {}), settings.batch_size, unaugmented)
     if isinstance(plan, str):
         return model, evaluated, train_split, val_split, {"skipped": plan}
     (runs, run_evaluated), train_split, val_split, cache_info, timing["prefix"] = plan
@@ -323,9 +394,13 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, freeze: int, train_split: TensorSplit,
                    val_split: TensorSplit, device: torch.device, cache: FeatureCache, context: dict[str, Any],
-                   batch_size: int):
-    """Cut the network after its frozen groups and serve their outputs from ``cache``; or why not (a str)."""
-    if train_split.random_augmentation:
+                   batch_size: int, unaugmented: bool = False):
+    """Cut the network after its frozen groups and serve their outputs from ``cache``; or why not (a str).
+
+    The outputs are always those of the un-augmented inputs; a randomly augmented training split is refused
+    unless the caller reads it ``unaugmented`` too.
+    """
+    if train_split.random_augmentation and not unaugmented:
         return "training inputs are randomly augmented (augment: none caches them)"
     cut = backbone.split(unwrapped(model), freeze)
     if cut is None:

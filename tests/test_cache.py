@@ -313,7 +313,8 @@ def test_a_search_records_how_the_cache_served_each_trial_and_no_cache_turns_it_
     recipe.write_text(
         "task: image-classification\ndata: {val_fraction: 0.25}\nspace:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
         "fixed: {resolution: 32, epochs: 2, batch_size: 8, augment: none, freeze: 3, lora_rank: 0}\n"
-        f"pruner: {{name: none}}\ncache: {{dir: {json.dumps(str(tmp_path / 'cache'))}}}\n")
+        f"pruner: {{name: none}}\ncache: {{dir: {json.dumps(str(tmp_path / 'cache'))}}}\n"
+        "converged_head: {enabled: false}\n")  # its trials alone: a converged-head trial has a freeze depth of its own
 
     def search(out, *extra):
         result = CliRunner().invoke(cli, ["search", "--task", "image-classification", str(tiny_folder), "--out",
@@ -336,7 +337,7 @@ def cached_search(tmp_path, tiny_folder, tiny_weights, cache: str, trials: int =
     recipe.write_text(
         "task: image-classification\ndata: {val_fraction: 0.25}\nspace:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
         "fixed: {resolution: 32, epochs: 1, batch_size: 8, augment: none, freeze: 3, lora_rank: 0}\n"
-        f"pruner: {{name: none}}\ncache: {cache}\n")
+        f"pruner: {{name: none}}\ncache: {cache}\nconverged_head: {{enabled: false}}\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["search", "--task", "image-classification", str(tiny_folder), "--out", str(out),
                                       "--recipe", str(recipe), "--models", TINY, "--weights", f"{TINY}={tiny_weights}",

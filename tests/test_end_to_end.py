@@ -26,14 +26,17 @@ def autotl(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_search_on_real_pretrained_weights_beats_training_from_scratch(tmp_path):
     out = tmp_path / "run"
     result = autotl("search", "--task", "image-classification", DEMO, "--out", out, "--recipe",
-                    DATA / "e2e-image.yaml", "--models", "mobilenetv2_100", "--trials", 2, "--scratch-baseline")
+                    DATA / "e2e-image.yaml", "--models", "mobilenetv2_100", "--trials", 3, "--scratch-baseline")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "leaderboard" in result.stdout and "From scratch" in result.stdout
 
     trials = json.loads(autotl("trials", out, "--json").stdout)
-    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert [t["params"]["freeze"] for t in trials] == [8, 5]  # the recipe's starting points, in order
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE"]
+    # first the converged-head trial (the head alone fitted to convergence), then the recipe's starting points
+    assert trials[0]["params"]["head_fit"] == "converged" and trials[0]["params"]["freeze"] == 8  # all but the head
+    assert [t["params"]["freeze"] for t in trials[1:]] == [8, 5]
+    assert trials[0]["value"] >= 0.5
 
     best = json.loads(autotl("best", out, "--json").stdout)
     assert best["val_accuracy"] >= 0.5  # ten classes: chance is 0.1

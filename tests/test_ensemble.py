@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
-import optuna
 import pytest
 import torch
 from click.testing import CliRunner
@@ -20,15 +17,15 @@ from autotl.bundle_config import CONFIG, BundleConfig
 from autotl.cli import cli
 from autotl.controller import Search, SearchOptions
 from autotl.ensemble import (average_states, describe, ensemble_record, greedy_selection, greedy_soup,
-                             same_architecture, score_combined)
-from autotl.errors import BundleError, RunError, UsageError
+                             same_architecture)
+from autotl.errors import BundleError
 from autotl.export import ExportOptions, export_bundle
 from autotl.leaderboard import choose_trial
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.records import StudyRecord, record_ensemble
 from autotl.runs import locate
-from autotl_tasks.targets import IGNORE, ClassLabel, LabelSet, Number, TagSequence
+from autotl_tasks.targets import ClassLabel, LabelSet, Number, TagSequence
 
 from test_export import write_recipe
 

@@ -46,6 +46,7 @@ def write_recipe(path: Path) -> Path:
         "sampler": {"name": "random"},
         "pruner": {"name": "none"},
         "selection": {"cv_below": 0},  # the trials' own weights are exported here; tests/test_selection.py: the refit
+        "converged_head": {"enabled": False},  # the trials in this order (tests/test_head_fit.py exports that one)
     }))
     return path
 

@@ -165,6 +165,7 @@ def test_tied_trials_every_reader_picks_the_lower_trial_number(tiny_folder, tiny
     raw = yaml.safe_load(Path(RECIPE).read_text())
     raw["space"] = {}
     raw["fixed"].update({"freeze": 0, "lora_rank": 0, "lr": 0.005})
+    raw["converged_head"] = {"enabled": False}  # the one point, twice
     recipe = tmp_path / "one-point.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     real_train = autotl.objective.train

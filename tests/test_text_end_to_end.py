@@ -127,14 +127,15 @@ def autotl(*args) -> subprocess.CompletedProcess:
 def test_search_on_real_minilm_weights_learns_spam_from_200_emails(tmp_path):
     out = tmp_path / "run"
     result = autotl("search", "--task", "text-classification", FIXTURE, "--recipe", DATA / "e2e-text.yaml",
-                    "--trials", 2, "--out", out)
+                    "--trials", 3, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "leaderboard" in result.stdout
 
     trials = json.loads(autotl("trials", out, "--json").stdout)
-    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert [(t["params"]["freeze"], t["params"].get("lora_rank", 0)) for t in trials] == [(0, 0), (4, 8)]
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE"]
+    assert trials[0]["params"]["head_fit"] == "converged"  # first the converged-head trial, then the start points
+    assert [(t["params"]["freeze"], t["params"].get("lora_rank", 0)) for t in trials[1:]] == [(0, 0), (4, 8)]
 
     best = json.loads(autotl("best", out, "--json").stdout)
     majority = 64 / 100  # ham in the test split

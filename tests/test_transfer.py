@@ -289,7 +289,12 @@ def test_a_new_search_ranks_its_models_stores_the_ranking_and_starts_with_the_be
     assert "Pre-ranking 2 source models" in text and "LogME" in text and "mean rank" in text
     assert all(f"{m}:" in text for m in weights)  # a progress line per model
 
-    waiting = [t.system_attrs["fixed_params"] for t in search.study.get_trials(states=(optuna_waiting(),))]
+    queued = [t.system_attrs["fixed_params"] for t in search.study.get_trials(states=(optuna_waiting(),))]
+    # first a converged-head trial per model, best-ranked first (autotl/head_fit.py), then the start points
+    assert [p["model"] for p in queued[:2]] == [r["model"] for r in ranking]
+    assert all(p["head_fit"] == "converged" for p in queued[:2])
+    waiting = queued[2:]
+    assert not any("head_fit" in p for p in waiting)
     assert waiting[0]["model"] == ranking[0]["model"]  # the best-ranked model's start point first
     assert [p["model"] for p in waiting].count(TINY) == 1  # the recipe's own point, once
     expected = [ranking[0]["model"]] if ranking[0]["model"] == TINY else [TINY2, TINY]  # TINY2 first: seeded
@@ -346,7 +351,8 @@ def test_no_prerank_skips_the_ranking(tmp_path, two_models):
     assert "Pre-ranking" not in result.output
     search = open_search(folder, tmp_path / "run", weights, recipe)  # resumes: does not rank either
     assert TRANSFERABILITY_ATTR not in search.study.user_attrs
-    assert search.study.trials[0].params["model"] == TINY  # the recipe's start point, as given
+    assert search.study.trials[0].params["model"] == TINY  # its converged-head trial: the models in the order given
+    assert search.study.trials[0].params["head_fit"] == "converged"
 
 
 def test_the_recipe_switch_and_a_single_model_skip_the_ranking(tmp_path, two_models):
