@@ -17,14 +17,14 @@ import torch
 from optuna.trial import FrozenTrial
 
 from .base import Backbone, LoadedData, Target, Task, TensorSplit
-from .ensemble import DEFAULT_ROUNDS, Candidate, describe, ensemble_record, soup_record
+from .ensemble import DEFAULT_ROUNDS, Candidate, describe, ensemble_record, greedy_selection, soup_record
 from .files import load_weights
 from .inference import predict_outputs
 from .leaderboard import best_trial, direction_sign, rank_key
 from .network import trained_network
 from .progress import Reporter
 from .records import StudyRecord, TrialRecord, record_ensemble, record_scratch, record_test_score
-from .selection import recorded_refit
+from .selection import OutOfFold, recorded_refit
 from .training import train
 
 
@@ -107,25 +107,48 @@ def scratch_baseline(study: optuna.Study, task: Task, target: Target, metric: st
 def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metric: str, data: LoadedData,
                           zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None],
                           device: torch.device, reporter: Reporter, keep_top: int | None = None,
-                          rounds: int = DEFAULT_ROUNDS, select_by: str | None = None) -> dict[str, Any] | None:
-    """Select an ensemble of the kept trials (the top ``keep_top`` by validation) on their validation outputs, score it
-    on the test split, record it on the study (``ensemble``) and say how it compares with the best single trial.
+                          rounds: int = DEFAULT_ROUNDS, select_by: str | None = None,
+                          out_of_fold: Mapping[int, OutOfFold] | None = None) -> dict[str, Any] | None:
+    """Select an ensemble of the kept trials (the top ``keep_top`` by validation), score it on the test split, record
+    it on the study (``ensemble``) and say how it compares with the best single trial.
 
-    ``select_by``: the metric of the target greedy selection climbs, in its own direction [default: ``metric``].
-    ``None`` with fewer than two trials whose outputs can be combined (:func:`ensemble_candidates`).
+    Where the selection on small data cross-validated two or more of them (``out_of_fold``: their out-of-fold outputs,
+    :func:`autotl.selection.out_of_fold`), the members and weights are selected on those outputs, every item of
+    train+val predicted by a model that did not train on it, among those trials, the chosen one first; otherwise on the
+    kept trials' validation outputs (the validation score is then optimistic). ``select_by``: the metric of the target
+    greedy selection climbs, in its own direction [default: ``metric``]. ``None`` with fewer than two trials whose
+    outputs can be combined (:func:`ensemble_candidates`).
     """
     sign = direction_sign(study)
     ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: rank_key(t, sign))
     kept = [(t, path) for t in ranked if (path := kept_weights(t)) is not None][:keep_top or None]
+    chosen = best_trial(study)  # the selection's choice where it ran: the single trial an ensemble must beat
+    kept.sort(key=lambda pair: pair[0].number != chosen.number)
     candidates, labels, excluded = ensemble_candidates(kept, task, target, data, zoo.get, device)
     if len(candidates) < 2:
         reporter.message("No ensemble: it needs at least two trials with kept weights (--keep-top) whose outputs "
                          "can be combined.")
         return None
     by = (select_by, target.metrics[select_by]) if select_by and select_by != metric else None
-    ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, study.direction.name.lower(), rounds,
-                               select_by=by)
+    direction = study.direction.name.lower()
+    folded = {c.number: out_of_fold[c.number] for c in candidates if c.number in (out_of_fold or {})}
+    if len(folded) >= 2:
+        first = next(iter(folded.values()))
+        climbed = greedy_selection({n: f.outputs for n, f in folded.items()}, first.labels, target,
+                                   *(by or (metric, direction)), (first.calibrations or [candidates[0].calibration])[0],
+                                   rounds)
+        ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, direction, rounds,
+                                   selected_on=f"out-of-fold outputs of the {len(folded)} cross-validated trials "
+                                               f"({len(first.labels)} items of train+val)",
+                                   weights=climbed.weights)
+        ensemble.update(selected_by=(by or (metric, direction))[0], rounds=rounds, kept_round=climbed.rounds, trajectory=[float(v) for v in climbed.trajectory],
+                        out_of_fold={"score": float(climbed.score), "singles": {str(n): float(v) for n, v in
+                                                                                climbed.singles.items()}},
+                        val_note="the validation items were among the out-of-fold items that chose the weights; "
+                                 "the test split chose nothing")
+    else:
+        ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, direction, rounds, select_by=by)
     ensemble["excluded"] = excluded
     ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
                               zoo.get, device)

@@ -34,7 +34,7 @@ from .resume import (adopted_options, adopted_recipe, check_metric, check_models
                      new_study_options, searched_as_recorded)
 from .runs import RunLocation, StudyLock, default_storage, open_storage, recover_interrupted, sqlite_file, write_run_file
 from .samplers import make_pruner, make_sampler, resumed_sampler_seed
-from .selection import Selection, applies, needed_seconds, recorded_refit, refits, split_items, tie_break_metric
+from .selection import Selection, applies, out_of_fold, needed_seconds, recorded_refit, refits, split_items, tie_break_metric
 from .space import converged_points
 from .training import configure_threads
 from .trial_loop import TrialLoop
@@ -340,7 +340,8 @@ class Search:
         try:
             return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
                                          self.kept_weights, self.device, self.reporter, self.options.keep_top,
-                                         self.options.ensemble_rounds, self.options.ensemble_metric)
+                                         self.options.ensemble_rounds, self.options.ensemble_metric,
+                                         out_of_fold(self.study, [self.options.out]))
         except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
             self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
                                   "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")

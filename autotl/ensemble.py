@@ -339,8 +339,10 @@ def describe(ensemble: Mapping[str, Any]) -> str:
         line = (f"Ensemble: no weighted combination of the {len(ensemble.get('candidates') or [])} kept trials beat "
                 f"trial {single.get('trial')} alone on validation {metric} ({num(single.get('val'))}).")
     else:
-        line = (f"Ensemble of trials {', '.join(f'{n} ({w:.2f})' for n, w in members.items())}: val {metric} "
-                f"{num(val)} (optimistic: selected on these validation items), "
+        folded = ensemble.get("out_of_fold")
+        chosen_on = (f"out-of-fold {metric} {num(folded.get('score'))} (selected on it), val {metric} {num(val)}"
+                     if folded else f"val {metric} {num(val)} (optimistic: selected on these validation items)")
+        line = (f"Ensemble of trials {', '.join(f'{n} ({w:.2f})' for n, w in members.items())}: {chosen_on}, "
                 + (f"test {metric} {num(test)}" if test is not None else "no test split")
                 + f"; best single trial {single.get('trial')}: val {num(single.get('val'))}"
                 + (f", test {num(single.get('test'))}" if single.get("test") is not None else "") + ".")

@@ -57,6 +57,9 @@ class ExportOptions:
     #: those kept trials with equal weights
     ensemble: bool = False
     members: tuple[int, ...] = ()
+    #: ship the trial's own weights even where the search trained its configuration again on train+val (an
+    #: ensemble's members: the ensemble was selected and scored with them)
+    own_weights: bool = False
 
 
 @dataclass
@@ -91,7 +94,7 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    stored, stored_record = (None, {}) if options.refit else recorded_refit(
+    stored, stored_record = (None, {}) if options.refit or options.own_weights else recorded_refit(
         run.record, trial.number, [run.location.folder, run.record.out])
     try:
         refit_info = None
@@ -347,7 +350,7 @@ def export_ensemble(run: Run, options: ExportOptions, say: Callable[[str], None]
             folders[number] = f"members/{number:04d}"
             member = export_bundle(run, ExportOptions(out=tmp / folders[number], trial=number, formats=options.formats,
                                                       data=options.data, weights=options.weights,
-                                                      device=options.device),
+                                                      device=options.device, own_weights=True),
                                    say=lambda message, n=number: None if message.startswith("Bundle written to")
                                    else say(f"  member trial {n}: {message}")).config
             members.append(member)

@@ -62,7 +62,7 @@ def arm_recipes(task: str, folder: Path) -> dict[str, str]:
     builtin = load_recipe(task)
     plain = dict(builtin.raw)
     plain.update(start_with=[], sampler={"name": "random"}, pruner={"name": "none"}, prerank={"enabled": False},
-                 cache={"enabled": False}, converged_head={"enabled": False})
+                 cache={"enabled": False}, converged_head={"enabled": False}, selection={"cv_below": 0})
     plain["description"] = "plain random search over the built-in recipe's space"
     random_file = folder / f"random-{task}.yaml"
     random_file.write_text(yaml.safe_dump(plain, sort_keys=False))

@@ -6,7 +6,9 @@
 Per data set and seed, each arm scored by its accuracy on the set's test split (which chose nothing):
 
 (a) ``autotl``: ``autotl search`` with the task's built-in recipe and every default, BUDGET seconds
-    of wall time, everything included (benchmarks/search_vs_baselines.py's arm (a));
+    of wall time for opening the run and the trials (the selection on small data and its refit inside
+    them), then the test score of the model it ships (its refit where the data is small), as recorded;
+    the ablation from the same run (see :func:`autotl_arm`) is printed after the table;
 (b) ``random``: plain Optuna random search over the same space, the same budget (its arm (b));
 (c) ``probe``: the frozen features of the zoo model that the pre-ranking (autotl/transfer.py) puts
     first, at that model's preprocessing, and a scikit-learn logistic regression (C=1, fitted to
@@ -209,8 +211,72 @@ def tfidf_arm(task: str, data: Path, seed: int) -> dict:
     return {"test_acc": round(acc, 4), "seconds": round(time.time() - started, 1), "train_rows": len(labels)}
 
 
+def autotl_arm(task: str, data: Path, seed: int, budget: float, work: Path) -> dict:
+    """Arm (a): ``autotl search`` as the command runs it, with every default (pre-ranking, converged-head trials, the
+    selection on small data and its refit, the ensemble), a cold cache, BUDGET seconds for opening and the trials
+    (the selection and refit inside them), then the test score of the model it ships, as recorded.
+
+    The ablation, from the same run: the test accuracy of the trial best on validation (its own weights: no
+    cross-validated selection, no refit), of the trial the selection chose (its own weights: no refit), of the model
+    shipped (the refit where there is one), of the recorded ensemble, and of the best converged-head trial by
+    validation; and the seconds the selection, the refit and the ensemble took."""
+    from autotl.leaderboard import best_trial
+    from autotl.records import StudyRecord, TrialRecord
+
+    out = work / "run-autotl"
+    os.environ["AUTOTL_CACHE_DIR"] = str(work / "cache-autotl")
+    options = svb.SearchOptions(task=task, data=data, out=out, recipe=task, time_budget=budget, seed=seed,
+                                max_failures=None)
+    search = svb.Search(options, svb.get_registry(), svb.ConsoleReporter())
+    started = time.time()
+    try:
+        search.open()  # loading the data and pre-ranking count in the budget
+        options.time_budget = max(1.0, budget - (time.time() - started))
+        search.run()
+        searched = time.time() - started
+        shipped = search.score_best_on_test()
+        began = time.time()
+        ensemble = search.ensemble()
+        ensemble_s = time.time() - began
+        elapsed = time.time() - started
+        study, metric = search.study, search.metric
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == svb.TrialState.COMPLETE]
+        sign = 1 if search.direction == "maximize" else -1
+        val_best = max(complete, key=lambda t: sign * t.value) if complete else None
+        chosen = best_trial(study)
+        converged = [t for t in complete if TrialRecord.params(t).get("head_fit") == "converged"]
+        converged_best = max(converged, key=lambda t: sign * t.value) if converged else None
+        record = StudyRecord.from_study(study)
+        selection, refit = record.selection or {}, record.refit or {}
+        ablation = {
+            "val_best": svb.test_accuracy(search, val_best) if val_best else None,
+            "cv_choice": svb.test_accuracy(search, chosen) if chosen and selection else None,
+            "shipped": round(shipped[f"test_{metric}"], 4) if shipped else None,
+            "refit": shipped.get("weights") == "refit" if shipped else False,
+            "ensemble": round(ensemble["test"], 4) if ensemble and ensemble.get("test") is not None
+            and len(ensemble.get("members") or {}) > 1 else None,
+            "ensemble_members": len((ensemble or {}).get("members") or {}),
+            "converged": svb.test_accuracy(search, converged_best) if converged_best else None,
+            "trials_s": round(searched - (selection.get("seconds") or 0) - (refit.get("duration_s") or 0), 1),
+            "selection_s": selection.get("seconds"), "refit_s": refit.get("duration_s"),
+            "ensemble_s": round(ensemble_s, 1), "cv_candidates": len(selection.get("candidates") or []),
+        }
+    finally:
+        search.close()
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work / "cache-autotl", ignore_errors=True)
+    states = [t.state.name for t in trials]
+    return {"test_acc": ablation["shipped"], "seconds": round(elapsed, 1), "trials": len(trials),
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+            "val_acc": round(chosen.value, 4) if chosen else None,
+            "chosen": TrialRecord.from_trial(chosen).config if chosen else None, "ablation": ablation}
+
+
 def search_arm(arm: str, task: str, data: Path, seed: int, budget: float, work: Path) -> dict:
-    """Arms (a) and (b): benchmarks/search_vs_baselines.py's, with a cold cache; the best trial on validation."""
+    """Arm (b): benchmarks/search_vs_baselines.py's, with a cold cache; the best trial on validation."""
+    if arm == "autotl":
+        return autotl_arm(task, data, seed, budget, work)
     recipes = svb.arm_recipes(task, work)
     out = work / f"run-{arm}"
     os.environ["AUTOTL_CACHE_DIR"] = str(work / f"cache-{arm}")
@@ -261,6 +327,42 @@ def final_line(summary: Mapping[str, Mapping[str, dict | None]], arms: Sequence[
     sets = {name: {arm: (v[arm]["median"] if arm in arms and v.get(arm) else None) for arm in ARMS}
             for name, v in summary.items()}
     return {"sets": sets, "mean_rank": mean_ranks(sets, arms)}
+
+
+ABLATION = ("val_best", "cv_choice", "shipped", "ensemble", "converged")
+
+
+def ablation_lines(runs: Mapping[str, Mapping[str, Mapping[str, dict]]]) -> list[str]:
+    """Per set, the medians over the seeds of arm (a)'s ablation: the test accuracy of the trial best on validation,
+    of the selection's choice (its own weights), of the model shipped (refit), of the ensemble, of the best
+    converged-head trial; and the median seconds of the trials, the selection, the refit and the ensemble."""
+    def med(values: list) -> str:
+        values = [v for v in values if v is not None]
+        return f"{statistics.median(values):.4f}" if values else "-"
+
+    def secs(values: list) -> str:
+        values = [v for v in values if v is not None]
+        return f"{statistics.median(values):.0f}" if values else "-"
+
+    rows = {name: [r["autotl"]["ablation"] for r in seeds.values() if "ablation" in r.get("autotl", {})]
+            for name, seeds in runs.items()}
+    rows = {name: done for name, done in rows.items() if done}
+    if not rows:
+        return []
+    width = max([len("set")] + [len(n) for n in rows])
+    lines = ["", "autotl's ablation (median test accuracy over the seeds, from the same runs; seconds: median per run)",
+             f"{'set':<{width}}  {'val-best':>8} {'cv-pick':>8} {'shipped':>8} {'ensemble':>8} {'converged':>9}"
+             f" {'trials s':>8} {'select s':>8} {'refit s':>7} {'ens s':>6}"]
+    for name, done in rows.items():
+        cells = [med([d.get(k) for d in done]) for k in ABLATION]
+        times = [secs([d.get(k) for d in done]) for k in ("trials_s", "selection_s", "refit_s", "ensemble_s")]
+        lines.append(f"{name:<{width}}  {cells[0]:>8} {cells[1]:>8} {cells[2]:>8} {cells[3]:>8} {cells[4]:>9}"
+                     f" {times[0]:>8} {times[1]:>8} {times[2]:>7} {times[3]:>6}")
+    lines.append("val-best: the trial best on validation, its own weights (no selection, no refit); cv-pick: the trial "
+                 "the cross-validation chose, its own weights; shipped: what autotl ships (its refit on train+val "
+                 "where the data is small); ensemble: the recorded ensemble (- where it is one trial); converged: the "
+                 "best converged-head trial by validation")
+    return lines
 
 
 def table(summary: Mapping[str, Mapping[str, dict | None]], final: dict, arms: Sequence[str]) -> list[str]:
@@ -379,7 +481,7 @@ def main() -> int:
     final = final_line(summary, every)
     print(f"\n{args.task}, {args.budget:g} s per search arm; test accuracy over the seeds (median, min-max); "
           "rank per set by median")
-    print("\n".join(table(summary, final, every)))
+    print("\n".join(table(summary, final, every) + ablation_lines(results["runs"])))
     print(json.dumps(final))
     return 0
 

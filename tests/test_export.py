@@ -415,7 +415,9 @@ def test_real_model_export_predict_reproduces_the_reported_test_accuracy(tmp_pat
         "task": "image-classification", "data": {"val_fraction": 0.2},
         "space": {"lr": {"low": 2.0e-3, "high": 3.0e-3, "log": True}},
         "fixed": {"resolution": 64, "epochs": 1, "batch_size": 32, "augment": "flip", "freeze": 8, "lora_rank": 0},
-        "sampler": {"name": "random"}, "pruner": {"name": "none"}}))
+        "sampler": {"name": "random"}, "pruner": {"name": "none"},
+        # the trial's own weights ship, checked against its validation score (tests/test_selection.py: the refit)
+        "selection": {"cv_below": 0}, "converged_head": {"enabled": False}}))
     demo = ROOT / "demo" / "fashion_mnist"
     result = autotl_cli("search", "--task", "image-classification", demo, "--out", tmp_path / "run",
                         "--recipe", recipe, "--models", "mobilenetv2_100", "--trials", 1)
