@@ -330,8 +330,9 @@ class TrialRecord:
 
     @staticmethod
     def params(trial) -> dict[str, Any]:
-        """The trial's whole configuration: the recorded ``config``, else Optuna's sampled parameters."""
-        return dict(trial.user_attrs.get("config") or trial.params)
+        """The trial's whole configuration: the recorded ``config``, else Optuna's sampled parameters, else (a trial
+        queued and waiting to run) the parameters it was queued with."""
+        return dict(trial.user_attrs.get("config") or trial.params or trial.system_attrs.get("fixed_params") or {})
 
 
 _TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))

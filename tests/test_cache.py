@@ -337,7 +337,8 @@ def cached_search(tmp_path, tiny_folder, tiny_weights, cache: str, trials: int =
     recipe.write_text(
         "task: image-classification\ndata: {val_fraction: 0.25}\nspace:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
         "fixed: {resolution: 32, epochs: 1, batch_size: 8, augment: none, freeze: 3, lora_rank: 0}\n"
-        f"pruner: {{name: none}}\ncache: {cache}\nconverged_head: {{enabled: false}}\n")
+        f"pruner: {{name: none}}\ncache: {cache}\nconverged_head: {{enabled: false}}\n"
+        "selection: {cv_below: 0}\n")  # the trials alone: the cross-validation's folds would cache their own
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["search", "--task", "image-classification", str(tiny_folder), "--out", str(out),
                                       "--recipe", str(recipe), "--models", TINY, "--weights", f"{TINY}={tiny_weights}",

@@ -256,3 +256,15 @@ def test_study_names_give_safe_distinct_weights_folders():
     assert len(set(folders)) == len(names)  # apart, also where the file system ignores case
     for folder in folders:
         assert folder and len(folder) < 100 and folder == folder.lower() and re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", folder)
+
+
+def test_a_queued_trial_that_has_not_run_reads_as_the_parameters_it_was_queued_with():
+    import optuna
+
+    from autotl.records import TrialRecord
+
+    study = optuna.create_study()
+    study.enqueue_trial({"model": "m", "freeze": 3})
+    waiting = study.get_trials(deepcopy=False)[0]
+    assert waiting.state.name == "WAITING"
+    assert TrialRecord.params(waiting) == {"model": "m", "freeze": 3}
