@@ -187,7 +187,8 @@ def trial_loop_options(func):
                    "(the recipe's `cache` section sets its bounds and folder).")
 @click.option("--ensemble-rounds", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
               help="After the search, select an ensemble of the kept trials in N rounds of greedy selection on "
-                   "their validation outputs, and show it beside the best single trial; 0: no ensemble.")
+                   "their validation outputs (out-of-fold outputs where the selection on small data cross-validated "
+                   "them), and show it beside the best single trial; 0: no ensemble.")
 @click.option("--ensemble-metric", metavar="METRIC",
               help="The metric the ensemble's greedy selection climbs [default: the study's]: a smooth one (a loss) "
                    "overfits a small validation split less than a share of right items. Its scores are shown in "

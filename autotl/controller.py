@@ -333,8 +333,9 @@ class Search:
         return None if problem else path
 
     def ensemble(self) -> dict[str, Any] | None:
-        """Select an ensemble of the kept trials on their validation outputs, score it on the test split, record it
-        (autotl/ensemble.py); ``None`` with fewer than two kept trials or ``ensemble_rounds`` 0."""
+        """Select an ensemble of the kept trials (on the out-of-fold outputs of those the selection cross-validated,
+        else on their validation outputs), score it on the test split, record it (autotl/ensemble.py); ``None`` with
+        fewer than two kept trials or ``ensemble_rounds`` 0."""
         if not self.options.ensemble_rounds:
             return None
         try:

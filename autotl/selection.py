@@ -55,6 +55,8 @@ from .trial_weights import study_folder, weights_path
 
 #: the name of a trial's refit weights, beside its own (``trials/STUDY/NNNN/``).
 REFIT_WEIGHTS = "refit.safetensors"
+#: seconds the refit may run past the time budget's end (the estimate of the folds before it can fall short)
+REFIT_GRACE_S = 10.0
 #: the layout of the out-of-fold files (:func:`save_out_of_fold`).
 OOF_FORMAT = 1
 
@@ -501,13 +503,14 @@ class Selection:
         return record
 
     def refit_fits(self, number: int) -> bool:
-        """Whether refitting trial ``number`` fits in what is left of the time budget (always without one)."""
+        """Whether refitting trial ``number`` fits in what is left of the time budget, give or take
+        :data:`REFIT_GRACE_S` (always without one): a model trained on every label is worth a few seconds past it."""
         if self.deadline is None:
             return True
         trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
         cost = estimated_seconds(trial, self.items, split_items(self.data.report, ("train",)), 1)
         left = self.deadline - time.time()
-        if cost > left:
+        if cost > left + REFIT_GRACE_S:
             self.reporter.message(f"No refit: it would take about {format_seconds(cost)}, and "
                                   f"{format_seconds(max(left, 0.0))} of the time budget is left")
             return False
@@ -526,7 +529,7 @@ def _assembled(pieces: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch
     return joined
 
 
-__all__ = ["OOF_FORMAT", "OutOfFold", "REFIT_WEIGHTS", "Refit", "Selection", "applies", "candidates", "choose",
+__all__ = ["OOF_FORMAT", "OutOfFold", "REFIT_GRACE_S", "REFIT_WEIGHTS", "Refit", "Selection", "applies", "candidates", "choose",
            "estimated_seconds", "fit_last_epoch", "needed_seconds", "fold_of", "load_out_of_fold", "oof_path", "out_of_fold",
            "recorded_refit", "refit", "refit_path", "refits", "save_out_of_fold", "split_items", "tie_break_metric",
            "trained_epochs"]

@@ -325,3 +325,21 @@ def test_needed_seconds_counts_each_candidates_folds_and_one_refit(run):
     refit_only = max(estimated_seconds(t, 30, 22, 1) for t in leading)
     assert needed_seconds(run.study, settings, 30, 22) == pytest.approx(refit_only)
     assert needed_seconds(run.study, dict(settings, refit="never"), 30, 22) == 0.0
+
+
+def test_the_ensemble_is_selected_on_the_out_of_fold_outputs_of_the_cross_validated_trials(run):
+    from autotl.ensemble import score_combined
+
+    folded = out_of_fold(run.study, [run.options.out])
+    assert len(folded) >= 2, "the fixture's selection cross-validates three candidates"
+    ensemble = run.ensemble()
+    assert ensemble is not None and ensemble["selected_on"].startswith("out-of-fold outputs of the")
+    assert ensemble["best_single"]["trial"] == best_trial(run.study).number  # against the trial the selection chose
+    members = {int(n): w for n, w in ensemble["members"].items()}
+    assert set(members) <= set(folded) and sum(members.values()) == pytest.approx(1.0)
+    first = folded[next(iter(folded))]
+    rescored = score_combined(run.target, [folded[n].outputs for n in members], list(members.values()), first.labels,
+                              first.calibrations[0], run.metric)
+    assert ensemble["out_of_fold"]["score"] == pytest.approx(rescored.score)
+    singles = ensemble["out_of_fold"]["singles"]
+    assert set(singles) == {str(n) for n in folded} and ensemble["out_of_fold"]["score"] >= max(singles.values())
