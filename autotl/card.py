@@ -45,12 +45,18 @@ def _members(c: BundleConfig) -> list[str]:
     return lines + [""]
 
 
-def _ensemble_trained_on(c: BundleConfig) -> list[str]:
+def _data_lines(c: BundleConfig) -> list[str]:
+    """The start of a card's "Trained on" section: the data folder and fingerprint, and the split sizes."""
     data, sizes = c.data, c.data.sizes or {}
     lines = ["## Trained on", "", f"- Data: `{data.path}` (fingerprint `{data.fingerprint}`)."]
     if sizes:
         lines.append(f"- Samples: {sizes.get('train')} train, {sizes.get('val')} validation"
                      + (f", {sizes.get('test')} test" if sizes.get("test") else "") + ".")
+    return lines
+
+
+def _ensemble_trained_on(c: BundleConfig) -> list[str]:
+    data, lines = c.data, _data_lines(c)
     if data.note:
         lines.append(f"- Note: {data.note}.")
     lines.append("- Each member's source model and adaptation: its own README.md.")
@@ -103,11 +109,7 @@ def _scores(c: BundleConfig) -> list[str]:
 
 
 def _trained_on(c: BundleConfig) -> list[str]:
-    data, sizes = c.data, c.data.sizes or {}
-    lines = ["## Trained on", "", f"- Data: `{data.path}` (fingerprint `{data.fingerprint}`)."]
-    if sizes:
-        lines.append(f"- Samples: {sizes.get('train')} train, {sizes.get('val')} validation"
-                     + (f", {sizes.get('test')} test" if sizes.get("test") else "") + ".")
+    data, lines = c.data, _data_lines(c)
     if data.val_from_train and data.val_fraction is not None:
         lines.append(f"- Without a validation split of its own, {data.val_fraction:g} of the training data is "
                      "held out for validation (seeded, stratified as the task draws it).")
