@@ -239,12 +239,16 @@ class TensorSplit:
     :attr random_augmentation: whether ``transform(inputs, True)`` is random (augmentation). Only a
         split without it has a frozen prefix whose outputs can be computed once and cached; say
         ``False`` where training inputs are what evaluation sees.
+    :attr origin: for a split made by :meth:`take`, ``(root, idx)``: it holds ``root``'s samples at ``idx`` (set by
+        :meth:`take`, never by hand), so that the frozen-prefix cache computes ``root``'s outputs once and serves
+        every subset of it (the folds of a cross-validation) from them; ``None`` for a split of its own.
     """
 
     inputs: Inputs
     labels: torch.Tensor
     transform: Callable[[Inputs, bool], Inputs] | None = None
     random_augmentation: bool = True
+    origin: tuple[Any, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -263,7 +267,7 @@ class TensorSplit:
             idx = order[start : start + batch_size]
             if train and len(idx) < 2 and n >= 2:
                 continue  # a batch of one breaks batch norm and adds only noise
-            batch = _index(self.inputs, idx)
+            batch = index_inputs(self.inputs, idx)
             if self.transform is not None:
                 batch = self.transform(batch, train)
             yield batch, self.labels[idx]
@@ -271,7 +275,8 @@ class TensorSplit:
     def take(self, idx: torch.Tensor) -> "TensorSplit":
         """The samples at ``idx``, in that order: every per-sample tensor field (and mapping of them) indexed.
 
-        Fields of a subclass (a text split's lengths) are indexed too; the transform is kept.
+        Fields of a subclass (a text split's lengths) are indexed too; the transform is kept, and the
+        :attr:`origin` says which samples of the first split taken from these are.
         """
         n = len(self)
 
@@ -282,7 +287,11 @@ class TensorSplit:
                 return {key: pick(v) for key, v in value.items()}
             return value
 
-        return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "transform"})
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        root, where = self.origin if self.origin is not None else (self, None)
+        return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self)
+                                if f.name not in ("transform", "origin")},
+                       origin=(root, idx if where is None else where[idx]))
 
     def search_order(self) -> torch.Tensor | None:
         """An order to run the samples through a network in, samples of similar size together, or ``None``.
@@ -324,11 +333,12 @@ def concat_splits(first: TensorSplit, second: TensorSplit) -> TensorSplit:
         return a
 
     changes = {f.name: cat(getattr(first, f.name), getattr(second, f.name))
-               for f in dataclasses.fields(first) if f.name != "transform"}
-    return dataclasses.replace(first, **changes)
+               for f in dataclasses.fields(first) if f.name not in ("transform", "origin")}
+    return dataclasses.replace(first, **changes, origin=None)
 
 
-def _index(inputs: Inputs, idx: torch.Tensor) -> Inputs:
+def index_inputs(inputs: Inputs, idx: torch.Tensor) -> Inputs:
+    """The samples of ``inputs`` (a tensor, or a mapping of tensors) at ``idx``, in that order."""
     if isinstance(inputs, torch.Tensor):
         return inputs[idx]
     return {key: value[idx] for key, value in inputs.items()}

@@ -260,7 +260,8 @@ class Search:
         after = None
         if reserve and self.selection_applies():  # the leading trials' folds, estimated as the trials go
             items, trained_on = split_items(self.data.report), split_items(self.data.report, ("train",))
-            after = lambda study: needed_seconds(study, self.recipe.selection, items, trained_on)  # noqa: E731
+            after = lambda study: needed_seconds(study, self.recipe.selection, items, trained_on,  # noqa: E731
+                                                 within=0.5 * opts.time_budget)
         self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve, after=after)
         self.reporter.ranking(self.metric, self.direction)
         self.objective = Objective(task=self.task, target=self.target, metric=self.metric, data=self.data, zoo=self.zoo, group_counts=self.group_counts,

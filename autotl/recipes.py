@@ -31,9 +31,10 @@ PRERANK_DEFAULTS = {"enabled": True, "drop_below": 0.3, "max_samples": 2000, "ba
 CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": None}
 #: the ``selection`` section's defaults: the leading trials re-scored by k-fold cross-validation on small data, and
 #: the chosen configuration trained again on train+val (autotl/selection.py; docs/recipes.md says why these numbers)
-SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "reserve": 0.25, "refit": "auto",
-                      "tie_break": "auto"}
+SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "with_converged": True, "prefer": "simpler",
+                      "reserve": 0.25, "refit": "auto", "tie_break": "auto"}
 REFIT_CHOICES = ("auto", "always", "never")
+PREFER_CHOICES = ("simpler", "best")
 #: the ``converged_head`` section's defaults: a new study queues one converged-head trial per model first
 #: (autotl/head_fit.py, autotl/controller.py; docs/recipes.md). ``C``: the inverse strength of its L2 penalty.
 CONVERGED_HEAD_DEFAULTS = {"enabled": True, "C": 1.0}
@@ -261,6 +262,11 @@ def _selection(spec: dict, fail) -> dict[str, Any]:
     settings["reserve"] = float(reserve)
     if settings["refit"] not in REFIT_CHOICES:
         fail("selection.refit", f"must be one of {', '.join(REFIT_CHOICES)}, not {settings['refit']!r}")
+    if settings["prefer"] not in PREFER_CHOICES:
+        fail("selection.prefer", f"must be simpler (of the candidates within a standard error of the best, the fewest "
+                                 f"trainable parameters) or best (the best mean), not {settings['prefer']!r}")
+    if not isinstance(settings["with_converged"], bool):
+        fail("selection.with_converged", f"must be true or false, not {settings['with_converged']!r}")
     tie = settings["tie_break"]
     if tie is not None and not isinstance(tie, str):
         fail("selection.tie_break", f"must be auto, the name of one of the task's metrics, or null, not {tie!r}")

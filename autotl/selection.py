@@ -31,7 +31,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -121,20 +121,34 @@ def fold_of(n: int, folds: int, seed: int, strata: torch.Tensor | None = None) -
 
 # -- which trials -----------------------------------------------------------------------------------------
 
-def candidates(study: optuna.Study, count: int) -> list[FrozenTrial]:
-    """The ``count`` best completed trials by validation (the leaderboard's rule), one per configuration."""
+def is_converged(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is a converged-head trial (its head alone fitted to convergence on frozen features)."""
+    return TrialRecord.params(trial).get("head_fit") == "converged"
+
+
+def candidates(study: optuna.Study, count: int, with_converged: bool = False) -> list[FrozenTrial]:
+    """The ``count`` best completed trials by validation (the leaderboard's rule), one per configuration; with
+    ``with_converged``, every completed converged-head trial too (one per model: cheap to cross-validate, their frozen
+    features computed once), those first, each group in the order of validation."""
     sign = direction_sign(study)
     ranked = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign))
-    chosen, seen = [], set()
+    chosen, seen, leading = [], set(), 0
     for trial in ranked:
         key = json.dumps(TrialRecord.params(trial), sort_keys=True, default=str)
         if key in seen:
             continue
-        seen.add(key)
-        chosen.append(trial)
-        if len(chosen) == count:
-            break
+        if leading < count or (with_converged and is_converged(trial)):
+            seen.add(key)
+            chosen.append(trial)
+            leading += leading < count
+    if with_converged:
+        chosen.sort(key=lambda t: not is_converged(t))  # stable: the cheap ones first, so a short budget keeps them
     return chosen
+
+
+def settings_candidates(study: optuna.Study, settings: Mapping[str, Any]) -> list[FrozenTrial]:
+    """The candidates the recipe's ``selection`` section asks for (``candidates``, ``with_converged``)."""
+    return candidates(study, int(settings["candidates"]), bool(settings.get("with_converged", True)))
 
 
 def trained_epochs(trial: FrozenTrial) -> int:
@@ -143,31 +157,55 @@ def trained_epochs(trial: FrozenTrial) -> int:
     return int(TrialRecord.from_trial(trial).best_epoch or params.get("epochs") or 1)
 
 
-def estimated_seconds(trial: FrozenTrial, items: int, trained_on: int, runs: float) -> float:
+def estimated_seconds(trial: FrozenTrial, items: float, trained_on: int, runs: float,
+                      prefix_items: float | None = None) -> float:
     """What ``runs`` trainings of ``trial``'s configuration for its best epoch on ``items`` items cost, from what the
-    trial recorded (its epochs' seconds on ``trained_on`` training items, its setup and frozen-prefix seconds)."""
+    trial recorded (its epochs' seconds on ``trained_on`` training items, its setup and frozen-prefix seconds). With
+    ``prefix_items``, a frozen prefix the trial cached runs once over that many items for all the runs (the folds of
+    a cross-validation are subsets of one split: :attr:`autotl.TensorSplit.origin`), else once per run. A
+    converged-head trial's one "epoch" is its whole fit, setup and prefix included: what remains is the fit."""
     record = TrialRecord.from_trial(trial)
     epochs = [s for s in (record.epoch_seconds or []) if s]
     timing = record.timing or {}
     if not epochs:
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         return runs * seconds * items / max(trained_on, 1)
-    per_epoch = statistics.fmean(epochs) * items / max(trained_on, 1)
-    fixed = float(timing.get("setup", 0.0)) + float(timing.get("prefix", 0.0)) * items / max(trained_on, 1)
-    return runs * (fixed + per_epoch * trained_epochs(trial))
+    scale = items / max(trained_on, 1)
+    setup, prefix_s = float(timing.get("setup", 0.0)), float(timing.get("prefix", 0.0))
+    if is_converged(trial):
+        per_run = setup + max(0.0, epochs[0] - setup - prefix_s) * scale
+    else:
+        per_run = setup + statistics.fmean(epochs) * scale * trained_epochs(trial)
+    per_item_prefix = prefix_s / max(trained_on, 1)
+    prefix = per_item_prefix * prefix_items if prefix_items is not None else runs * per_item_prefix * items
+    return runs * per_run + prefix
 
 
-def needed_seconds(study: optuna.Study, settings: Mapping[str, Any], items: int, trained_on: int) -> float:
-    """What the selection and the refit would take if the trials stopped now: every current candidate's folds (those
-    cross-validated already by an earlier process count nothing) and the dearest candidate's refit."""
-    chosen = candidates(study, int(settings["candidates"]))
+def cv_seconds(trial: FrozenTrial, items: int, trained_on: int, folds: int) -> float:
+    """What cross-validating ``trial`` over ``items`` items in ``folds`` folds costs (:func:`estimated_seconds`)."""
+    return estimated_seconds(trial, items * (folds - 1) / folds, trained_on, folds, prefix_items=items)
+
+
+def needed_seconds(study: optuna.Study, settings: Mapping[str, Any], items: int, trained_on: int,
+                   within: float | None = None) -> float:
+    """What the selection and the refit would take if the trials stopped now: the current candidates' folds (those
+    cross-validated already by an earlier process count nothing) and the dearest refit among them. With ``within``,
+    only the candidates whose folds fit in that many seconds, taken in the order the selection runs them (the cheap
+    converged-head trials first), as it skips one whose folds do not fit what is left: a candidate too dear to
+    cross-validate in the time budget keeps no time from the trials."""
+    chosen = settings_candidates(study, settings)
     if not chosen:
         return 0.0
     folds = max(2, min(int(settings["folds"]), items))
     done = {int(r["trial"]) for r in ((StudyRecord.from_study(study).selection or {}).get("candidates") or [])}
-    cv = sum(estimated_seconds(t, items * (folds - 1) / folds, trained_on, folds) for t in chosen
-             if t.number not in done)
-    refit_s = max(estimated_seconds(t, items, trained_on, 1) for t in chosen) if refits(settings, True) else 0.0
+    refitting = refits(settings, True)
+    cv, refit_s = 0.0, 0.0
+    for trial in chosen:
+        cost = 0.0 if trial.number in done else cv_seconds(trial, items, trained_on, folds)
+        refit_t = estimated_seconds(trial, items, trained_on, 1) if refitting else 0.0
+        if within is not None and cv + cost + max(refit_s, refit_t) > within:
+            continue
+        cv, refit_s = cv + cost, max(refit_s, refit_t)
     return cv + refit_s
 
 
@@ -203,13 +241,16 @@ class Refit:
 
 
 def refit(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, target: Target, width: int, *,
-          metric: str, device: torch.device, split_seed: int, say: Callable[[str], None] = lambda m: None) -> Refit:
+          metric: str, device: torch.device, split_seed: int, say: Callable[[str], None] = lambda m: None,
+          cache: FeatureCache | None = None) -> Refit:
     """``trial``'s configuration trained again on train+val (:meth:`autotl.Task.prepare_refit`) for its best epoch's
     number of epochs, keeping the last epoch (no held-out split remains to choose one); seeded with the study's split
     seed plus the trial's number, so that the search's refit and ``autotl export --refit`` train the same network."""
     params = TrialRecord.params(trial)
     epochs = trained_epochs(trial)
     splits = task.prepare_refit(data, backbone, params)
+    if cache is not None:  # as a subset of itself: served by the frozen-prefix outputs the folds computed for it
+        splits = replace(splits, train=splits.train.take(torch.arange(len(splits.train))))
     converged = params.get("head_fit") == "converged"  # a converged head fit has no epochs: fitted again
     how = (f"the head fitted to convergence again, C {float(params.get('head_fit_c', 1.0)):g}" if converged
            else f"{epochs} epoch(s), the trial's best epoch")
@@ -217,7 +258,8 @@ def refit(task: Task, data: LoadedData, backbone: Backbone, trial: FrozenTrial, 
     started = time.time()
     seed = split_seed + trial.number
     model, calibration, _ = fit_last_epoch(backbone, dict(params, epochs=epochs), splits.train, splits.val, target,
-                                           width, metric=metric, device=device, seed=seed)
+                                           width, metric=metric, device=device, seed=seed, cache=cache,
+                                           cache_context={"task": task.name, "fingerprint": data.fingerprint})
     state = {k: v.detach().cpu().clone().contiguous() for k, v in merged(model).state_dict().items()}
     info = {"on": "train+val", "samples": len(splits.train), "epochs": epochs, "seed": seed,
             "duration_s": round(time.time() - started, 1),
@@ -304,9 +346,11 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def choose(rows: list[dict[str, Any]], metric: str, direction: str, tie_break: str | None,
-           tie_direction: str | None) -> tuple[int | None, str]:
+           tie_direction: str | None, prefer: str = "best") -> tuple[int | None, str]:
     """The trial chosen among the cross-validated ``rows`` and why: the best mean of ``metric``; among the rows
-    within one standard error of it (the larger of the two), the best mean of ``tie_break`` where there is one."""
+    within one standard error of it (the larger of the two): with ``prefer`` ``simpler``, those with the fewest
+    trainable parameters (the one-standard-error rule: the simplest model that cannot be told apart from the best),
+    then the best mean of ``tie_break`` where there is one."""
     scored = [r for r in rows if r.get("mean") == r.get("mean") and r.get("mean") is not None]
     if not scored:
         return None, ""
@@ -314,13 +358,25 @@ def choose(rows: list[dict[str, Any]], metric: str, direction: str, tie_break: s
     best = max(scored, key=lambda r: (sign * r["mean"], -r["rank"]))
     k = len(best["fold_scores"])
     said = f"the best {k}-fold cross-validation {metric} ({best['mean']:.4f} ± {_se(best)}) of {len(scored)} candidate(s)"
-    if tie_break is None:
-        return best["trial"], said
 
     def tied(r: dict[str, Any]) -> bool:
         margin = max(x for x in (r.get("se"), best.get("se"), 0.0) if x is not None and x == x)
         return abs(r["mean"] - best["mean"]) <= margin + 1e-12
 
+    known = [r for r in scored if tied(r) and r.get("trainable_params") is not None]
+    if prefer == "simpler" and known and best.get("trainable_params") is not None:
+        fewest = min(r["trainable_params"] for r in known)
+        pick, why = _tie_broken([r for r in known if r["trainable_params"] == fewest], sign, tie_break, tie_direction)
+        if pick is best:
+            return best["trial"], said + why
+        simpler = fewest < best["trainable_params"]
+        return pick["trial"], (
+            f"within a standard error of the best {k}-fold cross-validation {metric} (trial {best['trial']}: "
+            f"{best['mean']:.4f} ± {_se(best)}, {best['trainable_params']:,} trainable parameters; this one "
+            f"{pick['mean']:.4f} ± {_se(pick)}), " + (f"the fewest trainable parameters ({fewest:,})" if simpler
+                                                      else "as few trainable parameters") + why)
+    if tie_break is None:
+        return best["trial"], said
     close = [r for r in scored if tied(r) and (r.get("tie_break_mean") is not None)]
     if len(close) < 2:
         return best["trial"], said
@@ -333,6 +389,18 @@ def choose(rows: list[dict[str, Any]], metric: str, direction: str, tie_break: s
                            f"{best['trial']}: {best['mean']:.4f} ± {_se(best)}; this one {pick['mean']:.4f} ± "
                            f"{_se(pick)}), the best cross-validation {tie_break} ({pick['tie_break_mean']:.4f}) "
                            f"of the {len(close)} that cannot be told apart")
+
+
+def _tie_broken(rows: list[dict[str, Any]], sign: float, tie_break: str | None,
+                tie_direction: str | None) -> tuple[dict[str, Any], str]:
+    """Of ``rows`` (equally simple), the best mean of ``tie_break`` where there is one and several, else of the
+    metric; and what to add to the reason."""
+    if len(rows) > 1 and tie_break is not None and all(r.get("tie_break_mean") is not None for r in rows):
+        tsign = 1.0 if tie_direction == "maximize" else -1.0
+        pick = max(rows, key=lambda r: (tsign * r["tie_break_mean"], sign * r["mean"], -r["rank"]))
+        return pick, (f"; of the {len(rows)} as simple, the best cross-validation {tie_break} "
+                      f"({pick['tie_break_mean']:.4f})")
+    return max(rows, key=lambda r: (sign * r["mean"], -r["rank"])), ""
 
 
 def _se(row: Mapping[str, Any]) -> str:
@@ -374,7 +442,7 @@ class Selection:
         it finishes, and choose; the record, or ``None`` where the data is not small or no trial completed."""
         if not self.applies():
             return None
-        chosen = candidates(self.study, int(self.settings["candidates"]))
+        chosen = settings_candidates(self.study, self.settings)
         if not chosen:
             return None
         started = time.time()
@@ -398,22 +466,29 @@ class Selection:
                   "candidates": [], "skipped": [], "chosen": None, "reason": "", "seconds": 0.0, "complete": False,
                   "weights": "last epoch"}
         self.reporter.message(
-            f"Selection: {len(chosen)} leading trial(s) re-scored by {folds}-fold cross-validation over train+val "
+            f"Selection: {len(chosen)} candidate(s) ({_which(chosen, int(self.settings['candidates']))}) re-scored by "
+            f"{folds}-fold cross-validation over train+val "
             f"({n} items{', stratified' if strata is not None else ''}): the data is small (at most "
             f"{self.settings['cv_below']} items, recipe selection.cv_below)")
         trained_on = split_items(self.data.report, ("train",))
-        refit_s = max(estimated_seconds(t, n, trained_on, 1) for t in chosen) if refits(self.settings, True) else 0.0
-        for rank, trial in enumerate(chosen, start=1):
+        refit_s = {t.number: estimated_seconds(t, n, trained_on, 1) if refits(self.settings, True) else 0.0
+                   for t in chosen}  # the choice is among those cross-validated: the dearest of their refits is kept
+        sign = direction_sign(self.study)
+        ranks = {t.number: i for i, t in enumerate(sorted(chosen, key=lambda t: rank_key(t, sign)), start=1)}
+        for trial in chosen:
+            rank = ranks[trial.number]  # by validation (the candidates run converged-head trials first)
             if trial.number in done:
                 row = dict(done[trial.number], rank=rank)
                 self.reporter.message(f"Selection: trial {trial.number} was cross-validated already: "
                                       f"{self.metric} {row['mean']:.4f} ± {_se(row)}")
             else:
-                cost = estimated_seconds(trial, n * (folds - 1) / folds, trained_on, folds)
-                if self.deadline is not None and time.time() + cost + refit_s > self.deadline:
+                cost = cv_seconds(trial, n, trained_on, folds)
+                kept = max([refit_s[trial.number]] + [refit_s[int(r["trial"])] for r in record["candidates"]
+                                                      if int(r["trial"]) in refit_s])
+                if self.deadline is not None and time.time() + cost + kept > self.deadline:
                     why = (f"its {folds} folds would take about {format_seconds(cost)}, and "
                            f"{format_seconds(max(0.0, self.deadline - time.time()))} of the time budget is left"
-                           + (f" ({format_seconds(refit_s)} of it kept for the refit)" if refit_s else ""))
+                           + (f" ({format_seconds(kept)} of it kept for the refit)" if kept else ""))
                     self.reporter.message(f"Selection: trial {trial.number} not cross-validated: {why}")
                     record["skipped"].append({"trial": trial.number, "why": why})
                     continue
@@ -432,7 +507,8 @@ class Selection:
 
     def _settle(self, record: dict[str, Any], direction: str, tie: str | None, started: float) -> None:
         record["chosen"], record["reason"] = choose(record["candidates"], self.metric, direction, tie,
-                                                    self.target.metrics.get(tie) if tie else None)
+                                                    self.target.metrics.get(tie) if tie else None,
+                                                    prefer=self.settings.get("prefer", "simpler"))
         record["seconds"] = round(time.time() - started, 1)
         record_selection(self.study, record)
 
@@ -452,7 +528,7 @@ class Selection:
             model, calibration, result = fit_last_epoch(
                 backbone, dict(params, epochs=epochs), split.take(rest), split.take(held), self.target, self.width,
                 metric=self.metric, device=self.device, seed=seed, deadline=self.deadline, cache=self.cache,
-                cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint, "fold": fold})
+                cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint})
             if result.stopped:
                 self.reporter.message(f"Selection: trial {trial.number} fold {fold + 1}/{folds} cut by the time "
                                       f"budget; its cross-validation is dropped")
@@ -474,6 +550,7 @@ class Selection:
         path = oof_path(self.out, self.study.study_name, trial.number)
         save_out_of_fold(path, OutOfFold(trial.number, oof, split.labels, assigned.clone(), calibrations))
         row = {"trial": trial.number, "rank": rank, "val": trial.value, "fold_scores": [round(s, 6) for s in scores],
+               "trainable_params": TrialRecord.from_trial(trial).trainable_params,
                "mean": mean, "se": se, "oof_score": float(pooled[self.metric]),
                "oof_metrics": {k: float(v) for k, v in pooled.items()}, "epochs": epochs, "seed": seed,
                "seconds": round(time.time() - started, 1), "oof": str(path.relative_to(self.out))}
@@ -492,7 +569,7 @@ class Selection:
             self.reporter.message(f"No refit: the model of trial {number} is not loaded")
             return None
         made = refit(self.task, self.data, backbone, trial, self.target, self.width, metric=self.metric,
-                     device=self.device, split_seed=self.split_seed, say=self.reporter.message)
+                     device=self.device, split_seed=self.split_seed, say=self.reporter.message, cache=self.cache)
         path = refit_path(self.out, number, self.study.study_name)
         save_weights(path, made.state, {"model": TrialRecord.params(trial)["model"], "study": self.study.study_name,
                                         "trial": str(number), "refit": "train+val"})
@@ -517,6 +594,14 @@ class Selection:
         return True
 
 
+def _which(chosen: list[FrozenTrial], count: int) -> str:
+    converged = sum(is_converged(t) for t in chosen)
+    leading = f"the {min(count, len(chosen))} best by validation"
+    if not converged:
+        return leading
+    return f"{leading} and every converged-head trial; {converged} converged-head, cross-validated first"
+
+
 def _assembled(pieces: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
     """The folds' outputs put back in the items' order (per-position outputs right-padded to the widest fold's)."""
     if pieces[0][1].dim() == 3:
@@ -530,6 +615,6 @@ def _assembled(pieces: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch
 
 
 __all__ = ["OOF_FORMAT", "OutOfFold", "REFIT_GRACE_S", "REFIT_WEIGHTS", "Refit", "Selection", "applies", "candidates", "choose",
-           "estimated_seconds", "fit_last_epoch", "needed_seconds", "fold_of", "load_out_of_fold", "oof_path", "out_of_fold",
-           "recorded_refit", "refit", "refit_path", "refits", "save_out_of_fold", "split_items", "tie_break_metric",
+           "cv_seconds", "estimated_seconds", "fit_last_epoch", "is_converged", "needed_seconds", "fold_of", "load_out_of_fold", "oof_path", "out_of_fold",
+           "recorded_refit", "refit", "refit_path", "refits", "save_out_of_fold", "settings_candidates", "split_items", "tie_break_metric",
            "trained_epochs"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .adapt import Adapted, adapt, merged
-from .base import Backbone, Inputs, Target, TensorSplit
+from .base import Backbone, Inputs, Target, TensorSplit, index_inputs
 from .cache import FeatureCache, module_digest, prefix_key, prefix_outputs
 from .errors import UsageError
 from .head_fit import fit as fit_head, head_inputs, head_module
@@ -420,7 +420,9 @@ def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, f
         out = forward(prefix, to_device(sample[0], device))
     per_sample = (out.numel() * 4 if isinstance(out, torch.Tensor)
                   else sum(v.numel() * v.element_size() for v in out.values())) / len(sample[1])
-    needed = per_sample * (len(train_split) + len(val_split))
+    computed_on = {id(s.origin[0] if s.origin is not None else s): len(s.origin[0] if s.origin is not None else s)
+                   for s in (train_split, val_split)}  # subsets of one split: that split's outputs, once
+    needed = per_sample * sum(computed_on.values())
     if not cache.fits(int(needed)):
         return (f"its prefix outputs need {needed / 2**20:.0f} MiB, more than the cache's memory bound "
                 f"({cache.memory_bytes / 2**20:.0f} MiB; cache.memory_mb in the recipe)")
@@ -428,9 +430,14 @@ def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, f
     context = {**context, "prefix_weights": module_digest(prefix)}  # a checkpoint replaced under the same name
     splits, source = [], {}
     for name, split in (("train", train_split), ("val", val_split)):
-        key = prefix_key(backbone, freeze, split, split_name=name, context=context)
+        computed, where = (split, None) if split.origin is None else split.origin  # a subset: its split's outputs
+        key = prefix_key(backbone, freeze, computed, split_name=name if where is None else "taken from",
+                         context=context)
         features, source[name] = cache.get_or_compute(
-            key, lambda split=split: prefix_outputs(prefix, split, device, max(batch_size, 64)))
+            key, lambda computed=computed: prefix_outputs(prefix, computed, device, max(batch_size, 64)))
+        if where is not None:
+            features = index_inputs(features, where)
+            source[name] += f" ({len(where)} of {len(computed)} samples)"
         splits.append(split.with_inputs(features))
     return (rest, rest_evaluated), splits[0], splits[1], source, time.perf_counter() - started
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -162,6 +164,42 @@ def test_later_trials_read_the_outputs_from_memory_then_from_disk(tiny_backbone,
     other_process = run(tiny_backbone, data, FeatureCache(directory=tmp_path), lr=2e-3)
     assert other_process.cache == {"train": "disk", "val": "disk"}
     assert cache.stats.computed == 2 and cache.stats.hits_memory == 2
+
+
+def test_subsets_of_one_split_are_served_from_its_outputs_computed_once(tiny_backbone, image_task, loaded, tmp_path):
+    """The folds of a cross-validation (autotl/selection.py) take their samples from one split: its frozen-prefix
+    outputs are computed once for every fold, and a fold trains as it would on outputs computed for it alone."""
+    data = prepared(image_task, loaded, tiny_backbone)
+    n = len(data.train)
+    cache = FeatureCache(directory=tmp_path)
+    folds = [torch.arange(n) % 2 == k for k in (0, 1)]
+    served = [run(tiny_backbone, SimpleNamespace(train=data.train.take(torch.nonzero(~held).flatten()),
+                                                 val=data.train.take(torch.nonzero(held).flatten())), cache)
+              for held in folds]
+    assert cache.stats.computed == 1  # the whole split's outputs, once, for both folds and both of their splits
+    assert served[0].cache["train"].startswith("computed") and served[1].cache["train"].startswith("memory")
+    assert f"of {n} samples" in served[1].cache["val"]
+    rest, held = torch.nonzero(~folds[1]).flatten(), torch.nonzero(folds[1]).flatten()
+    alone = run(tiny_backbone, SimpleNamespace(train=_copy(data.train.take(rest)), val=_copy(data.train.take(held))),
+                FeatureCache(directory=tmp_path / "alone"))
+    assert alone.cache == {"train": "computed", "val": "computed"}  # a split of its own: its own outputs
+    assert served[1].curve == pytest.approx(alone.curve, abs=1e-5)
+
+
+def _copy(split):
+    """``split`` as a split of its own (no origin)."""
+    return dataclasses.replace(split, origin=None)
+
+
+def test_take_composes_origins_and_concatenation_makes_a_split_of_its_own(image_task, loaded, tiny_backbone):
+    from autotl.base import concat_splits
+
+    split = prepared(image_task, loaded, tiny_backbone).train
+    once = split.take(torch.tensor([5, 3, 1, 0]))
+    twice = once.take(torch.tensor([2, 0]))
+    assert twice.origin[0] is split and twice.origin[1].tolist() == [1, 5]
+    assert torch.equal(twice.inputs, split.inputs[[1, 5]])
+    assert split.origin is None and concat_splits(once, twice).origin is None
 
 
 def test_augmented_or_unfrozen_trials_are_not_cached(tiny_backbone, image_task, loaded, tmp_path):

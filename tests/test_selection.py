@@ -18,6 +18,7 @@ from tiny import TINY, make_image_folder
 
 from autotl.budget import Budget
 from autotl.cli import cli
+from autotl.errors import UsageError
 from autotl.controller import Search, SearchOptions
 from autotl.export import ExportOptions, export_bundle
 from autotl.files import load_weights
@@ -110,6 +111,53 @@ def test_the_choice_is_the_best_mean_and_a_continuous_criterion_breaks_near_ties
     assert choose(apart, "accuracy", "maximize", "log_loss", "minimize")[0] == 4  # 0.02 apart: no tie
     assert choose([dict(r, mean=-r["mean"]) for r in rows], "rmse", "minimize", None, None)[0] == 4
     assert choose([], "accuracy", "maximize", None, None) == (None, "")
+
+
+def test_the_simplest_candidate_within_a_standard_error_of_the_best_is_chosen():
+    rows = [{"trial": 0, "rank": 1, "mean": 0.86, "se": 0.03, "fold_scores": [0.86] * 5, "tie_break_mean": 0.50,
+             "trainable_params": 2_000_000},
+            {"trial": 3, "rank": 2, "mean": 0.84, "se": 0.02, "fold_scores": [0.84] * 5, "tie_break_mean": 0.45,
+             "trainable_params": 15_000},
+            {"trial": 5, "rank": 3, "mean": 0.835, "se": 0.02, "fold_scores": [0.835] * 5, "tie_break_mean": 0.40,
+             "trainable_params": 15_000},
+            {"trial": 8, "rank": 4, "mean": 0.70, "se": 0.02, "fold_scores": [0.70] * 5, "tie_break_mean": 0.90,
+             "trainable_params": 1_000}]
+    chosen, why = choose(rows, "accuracy", "maximize", "log_loss", "minimize", prefer="simpler")
+    # trial 8 is simplest but 0.16 below the best; of the two heads within 0.03, the better log-loss
+    assert chosen == 5 and "fewest trainable parameters (15,000)" in why and "log_loss" in why
+    assert choose(rows, "accuracy", "maximize", None, None, prefer="simpler")[0] == 3  # no criterion: the best mean
+    assert choose(rows, "accuracy", "maximize", None, None, prefer="best")[0] == 0
+    apart = [dict(rows[0], se=0.001), dict(rows[1], se=0.001)]
+    assert choose(apart, "accuracy", "maximize", "log_loss", "minimize", prefer="simpler")[0] == 0
+    unknown = [{k: v for k, v in r.items() if k != "trainable_params"} for r in rows]  # recorded before the rule
+    assert choose(unknown, "accuracy", "maximize", "log_loss", "minimize", prefer="simpler") == choose(
+        unknown, "accuracy", "maximize", "log_loss", "minimize", prefer="best")
+
+
+def test_every_converged_head_trial_is_a_candidate_and_cross_validated_first():
+    from autotl.selection import candidates
+
+    study = optuna.create_study(direction="maximize")
+    values = (0.9, 0.85, 0.6, 0.88, 0.5, 0.7)
+    for number, value in enumerate(values):
+        config = {"model": f"m{number % 2}", "lr": 0.1 * (number + 1)}
+        if number in (2, 4):
+            config = {"model": f"m{number}", "head_fit": "converged"}
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={},
+                                                  user_attrs={"config": config}))
+    assert [t.number for t in candidates(study, 3)] == [0, 3, 1]
+    assert [t.number for t in candidates(study, 3, with_converged=True)] == [2, 4, 0, 3, 1]
+    assert [t.number for t in candidates(study, 1, with_converged=True)] == [2, 4, 0]
+
+
+@pytest.mark.parametrize("selection, field", [({"prefer": "smallest"}, "selection.prefer"),
+                                              ({"with_converged": "yes"}, "selection.with_converged")])
+def test_a_bad_selection_setting_names_the_field(selection, field):
+    from autotl.recipes import parse_recipe
+
+    with pytest.raises(UsageError, match=field):
+        parse_recipe({"task": "image-classification", "space": {"lr": {"low": 0.1, "high": 0.2}}, "selection": selection},
+                     "recipe.yaml")
 
 
 # -- a search on small data ------------------------------------------------------------------------------------
@@ -325,6 +373,29 @@ def test_needed_seconds_counts_each_candidates_folds_and_one_refit(run):
     refit_only = max(estimated_seconds(t, 30, 22, 1) for t in leading)
     assert needed_seconds(run.study, settings, 30, 22) == pytest.approx(refit_only)
     assert needed_seconds(run.study, dict(settings, refit="never"), 30, 22) == 0.0
+
+
+def test_a_candidate_too_dear_to_cross_validate_in_the_budget_keeps_no_time_from_the_trials():
+    """Costs from the records: a converged-head trial's one "epoch" is its whole fit (its setup and prefix taken
+    out, the prefix counted once for all the folds); a fine-tuned trial's epochs times its best epoch, per fold."""
+    from autotl.selection import cv_seconds, estimated_seconds, needed_seconds
+
+    study = optuna.create_study(direction="maximize")
+    head = {"config": {"model": "a", "head_fit": "converged"}, "epoch_seconds": [12.0], "best_epoch": 1,
+            "timing": {"setup": 1.0, "prefix": 10.0}}
+    tuned = {"config": {"model": "a", "lr": 0.1}, "epoch_seconds": [4.0] * 10, "best_epoch": 10,
+             "timing": {"setup": 1.0, "prefix": 0.0}}
+    for value, attrs in ((0.8, head), (0.9, tuned)):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs=attrs))
+    converged, fine_tuned = study.get_trials()
+    # 100 items, trained on 80: the fit (1s) and setup per fold, the prefix (10s per 80 items) once over 100
+    assert cv_seconds(converged, 100, 80, 5) == pytest.approx(5 * (1.0 + 1.0 * 80 / 80) + 10.0 * 100 / 80)
+    assert estimated_seconds(fine_tuned, 100, 80, 1) == pytest.approx(1.0 + 4.0 * 100 / 80 * 10)
+    settings = {"candidates": 3, "with_converged": True, "folds": 5, "refit": "auto"}
+    everything = cv_seconds(converged, 100, 80, 5) + cv_seconds(fine_tuned, 100, 80, 5) + 51.0
+    assert needed_seconds(study, settings, 100, 80) == pytest.approx(everything)
+    cheap = cv_seconds(converged, 100, 80, 5) + estimated_seconds(converged, 100, 80, 1)
+    assert needed_seconds(study, settings, 100, 80, within=60.0) == pytest.approx(cheap)
 
 
 def test_the_ensemble_is_selected_on_the_out_of_fold_outputs_of_the_cross_validated_trials(run):
