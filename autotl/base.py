@@ -387,7 +387,7 @@ class Task(ABC):
     def fitted_space(self, data: LoadedData, backbones: Mapping[str, Backbone],
                      asked: Mapping[str, Any]) -> Sequence[FittedRange]:
         """Ranges fitted to the data just loaded, before a new study's first trial: one :class:`FittedRange` per
-        parameter of ``asked`` the data says something about (image sides to resolutions, token lengths to a
+        parameter of ``asked`` the data says something about (image sides to resolutions, text lengths to a
         max length...), each with why. The core applies them (autotl/fitted_space.py); a parameter left out
         keeps the recipe's range.
 

@@ -1,8 +1,8 @@
 """A search space fitted to the data: the ranges a recipe marks ``fit: data``, set by the task before the first trial.
 
 A recipe's ``space`` entry with ``fit: data`` (the built-in recipes' resolution, max length...) is a fallback: once
-a new study's data is loaded, the task looks at it (:meth:`autotl.Task.fitted_space`: image sides, token lengths,
-samples per class) and proposes a range for each such parameter, with why. :func:`fit_space` applies them, prints
+a new study's data is loaded, the task looks at it (:meth:`autotl.Task.fitted_space`: image sides, text lengths,
+samples) and proposes a range for each such parameter, with why. :func:`fit_space` applies them, prints
 one line each and returns them for the study's record (``fitted_space``); a process that resumes or joins the study
 applies the recorded ones (:func:`apply_fitted`) and fits nothing again. An entry without ``fit: data`` is the
 user's and is never changed. Start points that name a value outside a fitted range move to the nearest value in it.
