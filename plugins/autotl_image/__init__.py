@@ -22,7 +22,7 @@ from PIL import Image
 
 from autotl import (Backbone, DataReport, FittedRange, ImagePreprocessing, LoadedData, Param, Task, TensorSplit,
                     TrialData, hookimpl)
-from autotl_tasks.fitting import epochs_by_samples, median
+from autotl_tasks.fitting import epochs_by_samples, median, percentile
 from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
@@ -213,8 +213,8 @@ def image_sides(images: ImageData) -> dict[str, int]:
     sides = sorted(min(image.size) for image in images.splits["train"][0])
     if not sides:
         return {}
-    at = lambda q: sides[min(len(sides) - 1, int(q * len(sides)))]  # noqa: E731
-    return {"median": int(median(sides)), "p10": at(0.1), "p90": at(0.9), "min": sides[0], "max": sides[-1]}
+    return {"median": int(median(sides)), "p10": percentile(sides, 0.1), "p90": percentile(sides, 0.9),
+            "min": sides[0], "max": sides[-1]}
 
 
 def fitted_resolutions(side: int, native: int | None) -> FittedRange:
@@ -310,5 +310,6 @@ def register_tasks(register):
     register(ImageClassification())
 
 
-__all__ = ["FIT_MODES", "RESOLUTIONS", "fitted_resolutions", "image_sides", "ImageClassification", "ImageData", "ImageRow", "ImageTask", "hold_out", "load_image_csv",
-           "parse_label_set", "parse_number", "read_image_csv", "register_tasks"]
+__all__ = ["FIT_MODES", "RESOLUTIONS", "ImageClassification", "ImageData", "ImageRow", "ImageTask", "fitted_resolutions",
+           "hold_out", "image_sides", "load_image_csv", "parse_label_set", "parse_number", "read_image_csv",
+           "register_tasks"]

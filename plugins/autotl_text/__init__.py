@@ -101,8 +101,8 @@ class TextTableTask(Task):
             name, backbone = next(iter(backbones.items()))
             pre = TextPreprocessing.of(backbone)
             step = max(1, len(train) // LENGTH_SAMPLE)
-            encoded = tokenizer_of(backbone, pre)(list(train[::step]), add_special_tokens=True, truncation=False,
-                                                             verbose=False)
+            tokenizer = tokenizer_of(backbone, pre)
+            encoded = tokenizer(list(train[::step]), add_special_tokens=True, truncation=False, verbose=False)
             lengths = [len(ids) for ids in encoded["input_ids"]]
             fitted.append(fitted_max_length(lengths, int(pre.model_max_length or 512), name))
         if "epochs" in asked:
@@ -436,4 +436,5 @@ def register_tasks(register):
 
 
 __all__ = ["LabelKind", "TABLE_OPTIONS", "TABLE_PARAMETERS", "TextClassification", "TextSplit", "TextTableTask",
-           "WordSplit", "encode_words", "fitted_max_length", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]
+           "WordSplit", "encode_words", "fitted_max_length", "register_tasks", "max_length_for", "trim_transform",
+           "tokenizer_of"]
