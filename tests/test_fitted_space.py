@@ -12,13 +12,14 @@ from tiny import TINY, make_image_folder, save_tiny_weights
 from autotl import FittedRange
 from autotl.controller import Search, SearchOptions
 from autotl.errors import PluginError, UsageError
-from autotl.fitted_space import apply_fitted
+from autotl.fitted_space import apply_fitted, fit_space
 from autotl.leaderboard import best_summary
+from autotl.params import parameters_for
 from autotl.plugins import get_registry
 from autotl.progress import Reporter
 from autotl.recipes import load_recipe, parse_recipe
 from autotl.records import StudyRecord
-from autotl_image import fitted_resolutions
+from autotl_image import ImageClassification, fitted_resolutions
 from autotl_tasks.fitting import FEW_SAMPLES, MANY_SAMPLES, epochs_by_samples
 from autotl_text import fitted_max_length
 
@@ -168,3 +169,30 @@ def test_the_text_task_fits_max_length_to_the_token_lengths_of_its_training_text
     (fitted,) = task.fitted_space(data, {"tiny": backbone}, asked)
     assert fitted.param == "max_length" and fitted.choices == [32]  # sentences of 4 to 15 words
     assert "95th percentile of the training texts" in fitted.why and "tiny's tokenizer" in fitted.why
+
+
+class Proposing(ImageClassification):
+    """The image task, proposing fixed ranges whatever the data."""
+
+    def __init__(self, *proposals: FittedRange):
+        self.proposals = proposals
+
+    def fitted_space(self, data, backbones, asked):
+        return self.proposals
+
+
+def test_fit_space_applies_only_what_the_recipe_marks_and_says_why():
+    task = Proposing(FittedRange("resolution", "large", choices=[96, 224]), FittedRange("epochs", "few", low=2, high=9))
+    said: list[str] = []
+    marked = recipe({"resolution": {"choices": [96], "fit": "data"}, "epochs": {"low": 2, "high": 4}})
+    fitted_recipe, fitted = fit_space(task, None, {}, marked, parameters_for(task, []), said.append)
+    assert fitted == [{"param": "resolution", "choices": [96, 224], "why": "large"}]
+    assert said == ["Space fitted to the data: resolution choices [96, 224]: large"]
+    assert (fitted_recipe.space["epochs"].low, fitted_recipe.space["epochs"].high) == (2, 4)  # the user's
+
+
+def test_a_fitted_value_the_parameter_does_not_take_is_the_plugins_error():
+    task = Proposing(FittedRange("resolution", "tiny", choices=[8]))
+    marked = recipe({"resolution": {"choices": [96], "fit": "data"}})
+    with pytest.raises(PluginError, match="resolution"):
+        fit_space(task, None, {}, marked, parameters_for(task, []), print)
