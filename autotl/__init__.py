@@ -11,7 +11,7 @@ The Python API (see autotl/api.py and docs/guide.md, "From Python"):
 
 from .base import (Backbone, BackboneFamily, ExportUnsupportedError, LoadedData, Registry, Target, Task,
                    TensorSplit, TrialData)
-from .contracts import DataReport, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
+from .contracts import DataReport, FittedRange, ImagePreprocessing, Preprocessing, SkippedItem, TextPreprocessing
 from .errors import AutotlError
 from .hookspecs import hookimpl
 from .utils import (is_under, json_lines, load_without_head, numbered_records, quantile_bins, set_stratified_split,
@@ -28,6 +28,7 @@ __all__ = [
     "BackboneFamily",
     "DataReport",
     "ExportUnsupportedError",
+    "FittedRange",
     "ImagePreprocessing",
     "LoadedData",
     "Preprocessing",

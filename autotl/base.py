@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, Union
 import torch
 from torch import nn
 
-from .contracts import DataReport, Preprocessing
+from .contracts import DataReport, FittedRange, Preprocessing
 from .errors import PluginError
 from .params import Param
 
@@ -393,6 +393,20 @@ class Task(ABC):
         Expensive work (decoding, resizing, tokenising) should be cached on ``data`` so that later
         trials with the same preprocessing reuse it.
         """
+
+    def fitted_space(self, data: LoadedData, backbones: Mapping[str, Backbone],
+                     asked: Mapping[str, Any]) -> Sequence[FittedRange]:
+        """Ranges fitted to the data just loaded, before a new study's first trial: one :class:`FittedRange` per
+        parameter of ``asked`` the data says something about (image sides to resolutions, text lengths to a
+        max length...), each with why. The core applies them (autotl/fitted_space.py); a parameter left out
+        keeps the recipe's range.
+
+        :param backbones: the models searched, by name (their native input size or longest input caps a range).
+        :param asked: the recipe's ``space`` entries marked ``fit: data`` (:class:`autotl.recipes.ParamSpec`:
+            the fallback range, its ``choices`` or ``low``/``high``), by parameter name; no other is changed.
+        The default fits nothing.
+        """
+        return ()
 
     def split_items(self, data: LoadedData, split: str) -> tuple[list[Any], list[int]] | None:
         """The raw items of ``split`` (``"train"``, ``"val"`` or ``"test"``) and their class indices.

@@ -5,6 +5,8 @@
   and text tasks read (``ImagePreprocessing.of(backbone)``).
 - :class:`DataReport` (and :class:`SkippedItem`): what a task's :class:`autotl.LoadedData` holds as
   ``report``, shown by the console reporter and written as ``data_report.json``.
+- :class:`FittedRange`: a range a task fits to the data it loaded (:meth:`autotl.Task.fitted_space`), which
+  the core applies where the recipe marks the parameter's range ``fit: data`` (autotl/fitted_space.py).
 
 Each is a dataclass whose fields are the contract (like timm's ``PretrainedCfg``); ``to_dict()``
 gives its JSON form. For code written against the plain dicts of earlier versions, each is also a
@@ -182,6 +184,47 @@ class SkippedItem:
         return {"file": self.file, "reason": self.reason}
 
 
+@dataclass
+class FittedRange:
+    """A parameter's range fitted to the data, and why: what :meth:`autotl.Task.fitted_space` returns.
+
+    Give ``choices`` or both ``low`` and ``high`` (a range of numbers, searched as the recipe's fallback range
+    was: whole or real numbers, its ``log``). ``why`` says in a few words what in the data chose it (the search
+    prints it and records it on the study): ``median image side 480 px``.
+    """
+
+    #: the parameter, a name of the recipe's ``space`` marked ``fit: data``.
+    param: str
+    #: what in the data chose the range, in a few words.
+    why: str
+    choices: list | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise PluginError(f"a fitted range of {self.param} needs choices or both low and high, not "
+                              f"choices={self.choices!r}, low={self.low!r}, high={self.high!r}")
+        if self.choices is not None:
+            self.choices = list(self.choices)
+            if not self.choices:
+                raise PluginError(f"a fitted range of {self.param} offers no choice")
+        elif self.low > self.high:
+            raise PluginError(f"a fitted range of {self.param}: low ({self.low}) is above high ({self.high})")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"param": self.param}
+        out.update({"choices": self.choices} if self.choices is not None else {"low": self.low, "high": self.high})
+        out["why"] = self.why
+        return out
+
+    def describe(self) -> str:
+        """The range in words: ``resolution choices [96, 128, 160, 224]``, ``epochs 8 to 21``."""
+        if self.choices is not None:
+            return f"{self.param} choices [{', '.join(str(c) for c in self.choices)}]"
+        return f"{self.param} {self.low:g} to {self.high:g}"
+
+
 @dataclass(eq=False)
 class DataReport(_MappingView):
     """What a task found in a dataset (:attr:`autotl.LoadedData.report`): shown when a search starts,
@@ -259,5 +302,5 @@ def _skipped(item: Any) -> SkippedItem:
     raise PluginError(f"a data report's skipped item must be an autotl.SkippedItem(file, reason), not {item!r:.100}")
 
 
-__all__ = ["DataReport", "IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocessing", "Preprocessing", "SkippedItem",
+__all__ = ["DataReport", "FittedRange", "IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocessing", "Preprocessing", "SkippedItem",
            "TextPreprocessing"]

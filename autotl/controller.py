@@ -23,6 +23,7 @@ from .cache import FeatureCache
 from .device import resolve_device
 from .errors import AutotlError, RunError, UsageError
 from .files import write_json
+from .fitted_space import apply_fitted, fit_space
 from .objective import Objective
 from .options import SearchOptions, SearchOutcome
 from .params import ParameterSet, parameters_for
@@ -87,6 +88,7 @@ class Search:
         self.objective: Objective | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.split_seed = options.seed  # a study begun already: the seed it recorded (see _adopt_study)
+        self.fitted_space: list[dict[str, Any]] = []  # the ranges fitted to the data (autotl/fitted_space.py)
 
     # -- preparation -------------------------------------------------------------------------
     def resolve_zoo(self) -> None:
@@ -179,6 +181,8 @@ class Search:
             return None
         check_task(record, self.task, where)
         self.recipe = adopted_recipe(record, given, self.recipe, replace(self.parameters, strict=False))
+        self.fitted_space = list(record.fitted_space or [])  # fitted when the study began: never again
+        self.recipe = apply_fitted(self.recipe, self.fitted_space)
         self.target = target_of(self.task, record.label_names)
         self.metric = checked_metric(self.recipe, self.target)
         check_metric(record, self.metric, self.task, where)
@@ -202,6 +206,8 @@ class Search:
         if half_recorded(self.study.user_attrs):
             self.reporter.message(f"{self.location.describe()} is half-recorded (the search that began it was "
                                   "interrupted): recording it anew")
+        self.recipe, self.fitted_space = fit_space(self.task, self.data, self.zoo, self.recipe, self.parameters,
+                                                   self.reporter.message)
         points = [p for p in self.recipe.start_with if p.get("model") in self.zoo]
         # ranked before the study is recorded: a Ctrl-C while ranking leaves a study that starts anew
         if self.options.prerank and self.recipe.prerank["enabled"] and len(self.zoo) > 1:
@@ -242,7 +248,7 @@ class Search:
                            label_names=data.label_names, recipe=self.recipe.raw, recipe_source=self.recipe.source,
                            seed=self.split_seed, models={name: b.describe() for name, b in self.zoo.items()},
                            weights_files=self.weight_files, out=str(Path(opts.out).resolve()), keep_top=opts.keep_top,
-                           metric=self.metric, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                           metric=self.metric, fitted_space=self.fitted_space or None, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property
     def direction(self) -> str:

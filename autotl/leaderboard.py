@@ -170,6 +170,7 @@ def best_summary(study: optuna.Study, number: int | None = None, metric: str | N
         "test_weights": (record.test_weights or {}).get(str(number), "trial") if record.test_score(number) is not None
         else None,  # whose the test score is: "refit" (train+val) or "trial" (its own weights)
         "refit": {k: v for k, v in refit.items() if k != "calibration"} if refit else None,
+        "fitted_space": record.fitted_space,  # the ranges fitted to the data before the first trial, and why
     }
 
 

@@ -35,6 +35,8 @@ SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "with_conve
                       "reserve": 0.25, "refit": "auto", "tie_break": "auto"}
 REFIT_CHOICES = ("auto", "always", "never")
 PREFER_CHOICES = ("simpler", "best")
+#: the value of a ``space`` entry's ``fit`` field that lets the task fit the range to the data (autotl/fitted_space.py)
+FIT_DATA = "data"
 #: the ``converged_head`` section's defaults: a new study queues one converged-head trial per model first
 #: (autotl/head_fit.py, autotl/controller.py; docs/recipes.md). ``C``: the inverse strength of its L2 penalty.
 CONVERGED_HEAD_DEFAULTS = {"enabled": True, "C": 1.0}
@@ -59,6 +61,9 @@ class ParamSpec:
     log: bool = False
     choices: tuple | None = None
     type: str | None = None
+    #: ``fit: data`` in the recipe: the range is a fallback that the task may fit to the data it loads before a
+    #: new study's first trial (autotl/fitted_space.py); a range without it is the user's and is never changed.
+    fit: bool = False
 
     @property
     def kind(self) -> str:
@@ -338,9 +343,13 @@ def _param_spec(name: str, spec: Any, param: Param | None, fail) -> ParamSpec:
     where = f"space.{name}"
     if not isinstance(spec, dict):
         fail(where, "must be a mapping such as {low: 1e-4, high: 1e-2, log: true} or {choices: [...]}")
-    unknown = set(spec) - {"low", "high", "log", "choices"}
+    unknown = set(spec) - {"low", "high", "log", "choices", "fit"}
     if unknown:
-        fail(where, f"unknown field(s) {', '.join(sorted(unknown))}; use low, high, log or choices")
+        fail(where, f"unknown field(s) {', '.join(sorted(unknown))}; use low, high, log, choices or fit")
+    fit = spec.get("fit")
+    if fit not in (None, FIT_DATA):
+        fail(f"{where}.fit", f"must be `{FIT_DATA}` (the range is fitted to the data, this one the fallback) or "
+                             f"left out (the range as written), not {fit!r}")
     if "choices" in spec and name == "freeze":
         fail(where, "takes {low, high} bounds (high at most the model's group count - 1; absent: all of them), "
                     "not choices")
@@ -349,7 +358,7 @@ def _param_spec(name: str, spec: Any, param: Param | None, fail) -> ParamSpec:
         if not isinstance(choices, list) or not choices:
             fail(where, "choices must be a non-empty list")
         return ParamSpec(name, choices=tuple(_checked(param, c, f"{where}.choices", fail) for c in choices),
-                         type=param and param.type)
+                         type=param and param.type, fit=fit == FIT_DATA)
     if param is not None and not param.numeric:
         fail(where, f"`{name}` takes {param.allowed()}: search it as {{choices: [...]}}")
     low = _number(spec.get("low"), f"{where}.low", fail)
@@ -365,7 +374,7 @@ def _param_spec(name: str, spec: Any, param: Param | None, fail) -> ParamSpec:
         fail(where, "a log scale needs low > 0")
     low, high = (None if v is None else _checked(param, v, f"{where}.{key}", fail) for key, v in (("low", low),
                                                                                                   ("high", high)))
-    return ParamSpec(name, low=low, high=high, log=log, type=param and param.type)
+    return ParamSpec(name, low=low, high=high, log=log, type=param and param.type, fit=fit == FIT_DATA)
 
 
 def _number(value: Any, where: str, fail) -> float | int | None:

@@ -74,6 +74,9 @@ class StudyRecord:
     #: the metric the study ranks trials by (the recipe's ``metric:``); ``None`` in a study begun before it
     #: was recorded: the task's primary metric then (:meth:`metric_for`)
     metric: str | None = None
+    #: the ranges fitted to the data before the first trial (autotl/fitted_space.py): ``[{param, choices | low,
+    #: high, why}]`` in place of the recipe's ``fit: data`` ranges; ``None`` where none was (or before it existed)
+    fitted_space: list[dict[str, Any]] | None = None
     created: str | None = None
     record_version: int = RECORD_VERSION
     # -- added after the search began the study
@@ -152,7 +155,7 @@ class StudyRecord:
 
 #: the description's keys, in the order they are written; `created` is written last, after DESCRIPTION.
 _DESCRIBED = ("record_version", "task", "data", "fingerprint", "label_names", "recipe", "recipe_source", "seed",
-              "models", "weights_files", "out", "keep_top", "metric", "created")
+              "models", "weights_files", "out", "keep_top", "metric", "fitted_space", "created")
 _LATER = ("test_scores", "all_test_metrics", "scratch", TRANSFERABILITY_ATTR, PRERANK_DROPPED_ATTR, "prerank_skipped",
           "ensemble", "selection", "refit", "test_weights")
 

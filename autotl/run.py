@@ -29,6 +29,7 @@ from .base import Backbone, BackboneFamily, LoadedData, Registry, Target, Task
 from .device import resolve_device
 from .errors import DataError, PluginError, RunError
 from .files import load_weights
+from .fitted_space import apply_fitted
 from .leaderboard import best_trial
 from .network import trained_network
 from .plugins import get_registry, target_of
@@ -110,9 +111,10 @@ class Run:
 
     @cached_property
     def recipe(self) -> Recipe:
-        """The recipe the search ran (its data options decide the splits)."""
+        """The recipe the search ran (its data options decide the splits), with the ranges it fitted to the data."""
         record = self.record
-        return parse_recipe(record.recipe or {"task": record.task, "fixed": {"lr": 0}}, record.recipe_source or "?")
+        recipe = parse_recipe(record.recipe or {"task": record.task, "fixed": {"lr": 0}}, record.recipe_source or "?")
+        return apply_fitted(recipe, record.fitted_space)
 
     def data_path(self, path: Path | str | None = None) -> Path:
         """``path`` if given (the data moved), else the data folder the search recorded."""

@@ -20,7 +20,9 @@ from typing import Any, Mapping, Sequence, TextIO
 import torch
 from PIL import Image
 
-from autotl import Backbone, ImagePreprocessing, LoadedData, Param, Task, TensorSplit, TrialData, hookimpl
+from autotl import (Backbone, DataReport, FittedRange, ImagePreprocessing, LoadedData, Param, Task, TensorSplit,
+                    TrialData, hookimpl)
+from autotl_tasks.fitting import epochs_by_samples, median, percentile
 from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, UnreadableInputs, UsageError
 
@@ -94,10 +96,26 @@ class ImageTask(Task):
                               max_side=_max_side(options))
 
     def loaded(self, images: ImageData, options: Mapping[str, Any], report: Any) -> LoadedData:
-        """What a subclass's :meth:`load` returns for ``images``: the data option ``fit`` checked and kept."""
+        """What a subclass's :meth:`load` returns for ``images``: the data option ``fit`` checked and kept, the
+        training images' sides added to the report (``image_side``, what :meth:`fitted_space` reads)."""
         images.fit = self._fit((options or {}).get("fit"))
+        report = DataReport.of(report, list(images.classes))
+        report.details.setdefault("image_side", image_sides(images))
         return LoadedData(label_names=list(images.classes), fingerprint=images.fingerprint, report=report,
                           has_test="test" in images.splits, payload=images)
+
+    def fitted_space(self, data: LoadedData, backbones: Mapping[str, Backbone],
+                     asked: Mapping[str, Any]) -> list[FittedRange]:
+        """``resolution`` from the training images' median shorter side (:func:`fitted_resolutions`), ``epochs``
+        from their number (:func:`autotl_tasks.fitting.epochs_by_samples`)."""
+        fitted = []
+        sides = data.report.details.get("image_side") or {}
+        if "resolution" in asked and sides.get("median"):
+            natives = [ImagePreprocessing.of(b).input_size for b in backbones.values()]
+            fitted.append(fitted_resolutions(int(sides["median"]), max(natives, default=None)))
+        if "epochs" in asked:
+            fitted.extend(epochs_by_samples(len(data.payload.splits["train"][0]), asked["epochs"]))
+        return fitted
 
     # -- export and prediction --------------------------------------------------------------------
     def export_settings(self, data_options: Mapping[str, Any], backbone: Backbone,
@@ -184,6 +202,35 @@ class ImageClassification(ImageTask):
         return self.loaded(images, options, images.report())
 
 
+#: the resolutions a fitted space takes from (:func:`fitted_resolutions`): 96 keeps a trial cheap on a CPU, 224 is
+#: the ImageNet models' native size.
+RESOLUTIONS = (96, 128, 160, 224)
+
+
+def image_sides(images: ImageData) -> dict[str, int]:
+    """The shorter sides of the training images as decoded (at most ``max_side`` on the longer side): their
+    median, 10th and 90th percentiles, smallest and largest, in pixels."""
+    sides = sorted(min(image.size) for image in images.splits["train"][0])
+    if not sides:
+        return {}
+    return {"median": int(median(sides)), "p10": percentile(sides, 0.1), "p90": percentile(sides, 0.9),
+            "min": sides[0], "max": sides[-1]}
+
+
+def fitted_resolutions(side: int, native: int | None) -> FittedRange:
+    """The resolutions to search for images whose median shorter side is ``side`` pixels: the steps of
+    :data:`RESOLUTIONS` up to the first at or above ``side`` (an image is upscaled by at most one step), at least the
+    two lowest (thumbnails, upscaled as pretrained networks see them best); none above the models' largest native
+    input size ``native``, which is offered itself where the images reach it."""
+    top = next((r for r in RESOLUTIONS if r >= side), RESOLUTIONS[-1])
+    choices = [r for r in RESOLUTIONS if r <= max(top, RESOLUTIONS[1])]
+    why = f"median image side {side} px"
+    if native is not None and native < choices[-1]:
+        choices = sorted({*(r for r in choices if r < native), native})
+        why += f"; the models' native size {native} px"
+    return FittedRange("resolution", why, choices=choices)
+
+
 def _max_side(options: Mapping[str, Any]) -> int:
     """The ``max_side`` data option: a whole number of pixels, at least :data:`MIN_MAX_SIDE`."""
     value = (options or {}).get("max_side", DEFAULT_MAX_SIDE)
@@ -263,5 +310,6 @@ def register_tasks(register):
     register(ImageClassification())
 
 
-__all__ = ["FIT_MODES", "ImageClassification", "ImageData", "ImageRow", "ImageTask", "hold_out", "load_image_csv",
-           "parse_label_set", "parse_number", "read_image_csv", "register_tasks"]
+__all__ = ["FIT_MODES", "RESOLUTIONS", "ImageClassification", "ImageData", "ImageRow", "ImageTask", "fitted_resolutions",
+           "hold_out", "image_sides", "load_image_csv", "parse_label_set", "parse_number", "read_image_csv",
+           "register_tasks"]

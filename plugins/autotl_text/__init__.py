@@ -16,6 +16,7 @@ something else (a number, a set of labels) subclasses it with its :class:`LabelK
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -24,8 +25,10 @@ from typing import Any, Iterator, Mapping, Sequence, TextIO
 
 import torch
 
-from autotl import Backbone, LoadedData, Param, Task, TensorSplit, TextPreprocessing, TrialData, hookimpl
+from autotl import (Backbone, FittedRange, LoadedData, Param, Task, TensorSplit, TextPreprocessing, TrialData,
+                    hookimpl)
 from autotl.base import Inputs
+from autotl_tasks.fitting import epochs_by_samples, median, percentile
 from autotl_tasks.targets import ClassLabel
 from autotl.errors import DataError, PluginError, UsageError
 
@@ -34,6 +37,10 @@ from ._table import (LabelKind, Options, TableRow, TextData, decode_utf8, encode
 
 #: the shortest max length a trial may ask for: [CLS] and [SEP] plus a few tokens.
 MIN_MAX_LENGTH = 8
+#: fitted max lengths are whole multiples of this many tokens, and at least this (:func:`fitted_max_length`).
+LENGTH_STEP = 32
+#: training texts whose token lengths :meth:`TextTableTask.fitted_space` measures (evenly spread over the split).
+LENGTH_SAMPLE = 2000
 #: training batches are formed among this many batches' worth of shuffled texts, by length.
 BUCKET_BATCHES = 20
 
@@ -82,6 +89,25 @@ class TextTableTask(Task):
             has_test="test" in texts.splits,
             payload=texts,
         )
+
+    def fitted_space(self, data: LoadedData, backbones: Mapping[str, Backbone],
+                     asked: Mapping[str, Any]) -> list[FittedRange]:
+        """``max_length`` from the training texts' token lengths (:func:`fitted_max_length`, with the first searched
+        model's tokenizer), ``epochs`` from their number (:func:`autotl_tasks.fitting.epochs_by_samples`)."""
+        texts: TextData = data.payload
+        train = texts.splits["train"][0]
+        fitted = []
+        if "max_length" in asked and backbones and train:
+            name, backbone = next(iter(backbones.items()))
+            pre = TextPreprocessing.of(backbone)
+            step = max(1, len(train) // LENGTH_SAMPLE)
+            tokenizer = tokenizer_of(backbone, pre)
+            encoded = tokenizer(list(train[::step]), add_special_tokens=True, truncation=False, verbose=False)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            fitted.append(fitted_max_length(lengths, int(pre.model_max_length or 512), name))
+        if "epochs" in asked:
+            fitted.extend(epochs_by_samples(len(train), asked["epochs"]))
+        return fitted
 
     def prepare(self, data: LoadedData, backbone: Backbone, params: Mapping[str, Any]) -> TrialData:
         texts: TextData = data.payload
@@ -391,10 +417,24 @@ def max_length_for(params: Mapping[str, Any], pre: TextPreprocessing) -> int:
     return min(value, limit)
 
 
+def fitted_max_length(lengths: Sequence[int], limit: int, model: str) -> FittedRange:
+    """The max lengths to search for texts of ``lengths`` tokens (special tokens included): the 95th percentile
+    (nearly every text whole) and the median (half of them whole, cheaper), each rounded up to a multiple of
+    :data:`LENGTH_STEP` and at most ``limit``, the longest input the model takes."""
+    def rounded(value: float) -> int:
+        return min(limit, max(LENGTH_STEP, LENGTH_STEP * math.ceil(value / LENGTH_STEP)))
+
+    p95, mid = percentile(lengths, 0.95), median(lengths)
+    why = f"95th percentile of the training texts {p95} tokens, median {mid:g} ({model}'s tokenizer"
+    why += f", which takes at most {limit})" if rounded(p95) == limit and p95 > limit else ")"
+    return FittedRange("max_length", why, choices=sorted({rounded(mid), rounded(p95)}))
+
+
 @hookimpl
 def register_tasks(register):
     register(TextClassification())
 
 
 __all__ = ["LabelKind", "TABLE_OPTIONS", "TABLE_PARAMETERS", "TextClassification", "TextSplit", "TextTableTask",
-           "WordSplit", "encode_words", "register_tasks", "max_length_for", "trim_transform", "tokenizer_of"]
+           "WordSplit", "encode_words", "fitted_max_length", "register_tasks", "max_length_for", "trim_transform",
+           "tokenizer_of"]
