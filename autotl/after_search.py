@@ -23,7 +23,7 @@ from .inference import predict_outputs
 from .leaderboard import best_trial, direction_sign, rank_key
 from .network import trained_network
 from .progress import Reporter
-from .records import StudyRecord, TrialRecord, record_ensemble, record_scratch, record_test_score
+from .records import StudyRecord, TrialRecord, is_converged_head, record_ensemble, record_scratch, record_test_score
 from .selection import OutOfFold, recorded_refit
 from .training import train
 
@@ -108,7 +108,8 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
                           zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None],
                           device: torch.device, reporter: Reporter, keep_top: int | None = None,
                           rounds: int = DEFAULT_ROUNDS, select_by: str | None = None,
-                          out_of_fold: Mapping[int, OutOfFold] | None = None) -> dict[str, Any] | None:
+                          out_of_fold: Mapping[int, OutOfFold] | None = None, ship: str = "auto"
+                          ) -> dict[str, Any] | None:
     """Select an ensemble of the kept trials (the top ``keep_top`` by validation), score it on the test split, record
     it on the study (``ensemble``) and say how it compares with the best single trial.
 
@@ -118,11 +119,19 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
     kept trials' validation outputs (the validation score is then optimistic). ``select_by``: the metric of the target
     greedy selection climbs, in its own direction [default: ``metric``]. ``None`` with fewer than two trials whose
     outputs can be combined (:func:`ensemble_candidates`).
+
+    The ensemble is **shipped** (``shipped`` on the record: what ``autotl export`` writes and whose test score is the
+    search's) where ``ship`` is ``auto`` (the recipe's ``selection.ship_ensemble``) and it was selected on out-of-fold
+    outputs with two members or more: greedy selection keeps a second member only where it beats the best single
+    trial on those outputs, every item predicted by a model that did not train on it. An ensemble selected on the
+    validation split is recorded and offered (``autotl export --ensemble``), never shipped: its score there is
+    optimistic.
     """
     sign = direction_sign(study)
     ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: rank_key(t, sign))
-    kept = [(t, path) for t in ranked if (path := kept_weights(t)) is not None][:keep_top or None]
+    kept = [(t, path) for t in ranked if (path := kept_weights(t)) is not None]
+    kept = [pair for i, pair in enumerate(kept) if i < (keep_top or len(kept)) or is_converged_head(pair[0])]
     chosen = best_trial(study)  # the selection's choice where it ran: the single trial an ensemble must beat
     kept.sort(key=lambda pair: pair[0].number != chosen.number)
     candidates, labels, excluded = ensemble_candidates(kept, task, target, data, zoo.get, device)
@@ -147,8 +156,16 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
                                                                                 climbed.singles.items()}},
                         val_note="the validation items were among the out-of-fold items that chose the weights; "
                                  "the test split chose nothing")
+        single = climbed.singles.get(chosen.number)
+        if ship == "auto" and len(ensemble.get("members") or {}) >= 2:
+            ensemble["shipped"] = True
+            ensemble["shipped_why"] = (
+                "selected on the out-of-fold outputs of train+val, where it beats "
+                + (f"trial {chosen.number} alone ({ensemble['selected_by']} {climbed.score:.4f} against "
+                   f"{single:.4f})" if single is not None else "each of its members alone"))
     else:
         ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, direction, rounds, select_by=by)
+    ensemble.setdefault("shipped", False)
     ensemble["excluded"] = excluded
     ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
                               zoo.get, device)

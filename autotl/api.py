@@ -101,6 +101,10 @@ def run_search(options, reporter: Reporter | None = None, registry: Registry | N
                                  f"samples): {metric} {score[f'test_{metric}']:.4f}")
             if not outcome.interrupted:
                 result.ensemble = runner.ensemble()
+                if result.ensemble and result.ensemble.get("shipped") and result.ensemble.get("test") is not None:
+                    reporter.message(f"Shipped: the ensemble of trials {', '.join(result.ensemble['members'])} on "
+                                     f"the test split: {runner.metric} {result.ensemble['test']:.4f} (`autotl export` "
+                                     f"writes it)")
             if options.scratch_baseline and not outcome.interrupted:
                 result.scratch = runner.scratch_baseline()
         except KeyboardInterrupt:

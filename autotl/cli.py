@@ -157,7 +157,8 @@ def trial_loop_options(func):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--keep-top", type=click.IntRange(min=1),
                      help="How many top trials keep their weights on disk [default: the study's, 3 for a new "
-                          "one]. A study begun already keeps its own: a different value is refused."),
+                          "one], besides the converged-head trials (one per model). A study begun already keeps "
+                          "its own: a different value is refused."),
     ]):
         func = option(func)
     return func
@@ -325,7 +326,8 @@ def best(run, storage, study, within, as_json):
 
     With --within 0.01: the fastest trial whose validation score is within 0.01 of the best,
     the production pick that `autotl export --within 0.01` exports. The ensemble the search
-    recorded is shown beside it, and competes under --within with its members' latencies added.
+    recorded is shown beside it, and competes under --within with its members' latencies added;
+    where the search ships it (selected on out-of-fold outputs on small data) it is the best.
     """
     from .ensemble import describe as describe_ensemble
     from .leaderboard import best_summary, choose_trial, metric_name
@@ -342,7 +344,8 @@ def best(run, storage, study, within, as_json):
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     if choice.ensemble:
-        click.echo(f"Production pick: the ensemble of trials {', '.join(choice.ensemble['members'])}")
+        title = "Production pick:" if within is not None else "Best: what the search ships,"
+        click.echo(f"{title} the ensemble of trials {', '.join(choice.ensemble['members'])}")
         click.echo(f"  chosen by: {choice.reason}")
         click.echo(f"  {describe_ensemble(choice.ensemble)}")
         return
@@ -402,8 +405,10 @@ def export(run, storage, study, out, trial, within, refit, formats, data, weight
     \b
     The bundle: model.safetensors (LoRA merged), config.json (task, model, labels, preprocessing,
     the trial's parameters and scores, data fingerprint, versions, checksums), README.md (the
-    model card), and with --format the ONNX / TorchScript files. The best trial by default.
-    With --ensemble: the search's ensemble, each member such a bundle under members/.
+    model card), and with --format the ONNX / TorchScript files. By default what the search ships:
+    the best trial, or the ensemble where the search ships one (selected on out-of-fold outputs on
+    small data; `--trial N` then writes trial N alone). With --ensemble: the search's ensemble,
+    each member such a bundle under members/.
     """
     from .export import ExportOptions, export_bundle
     from .runs import locate

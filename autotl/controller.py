@@ -349,7 +349,8 @@ class Search:
             return ensemble_after_search(self.study, self.task, self.target, self.metric, self.data, self.zoo,
                                          self.kept_weights, self.device, self.reporter, self.options.keep_top,
                                          self.options.ensemble_rounds, self.options.ensemble_metric,
-                                         out_of_fold(self.study, [self.options.out]))
+                                         out_of_fold(self.study, [self.options.out]),
+                                         ship=self.recipe.selection["ship_ensemble"])
         except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
             self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
                                   "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")

@@ -349,7 +349,11 @@ def describe(ensemble: Mapping[str, Any]) -> str:
         latency = ensemble.get("latency")
         if latency and latency.get("batch1_ms") is not None:
             line += f" Latency {latency['batch1_ms']:.2f} ms/item at batch 1 (the members' added)."
-        line += " `autotl export RUN --ensemble` writes it as one bundle."
+        if ensemble.get("shipped"):
+            line += (f" Shipped: {ensemble.get('shipped_why') or 'selected on out-of-fold outputs'}; `autotl export "
+                     f"RUN` writes it as one bundle, `--trial {single.get('trial')}` the single trial.")
+        else:
+            line += " `autotl export RUN --ensemble` writes it as one bundle."
     for soup in ensemble.get("soups") or []:
         if len(soup.get("averaged") or []) > 1:
             line += (f" Weight averaging of trials {', '.join(map(str, soup['averaged']))} ({soup['model']}): val "

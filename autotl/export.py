@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -78,7 +78,11 @@ def export_bundle(location: RunLocation | Run, options: ExportOptions,
     if options.ensemble or options.members:
         return export_ensemble(run, options, say)
     choice = choose_trial(study, number=options.trial, within=options.within)
-    if choice.ensemble is not None:  # --within picked the recorded ensemble
+    if choice.ensemble is not None and options.refit and options.within is None:  # one configuration to train again
+        say(f"--refit trains one configuration again: exporting trial {choice.trial.number}, the best single trial, "
+            f"not the ensemble the search ships")
+        choice = replace(choice, ensemble=None, reason="the best single trial (--refit; the search ships an ensemble)")
+    if choice.ensemble is not None:  # the search ships the recorded ensemble, or --within picked it
         say(f"Exporting the ensemble of trials {', '.join(choice.ensemble['members'])}: {choice.reason}")
         return export_ensemble(run, options, say, chosen_by=choice.reason)
     trial = choice.trial

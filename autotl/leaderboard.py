@@ -187,7 +187,8 @@ class Choice:
 def choose_trial(study: optuna.Study, *, number: int | None = None, within: float | None = None) -> Choice:
     """The trial ``number``; else the fastest one within ``within`` of the best validation score (in the direction
     of the study's metric: at most ``within`` below the best where it maximises, above where it minimises); else
-    the best (:func:`best_trial`: ties go to the lower trial number).
+    the best (:func:`best_trial`: ties go to the lower trial number), or the recorded ensemble where the search ships
+    it (``shipped``: selected on out-of-fold outputs, autotl/after_search.py; ``Choice.ensemble``).
 
     "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
     user attribute); ties go to the better score, then the lower trial number. Trials without a
@@ -211,6 +212,10 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
         raise RunError("no trial of the study has completed yet")
     if within is None:
         chosen = best_trial(study)
+        shipped = _ensemble(study)
+        if shipped is not None and shipped.get("shipped"):
+            return Choice(chosen, f"the ensemble of trials {', '.join(shipped['members'])} the search ships: "
+                                  f"{shipped.get('shipped_why') or 'selected on out-of-fold outputs'}", ensemble=shipped)
         selection = StudyRecord.from_study(study).selection or {}
         if selected_number(study) == chosen.number:
             return Choice(chosen, f"the selection on small data, {selection.get('reason')}")

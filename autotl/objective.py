@@ -142,7 +142,8 @@ class Objective:
         state = result.merged_state(backbone)
         self._step = "measuring the cost"
         self._record_cost(trial, backbone, state, val)
-        if ranks_in_top(trial.study, result.best_value, trial.number, self.keep_top):
+        if params.get("head_fit") == "converged" or ranks_in_top(trial.study, result.best_value, trial.number,
+                                                                  self.keep_top):  # converged heads: always kept
             # Weights outside the top are dropped by the search's keep-top callback, once Optuna recorded this trial.
             self._step = "saving the weights"
             path = weights_path(self.out, trial.number, self.study_name)

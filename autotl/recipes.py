@@ -32,9 +32,10 @@ CACHE_DEFAULTS = {"enabled": True, "memory_mb": 2048, "disk_mb": 4096, "dir": No
 #: the ``selection`` section's defaults: the leading trials re-scored by k-fold cross-validation on small data, and
 #: the chosen configuration trained again on train+val (autotl/selection.py; docs/recipes.md says why these numbers)
 SELECTION_DEFAULTS = {"cv_below": 1000, "folds": 5, "candidates": 3, "with_converged": True, "prefer": "simpler",
-                      "reserve": 0.25, "refit": "auto", "tie_break": "auto"}
+                      "reserve": 0.25, "refit": "auto", "tie_break": "auto", "ship_ensemble": "auto"}
 REFIT_CHOICES = ("auto", "always", "never")
 PREFER_CHOICES = ("simpler", "best")
+SHIP_ENSEMBLE_CHOICES = ("auto", "never")
 #: the value of a ``space`` entry's ``fit`` field that lets the task fit the range to the data (autotl/fitted_space.py)
 FIT_DATA = "data"
 #: the ``converged_head`` section's defaults: a new study queues one converged-head trial per model first
@@ -270,6 +271,9 @@ def _selection(spec: dict, fail) -> dict[str, Any]:
     if settings["prefer"] not in PREFER_CHOICES:
         fail("selection.prefer", f"must be simpler (of the candidates within a standard error of the best, the fewest "
                                  f"trainable parameters) or best (the best mean), not {settings['prefer']!r}")
+    if settings["ship_ensemble"] not in SHIP_ENSEMBLE_CHOICES:
+        fail("selection.ship_ensemble", f"must be auto (the ensemble ships where it was selected on out-of-fold outputs "
+                                        f"and beats the chosen trial there) or never, not {settings['ship_ensemble']!r}")
     if not isinstance(settings["with_converged"], bool):
         fail("selection.with_converged", f"must be true or false, not {settings['with_converged']!r}")
     tie = settings["tie_break"]

@@ -338,6 +338,12 @@ class TrialRecord:
         return dict(trial.user_attrs.get("config") or trial.params or trial.system_attrs.get("fixed_params") or {})
 
 
+def is_converged_head(trial) -> bool:
+    """Whether ``trial`` (frozen, live or queued) is a converged-head trial: its head alone fitted to convergence on
+    frozen features (``head_fit: converged``, autotl/head_fit.py)."""
+    return TrialRecord.params(trial).get("head_fit") == "converged"
+
+
 _TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 #: the fields a trial that recorded none reads as ``{}`` (every other one: ``None``)
 _DICTS = frozenset(f.name for f in dataclasses.fields(TrialRecord) if f.default_factory is dict)
@@ -359,6 +365,6 @@ def record_trial_error(storage, trial_id: int, error: str) -> None:
 
 __all__ = ["DESCRIPTION", "FAILED_TRIAL_ATTR", "PRERANK_DROPPED_ATTR", "RECORD_VERSION", "RETRY_HISTORY_ATTR",
            "StudyRecord", "TRANSFERABILITY_ATTR", "TrialRecord", "VERSION_ATTR", "begin_study", "begun",
-           "check_version", "complete_keys", "half_recorded", "record_ensemble", "record_prerank_skipped", "record_refit",
+           "check_version", "complete_keys", "half_recorded", "is_converged_head", "record_ensemble", "record_prerank_skipped", "record_refit",
            "record_scratch", "record_selection", "record_test_score", "record_trial",
            "record_trial_error", "record_transferability", "record_version", "retry_attrs", "retry_of"]

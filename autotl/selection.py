@@ -49,7 +49,7 @@ from .files import atomic_write, save_weights
 from .inference import predict_outputs
 from .leaderboard import direction_sign, rank_key
 from .progress import Reporter
-from .records import StudyRecord, TrialRecord, record_refit, record_selection
+from .records import StudyRecord, TrialRecord, is_converged_head, record_refit, record_selection
 from .training import TrainResult, train
 from .trial_weights import study_folder, weights_path
 
@@ -121,10 +121,7 @@ def fold_of(n: int, folds: int, seed: int, strata: torch.Tensor | None = None) -
 
 # -- which trials -----------------------------------------------------------------------------------------
 
-def is_converged(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` is a converged-head trial (its head alone fitted to convergence on frozen features)."""
-    return TrialRecord.params(trial).get("head_fit") == "converged"
-
+is_converged = is_converged_head  # the name this module's readers know
 
 def candidates(study: optuna.Study, count: int, with_converged: bool = False) -> list[FrozenTrial]:
     """The ``count`` best completed trials by validation (the leaderboard's rule), one per configuration; with

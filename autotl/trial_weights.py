@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .leaderboard import direction_sign, rank_key, selected_number
-from .records import TrialRecord
+from .records import TrialRecord, is_converged_head
 from .runs import DEFAULT_STUDY
 
 
@@ -100,13 +100,16 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
     Call it only once Optuna has recorded the trials it ranks (an Optuna callback): a trial whose result is not
     recorded yet is neither ranked nor displaces one. Only files recorded by trials of this study, whose
     metadata names no other trial, are deleted; nor those of the trial the selection on small data chose
-    (:func:`~autotl.leaderboard.selected_number`). Returns the numbers of the trials whose weights went."""
+    (:func:`~autotl.leaderboard.selected_number`), nor those of converged-head trials (one per model, queued first:
+    the cheap members an ensemble selected on out-of-fold outputs draws on, autotl/ensemble.py). Returns the numbers of the trials whose weights went."""
     sign = direction_sign(study)
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: rank_key(t, sign))
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     dropped, chosen = [], selected_number(study)
     for trial in [*complete[keep_top:], *failed]:
         if trial.number == chosen:  # the selection on small data chose it by cross-validation: it stays
+            continue
+        if trial.state == TrialState.COMPLETE and is_converged_head(trial):  # one per model: ensemble members
             continue
         path, problem = kept_weights(trial, [out], study.study_name)
         if path is None or problem:

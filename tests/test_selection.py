@@ -151,6 +151,7 @@ def test_every_converged_head_trial_is_a_candidate_and_cross_validated_first():
 
 
 @pytest.mark.parametrize("selection, field", [({"prefer": "smallest"}, "selection.prefer"),
+                                              ({"ship_ensemble": "always"}, "selection.ship_ensemble"),
                                               ({"with_converged": "yes"}, "selection.with_converged")])
 def test_a_bad_selection_setting_names_the_field(selection, field):
     from autotl.recipes import parse_recipe
@@ -414,3 +415,30 @@ def test_the_ensemble_is_selected_on_the_out_of_fold_outputs_of_the_cross_valida
     assert ensemble["out_of_fold"]["score"] == pytest.approx(rescored.score)
     singles = ensemble["out_of_fold"]["singles"]
     assert set(singles) == {str(n) for n in folded} and ensemble["out_of_fold"]["score"] >= max(singles.values())
+    # shipped where a second member beat the best single trial out of fold; never with selection.ship_ensemble never
+    assert ensemble["shipped"] is (len(members) >= 2)
+    assert (choose_trial(run.study).ensemble is not None) is ensemble["shipped"]
+    settings = run.recipe.selection
+    try:
+        settings["ship_ensemble"] = "never"
+        assert run.ensemble()["shipped"] is False and choose_trial(run.study).ensemble is None
+    finally:
+        settings["ship_ensemble"] = "auto"
+        run.ensemble()
+
+
+def test_a_shipped_ensemble_is_the_best_and_one_on_validation_never_is():
+    from autotl.records import record_ensemble
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.9, 0.7, 0.8):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={},
+                                                  user_attrs={"config": {"model": "m", "lr": value}}))
+    ensemble = {"members": {"0": 0.5, "2": 0.5}, "val": 0.92, "test": 0.91, "metric": "accuracy",
+                "best_single": {"trial": 0, "val": 0.9}, "selected_on": "validation", "shipped": False}
+    record_ensemble(study, ensemble)
+    assert choose_trial(study).ensemble is None and choose_trial(study).trial.number == 0
+    record_ensemble(study, dict(ensemble, shipped=True, shipped_why="selected on the out-of-fold outputs"))
+    choice = choose_trial(study)
+    assert choice.ensemble is not None and choice.trial.number == 0 and "ships" in choice.reason
+    assert choose_trial(study, number=2).ensemble is None  # --trial N: that trial alone

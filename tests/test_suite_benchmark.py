@@ -165,13 +165,15 @@ def test_main_on_a_given_folder_prints_the_table_and_one_json_line_and_resumes(t
 def test_the_ablation_table_gives_medians_per_set_and_says_what_each_column_is():
     def run(val_best, shipped, ensemble, selection_s):
         return {"autotl": {"test_acc": shipped, "seconds": 60, "ablation": {
-            "val_best": val_best, "cv_choice": val_best, "shipped": shipped, "ensemble": ensemble, "converged": 0.5,
+            "val_best": val_best, "cv_choice": val_best, "single": shipped, "ensemble": ensemble,
+            "shipped": ensemble or shipped, "converged": 0.5,
             "trials_s": 40, "selection_s": selection_s, "refit_s": 2, "ensemble_s": 3}}}
 
     runs = {"photos": {"0": run(0.7, 0.8, None, 10), "1": run(0.6, 0.9, 0.85, 20), "2": run(0.65, 0.7, 0.75, 30)},
             "nothing": {"0": {"probe": {"test_acc": 0.5, "seconds": 1}}}}
     lines = suite.ablation_lines(runs)
     row = next(line for line in lines if line.startswith("photos"))
-    assert row.split() == ["photos", "0.6500", "0.6500", "0.8000", "0.8000", "0.5000", "40", "20", "2", "3"]
+    assert row.split() == ["photos", "0.6500", "0.6500", "0.8000", "0.8000", "0.8000", "0.5000", "40", "20", "2", "3"]
+    assert "shipped: what autotl ships" in "".join(lines)
     assert not any(line.startswith("nothing") for line in lines)
     assert suite.ablation_lines({"nothing": runs["nothing"]}) == []
