@@ -287,7 +287,8 @@ class TensorSplit:
                 return {key: pick(v) for key, v in value.items()}
             return value
 
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx)
+        idx = torch.nonzero(idx).flatten() if idx.dtype == torch.bool else idx.long()  # positions, to compose
         root, where = self.origin if self.origin is not None else (self, None)
         return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self)
                                 if f.name not in ("transform", "origin")},

@@ -123,6 +123,7 @@ def fold_of(n: int, folds: int, seed: int, strata: torch.Tensor | None = None) -
 
 is_converged = is_converged_head  # the name this module's readers know
 
+
 def candidates(study: optuna.Study, count: int, with_converged: bool = False) -> list[FrozenTrial]:
     """The ``count`` best completed trials by validation (the leaderboard's rule), one per configuration; with
     ``with_converged``, every completed converged-head trial too (one per model: cheap to cross-validate, their frozen
