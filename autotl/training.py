@@ -420,9 +420,8 @@ def _cached_prefix(backbone: Backbone, model: nn.Module, evaluated: nn.Module, f
         out = forward(prefix, to_device(sample[0], device))
     per_sample = (out.numel() * 4 if isinstance(out, torch.Tensor)
                   else sum(v.numel() * v.element_size() for v in out.values())) / len(sample[1])
-    computed_on = {id(s.origin[0] if s.origin is not None else s): len(s.origin[0] if s.origin is not None else s)
-                   for s in (train_split, val_split)}  # subsets of one split: that split's outputs, once
-    needed = per_sample * sum(computed_on.values())
+    roots = {id(r): len(r) for r in (s.origin[0] if s.origin is not None else s for s in (train_split, val_split))}
+    needed = per_sample * sum(roots.values())  # subsets of one split: that split's outputs, once
     if not cache.fits(int(needed)):
         return (f"its prefix outputs need {needed / 2**20:.0f} MiB, more than the cache's memory bound "
                 f"({cache.memory_bytes / 2**20:.0f} MiB; cache.memory_mb in the recipe)")

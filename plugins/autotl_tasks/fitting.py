@@ -6,6 +6,7 @@ Each rule is small and says why: docs/recipes.md ("Ranges fitted to the data") l
 from __future__ import annotations
 
 import math
+from statistics import median
 from typing import Any, Sequence
 
 from autotl import FittedRange
@@ -14,13 +15,6 @@ from autotl import FittedRange
 #: half; at or above :data:`MANY_SAMPLES`, epochs are many steps each: the range is halved.
 FEW_SAMPLES = 300
 MANY_SAMPLES = 20000
-
-
-def median(values: Sequence[float]) -> float:
-    """The median of ``values`` (sorted or not; at least one)."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def percentile(values: Sequence[float], q: float) -> float:
