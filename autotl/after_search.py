@@ -26,6 +26,7 @@ from .progress import Reporter
 from .records import StudyRecord, TrialRecord, is_converged_head, record_ensemble, record_scratch, record_test_score
 from .selection import OutOfFold, recorded_refit
 from .training import train
+from .trial_weights import val_outputs_path
 
 
 def test_split_scores(backbone: Backbone, target: Target, width: int, test: TensorSplit, weights: Path,
@@ -108,8 +109,8 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
                           zoo: dict[str, Backbone], kept_weights: Callable[[FrozenTrial], Path | None],
                           device: torch.device, reporter: Reporter, keep_top: int | None = None,
                           rounds: int = DEFAULT_ROUNDS, select_by: str | None = None,
-                          out_of_fold: Mapping[int, OutOfFold] | None = None, ship: str = "auto"
-                          ) -> dict[str, Any] | None:
+                          out_of_fold: Mapping[int, OutOfFold] | None = None, ship: str = "auto",
+                          deadline: float | None = None, large: bool = False) -> dict[str, Any] | None:
     """Select an ensemble of the kept trials (the top ``keep_top`` by validation), score it on the test split, record
     it on the study (``ensemble``) and say how it compares with the best single trial.
 
@@ -124,17 +125,20 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
     search's) where ``ship`` is ``auto`` (the recipe's ``selection.ship_ensemble``) and it was selected on out-of-fold
     outputs with two members or more: greedy selection keeps a second member only where it beats the best single
     trial on those outputs, every item predicted by a model that did not train on it. An ensemble selected on the
-    validation split is recorded and offered (``autotl export --ensemble``), never shipped: its score there is
-    optimistic.
+    validation split ships likewise where the data is ``large`` (too large for the selection on small data: the
+    validation split is what chose the best trial too, and it is large enough for that); on small data it is
+    recorded and offered (``autotl export --ensemble``), never shipped: its score there is optimistic.
+
+    With ``deadline`` (``time.time()`` seconds: the end of the time budget), a candidate whose predictions would not
+    be done by then is left out (the two best are always predicted), and so is a soup (``soups_skipped``).
     """
     sign = direction_sign(study)
     ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: rank_key(t, sign))
-    kept = [(t, path) for t in ranked if (path := kept_weights(t)) is not None]
-    kept = [pair for i, pair in enumerate(kept) if i < (keep_top or len(kept)) or is_converged_head(pair[0])]
+    kept = [(t, path) for t in ensemble_trials(ranked, keep_top) if (path := kept_weights(t)) is not None]
     chosen = best_trial(study)  # the selection's choice where it ran: the single trial an ensemble must beat
     kept.sort(key=lambda pair: pair[0].number != chosen.number)
-    candidates, labels, excluded = ensemble_candidates(kept, task, target, data, zoo.get, device)
+    candidates, labels, excluded = ensemble_candidates(kept, task, target, data, zoo.get, device, deadline)
     if len(candidates) < 2:
         reporter.message("No ensemble: it needs at least two trials with kept weights (--keep-top) whose outputs "
                          "can be combined.")
@@ -165,21 +169,74 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
                    f"{single:.4f})" if single is not None else "each of its members alone"))
     else:
         ensemble = ensemble_record(candidates, labels[0], labels[1], target, metric, direction, rounds, select_by=by)
+        if ship == "auto" and large and len(ensemble.get("members") or {}) >= 2:
+            ensemble["shipped"] = True
+            alone = ensemble["singles_val"].get(str(chosen.number))
+            ensemble["shipped_why"] = (
+                f"selected on the validation split, where it beats trial {chosen.number} alone"
+                + (f" ({metric} {ensemble['val']:.4f} against {alone:.4f})" if None not in (ensemble["val"], alone)
+                   else "") + ": the data is too large for the selection on small data, and that split chose the trial")
     ensemble.setdefault("shipped", False)
     ensemble["excluded"] = excluded
-    ensemble["soups"] = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(), data,
-                              zoo.get, device)
+    ensemble["soups"], skipped = soups(kept, candidates, labels, task, target, metric, study.direction.name.lower(),
+                                       data, zoo.get, device, deadline)
+    if skipped:
+        ensemble["soups_skipped"] = skipped
     record_ensemble(study, ensemble)
     reporter.message(describe(ensemble))
     return ensemble
 
 
+def ensemble_trials(ranked: list[FrozenTrial], keep_top: int | None) -> list[FrozenTrial]:
+    """The trials an ensemble is selected from, of the complete trials ``ranked`` (the best first): the top
+    ``keep_top`` and every converged-head trial, whose weights the search keeps."""
+    return [t for i, t in enumerate(ranked) if i < (keep_top or len(ranked)) or is_converged_head(t)]
+
+
+def prediction_seconds(trial: FrozenTrial, items: int) -> float:
+    """What predicting ``items`` items with ``trial``'s network takes, from its latency per item at the measured
+    batch size on one CPU thread (:mod:`autotl.latency`: an upper bound where more threads run); 0 unmeasured."""
+    latency = TrialRecord.from_trial(trial).latency or {}
+    per_item = latency.get("batched_ms") or latency.get("batch1_ms")
+    return items * float(per_item) / 1000.0 if per_item else 0.0
+
+
+def finishing_seconds(study: optuna.Study, val_items: int, test_items: int, keep_top: int | None,
+                      ensemble: bool, members: int = 3) -> float:
+    """What the work after the search would take if the trials stopped now, from the trials' measured latency: the
+    best trial's test outputs and, with ``ensemble``, the test outputs of ``members`` candidates (the validation
+    outputs are those the trials saved) and each soup's averages on the validation split and the test split
+    (:func:`ensemble_after_search`)."""
+    best = best_trial(study)
+    if best is None:
+        return 0.0
+    seconds = prediction_seconds(best, test_items)
+    if not ensemble:
+        return seconds
+    sign = direction_sign(study)
+    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: rank_key(t, sign))
+    offered = ensemble_trials(ranked, keep_top)
+    if len(offered) < 2:
+        return seconds
+    seconds += sum(prediction_seconds(t, test_items) for t in offered[:members])
+    by_model: dict[str, list[FrozenTrial]] = {}
+    for t in offered:
+        by_model.setdefault(TrialRecord.params(t).get("model"), []).append(t)
+    return seconds + sum(sum(prediction_seconds(t, val_items) for t in group[1:]) + prediction_seconds(group[0], test_items)
+                         for group in by_model.values() if len(group) > 1)
+
+
 def ensemble_candidates(trials: list[tuple[FrozenTrial, Path]], task: Task, target: Target, data: LoadedData,
-                        backbone_of: Callable[[str], Backbone | None], device: torch.device
+                        backbone_of: Callable[[str], Backbone | None], device: torch.device,
+                        deadline: float | None = None
                         ) -> tuple[list[Candidate], tuple[torch.Tensor | None, torch.Tensor | None], dict[str, str]]:
-    """Each trial's network (from its weights file) run on the validation and test splits as the task prepares them
-    for it: the candidates of an ensemble (in the order given: the best first), the validation and test labels,
-    and the trials left out with why.
+    """The candidates of an ensemble (in the order given: the best first): each trial's outputs on the validation
+    split as the task prepares it for the trial (those its best epoch saved beside its weights, else its network
+    run again from its weights file), and on the test split when first asked (:meth:`Candidate.test_outputs`);
+    the validation and test labels; the trials left out with why. With ``deadline``, a trial after the first two
+    candidates whose validation outputs must be predicted (:func:`prediction_seconds`) and would end past it is
+    left out.
 
     Only trials whose prepared labels are the same as the first one's are combined (a per-position target whose
     models cut the words into other pieces has other labels).
@@ -193,33 +250,57 @@ def ensemble_candidates(trials: list[tuple[FrozenTrial, Path]], task: Task, targ
             continue
         prepared = task.prepare(data, backbone, params)
         test = prepared.test if prepared.test is not None and len(prepared.test) else None
+        val = saved_val_outputs(path, len(prepared.val))
+        if val is None and deadline is not None and len(candidates) >= 2 \
+                and time.time() + prediction_seconds(trial, len(prepared.val)) > deadline:
+            excluded[str(trial.number)] = "its outputs would not be predicted within the time budget"
+            continue
         if labels is None:
             labels = (prepared.val.labels, test.labels if test is not None else None)
         elif not _same(prepared.val.labels, labels[0]) or (test is not None and not _same(test.labels, labels[1])):
             excluded[str(trial.number)] = "its prepared labels differ from the first trial's (other pieces of the items)"
             continue
+
+        def network(backbone=backbone, path=path):
+            return trained_network(backbone, target.width(data.label_names), load_weights(path), device,
+                                   per_position=target.per_position)
+
+        def predict_test(network=network, test=test):
+            return predict_outputs(network(), test, device) if test is not None else None
+
         record = TrialRecord.from_trial(trial)
-        model = trained_network(backbone, target.width(data.label_names), load_weights(path), device,
-                                per_position=target.per_position)
         candidates.append(Candidate(trial.number, float(trial.value), dict(record.calibration or {}),
-                                    predict_outputs(model, prepared.val, device),
-                                    predict_outputs(model, test, device) if test is not None else None,
-                                    record.latency, record.inference_params, params["model"]))
-        del model
+                                    val if val is not None else predict_outputs(network(), prepared.val, device),
+                                    None, record.latency, record.inference_params, params["model"],
+                                    predict_test=predict_test))
     return candidates, labels or (None, None), excluded
+
+
+def saved_val_outputs(weights: Path, items: int) -> torch.Tensor | None:
+    """The validation outputs saved beside the trial's ``weights`` (:func:`autotl.trial_weights.val_outputs_path`),
+    if there and of ``items`` items; else ``None``."""
+    path = val_outputs_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        outputs = load_weights(path)["outputs"]
+    except (OSError, KeyError, ValueError, RuntimeError):  # unreadable: predicted again instead
+        return None
+    return outputs if outputs.shape[:1] == (items,) else None
 
 
 def soups(kept: list[tuple[FrozenTrial, Path]], candidates: list[Candidate], labels: tuple, task: Task,
           target: Target, metric: str, direction: str, data: LoadedData,
-          backbone_of: Callable[[str], Backbone | None], device: torch.device) -> list[dict[str, Any]]:
+          backbone_of: Callable[[str], Backbone | None], device: torch.device, deadline: float | None = None
+          ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The greedy soup (weight averaging, :func:`autotl.ensemble.soup_record`) of each model two or more candidates
     share, scored on the best of them's preparation of the items: what the study records under the ensemble's
-    ``soups``."""
+    ``soups``; and the models whose soup was not tried, with why (with ``deadline``: it would end past it)."""
     paths = {t.number: (t, path) for t, path in kept}
     by_model: dict[str, list[Candidate]] = {}
     for c in candidates:
         by_model.setdefault(c.model, []).append(c)
-    found = []
+    found, skipped = [], {}
     for model, group in by_model.items():
         if len(group) < 2:
             continue
@@ -227,21 +308,35 @@ def soups(kept: list[tuple[FrozenTrial, Path]], candidates: list[Candidate], lab
         backbone = backbone_of(model)
         prepared = task.prepare(data, backbone, TrialRecord.params(first))
         test = prepared.test if prepared.test is not None and len(prepared.test) else None
+        if deadline is not None:
+            needed = sum(prediction_seconds(paths[c.number][0], len(prepared.val)) for c in group[1:]) + (
+                prediction_seconds(first, len(test)) if test is not None else 0.0)
+            if time.time() + needed > deadline:
+                skipped[model] = "its averages would not be scored within the time budget"
+                continue
 
-        def outputs_of(state, backbone=backbone, prepared=prepared, test=test):
-            network = trained_network(backbone, target.width(data.label_names), state, device,
-                                      per_position=target.per_position)
-            return (predict_outputs(network, prepared.val, device),
-                    predict_outputs(network, test, device) if test is not None else None)
+        def network(state, backbone=backbone):
+            return trained_network(backbone, target.width(data.label_names), state, device,
+                                   per_position=target.per_position)
 
         states = [(c.number, load_weights(paths[c.number][1])) for c in group]
-        soup = soup_record(states, outputs_of, labels[0], labels[1], target, metric, direction, group[0].calibration)
+
+        def val_of(state, prepared=prepared, first=states[0][1], own=group[0].val):
+            if state.keys() == first.keys() and all(state[k] is first[k] for k in first):  # the first's, predicted
+                return own
+            return predict_outputs(network(state), prepared.val, device)
+
+        def test_of(state, test=test):
+            return predict_outputs(network(state), test, device) if test is not None else None
+
+        soup = soup_record(states, val_of, test_of, labels[0], labels[1], target, metric, direction,
+                           group[0].calibration)
         found.append({**soup, "model": model})
-    return found
+    return found, skipped
 
 
 def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.shape == b.shape and bool(torch.equal(a, b))
 
 
-__all__ = ["ensemble_after_search", "ensemble_candidates", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]
+__all__ = ["ensemble_after_search", "ensemble_candidates", "ensemble_trials", "finishing_seconds", "prediction_seconds", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]

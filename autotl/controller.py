@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .after_search import ensemble_after_search, score_best_on_test, scratch_baseline
+from .after_search import ensemble_after_search, finishing_seconds, score_best_on_test, scratch_baseline
 from .base import Backbone, LoadedData, Registry, Task
 from .budget import Budget
 from .cache import FeatureCache
@@ -85,6 +85,7 @@ class Search:
         self.location: RunLocation | None = None
         self.lock: StudyLock | None = None
         self.budget: Budget | None = None
+        self.opened_at: float | None = None
         self.objective: Objective | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.split_seed = options.seed  # a study begun already: the seed it recorded (see _adopt_study)
@@ -105,6 +106,7 @@ class Search:
         (:meth:`_adopt_study`), so it is read before the data is loaded.
         """
         opts = self.options
+        self.opened_at = time.time()  # the time budget counts from here: loading the data and pre-ranking count
         url = opts.storage or default_storage(opts.out)
         self.location = RunLocation(url, opts.study or "autotl", opts.out)
         database = sqlite_file(url)
@@ -268,7 +270,14 @@ class Search:
             items, trained_on = split_items(self.data.report), split_items(self.data.report, ("train",))
             after = lambda study: needed_seconds(study, self.recipe.selection, items, trained_on,  # noqa: E731
                                                  within=0.5 * opts.time_budget)
-        self.budget = Budget(opts.trials, opts.time_budget, reserved=reserve, after=after)
+        finishing = None
+        if opts.time_budget and self._given.recipe_raw is None:  # this process scores the test split and ensembles
+            val_items = split_items(self.data.report, ("val",))
+            test_items = split_items(self.data.report, ("test",)) if self.data.has_test else 0
+            finishing = lambda study: finishing_seconds(study, val_items, test_items, opts.keep_top,  # noqa: E731
+                                                        bool(opts.ensemble_rounds))
+        self.budget = Budget(opts.trials, opts.time_budget, started=self.opened_at or time.time(), reserved=reserve,
+                             after=after, finishing=finishing)
         self.reporter.ranking(self.metric, self.direction)
         self.objective = Objective(task=self.task, target=self.target, metric=self.metric, data=self.data, zoo=self.zoo, group_counts=self.group_counts,
                                    recipe=self.recipe, device=self.device, cache=self.cache, seed=opts.seed,
@@ -306,7 +315,7 @@ class Search:
         selection = Selection(study=self.study, task=self.task, target=self.target, metric=self.metric,
                               data=self.data, zoo=self.zoo, device=self.device, out=Path(self.options.out),
                               settings=settings, split_seed=self.split_seed, reporter=self.reporter,
-                              deadline=self.budget.end if self.budget is not None else None, cache=self.cache)
+                              deadline=self._selection_end(), cache=self.cache)
         record = selection.run()
         best = best_trial(self.study)
         if best is None or not refits(settings, bool(record and record.get("chosen") is not None)):
@@ -317,6 +326,13 @@ class Search:
         elif selection.refit_fits(best.number):
             selection.refit(best.number)
         return record
+
+    def _selection_end(self) -> float | None:
+        """When the selection and the refit must end: the time budget's end less what the test scores and the
+        ensemble are estimated to need (:meth:`Budget.held`)."""
+        if self.budget is None or self.budget.end is None:
+            return None
+        return self.budget.end - self.budget.held(self.study)[1]
 
     def close(self) -> None:
         if self.lock is not None:
@@ -350,7 +366,9 @@ class Search:
                                          self.kept_weights, self.device, self.reporter, self.options.keep_top,
                                          self.options.ensemble_rounds, self.options.ensemble_metric,
                                          out_of_fold(self.study, [self.options.out]),
-                                         ship=self.recipe.selection["ship_ensemble"])
+                                         ship=self.recipe.selection["ship_ensemble"],
+                                         deadline=self.budget.end if self.budget is not None else None,
+                                         large=not self.selection_applies())
         except (AutotlError, ValueError, RuntimeError) as exc:  # the trials are recorded: the search still ends well
             self.reporter.message(f"Warning: no ensemble ({exc.__class__.__name__}: {exc}); the trials are kept, and "
                                   "`autotl search ... --ensemble-rounds 0` leaves the ensemble out")

@@ -189,26 +189,29 @@ def greedy_soup(states: Sequence[Mapping[str, torch.Tensor]], score: Callable[[M
 
 
 def soup_record(states: Sequence[tuple[int, Mapping[str, torch.Tensor]]],
-                outputs_of: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]],
+                val_of: Callable[[Mapping[str, torch.Tensor]], torch.Tensor],
+                test_of: Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None],
                 val_labels: torch.Tensor, test_labels: torch.Tensor | None, target: Target, metric: str, direction: str,
                 calibration: Mapping[str, Any]) -> dict[str, Any]:
     """The greedy soup of trials of one model (``states``: trial number and merged state, the best first), scored as
-    the search scores a trial: ``outputs_of(state)`` gives a state's validation and test outputs (the first trial's
-    preparation of the items), the calibration (the first trial's) tuned on the validation outputs. What the study
-    records of it: the trials offered, those averaged, the soup's and the first trial's scores, whether it helped."""
-    cache: dict[int, tuple] = {}
+    the search scores a trial: ``val_of(state)`` gives a state's validation outputs (the first trial's preparation of
+    the items), the calibration (the first trial's) tuned on them; ``test_of(state)`` its test outputs, asked of the
+    soup alone where it averages two trials or more. What the study records of it: the trials offered, those
+    averaged, the soup's and the first trial's scores, whether it helped."""
+    tuned: dict[int, Combined] = {}
 
     def scored(state: Mapping[str, torch.Tensor]) -> float:
-        val, test = outputs_of(state)
-        result = score_combined(target, [val], [1.0], val_labels, calibration, metric)
-        cache[id(state)] = (result, test)
+        result = score_combined(target, [val_of(state)], [1.0], val_labels, calibration, metric)
+        tuned[id(state)] = result
         return result.score
 
     soup = greedy_soup([state for _, state in states], scored, direction)
-    result, test = cache[id(soup.state)] if id(soup.state) in cache else (None, None)
+    result = tuned.get(id(soup.state))
     soup_test = None
-    if test is not None and test_labels is not None and result is not None:
-        soup_test = target.score(test, test_labels, result.calibration)[metric]
+    if len(soup.ingredients) > 1 and test_labels is not None and result is not None:
+        test = test_of(soup.state)
+        if test is not None:
+            soup_test = target.score(test, test_labels, result.calibration)[metric]
     sign = -1.0 if direction == "minimize" else 1.0
     return {"model": None, "trials": [n for n, _ in states], "averaged": [states[i][0] for i in soup.ingredients],
             "val": finite(soup.score), "first_val": finite(soup.first_score),
@@ -230,6 +233,14 @@ class Candidate:
     latency: dict[str, Any] | None = None
     inference_params: int | None = None
     model: str | None = None
+    #: predicts the test outputs where ``test`` is not given: asked only of the members and the best candidate
+    predict_test: Callable[[], torch.Tensor | None] | None = field(default=None, repr=False, compare=False)
+
+    def test_outputs(self) -> torch.Tensor | None:
+        """The candidate's outputs on the test split, predicted once on first asking; ``None`` without a test split."""
+        if self.test is None and self.predict_test is not None:
+            self.test, self.predict_test = self.predict_test(), None
+        return self.test
 
 
 def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, test_labels: torch.Tensor | None,
@@ -239,7 +250,9 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
     """Select an ensemble of ``candidates`` (the best first) on their validation outputs and describe it as the study
     records it: members and weights, the calibration tuned on the combined outputs, the ensemble's and the best
     single candidate's scores on the selection items and (where every candidate has test outputs) on the test
-    split, the summed latency and parameters.
+    split, the summed latency and parameters. Test outputs are asked of the members and the best candidate
+    only (:meth:`Candidate.test_outputs`); the equal-weight averages get a test score where their candidates'
+    test outputs are at hand.
 
     ``weights`` ({trial number: weight}) gives the members and weights instead of selecting them (``rounds`` 0);
     ``select_by`` (a metric of the target and its direction) is what the selection climbs instead of ``metric``
@@ -270,8 +283,8 @@ def ensemble_record(candidates: Sequence[Candidate], val_labels: torch.Tensor, t
     best = candidates[0]
     test = best_test = None
     test_metrics: dict[str, float] = {}
-    if test_labels is not None and len(test_labels) and all(m.test is not None for m in members) \
-            and best.test is not None:
+    if test_labels is not None and len(test_labels) and all(m.test_outputs() is not None for m in members) \
+            and best.test_outputs() is not None:
         scored = score_combined(target, [m.test for m in members], list(selection.weights.values()), test_labels,
                                 selection.calibration, metric, tune=False)
         test, test_metrics = scored.score, scored.metrics

@@ -99,7 +99,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         value = t.value
         if value is None and t.intermediate_values:  # pruned: the best epoch it reached
             value = better(t.intermediate_values.values())
-        notes = [record.error or record.stopped or ""]
+        notes = [record.error or record.stopped or "", record.shortened or ""]
         if t.state == TrialState.FAIL and not notes[0]:
             notes[0] = "its worker stopped sending heartbeats (killed or lost)"
         if t.number in retries:
@@ -122,7 +122,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "inference_params": record.inference_params,
             "latency": record.latency,
             "weights": record.weights,
-            "timing": record.timing,  # seconds: step, eval, data, prefix, setup
+            "timing": record.timing,  # seconds: step, eval, data, prefix, setup, keep
             "cache": record.cache,  # how the frozen-prefix cache served the trial
             # the selection's k-fold cross-validation (mean and standard error of the study's metric), if it ran
             "cv": {k: cv[t.number].get(k) for k in ("mean", "se", "fold_scores", "oof_score")} if t.number in cv
@@ -188,7 +188,8 @@ def choose_trial(study: optuna.Study, *, number: int | None = None, within: floa
     """The trial ``number``; else the fastest one within ``within`` of the best validation score (in the direction
     of the study's metric: at most ``within`` below the best where it maximises, above where it minimises); else
     the best (:func:`best_trial`: ties go to the lower trial number), or the recorded ensemble where the search ships
-    it (``shipped``: selected on out-of-fold outputs, autotl/after_search.py; ``Choice.ensemble``).
+    it (``shipped``: selected on out-of-fold outputs, or on the validation split of data too large for the selection
+    on small data, autotl/after_search.py; ``Choice.ensemble``).
 
     "Fastest" is the lowest per-item latency at batch 1 measured after the trial (``latency``
     user attribute); ties go to the better score, then the lower trial number. Trials without a

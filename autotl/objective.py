@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from .base import Backbone, LoadedData, Target, Task, TensorSplit
+from .budget import DONE, estimated_cost, format_seconds
 from .cache import FeatureCache
 from .files import save_weights
 from .latency import measure_trial
@@ -24,7 +25,7 @@ from .recipes import Recipe, defaults_for
 from .records import record_trial
 from .space import suggest
 from .training import TrainResult, train
-from .trial_weights import ranks_in_top, weights_metadata, weights_path
+from .trial_weights import ranks_in_top, val_outputs_path, weights_metadata, weights_path
 
 
 @dataclass
@@ -46,14 +47,15 @@ class Objective:
     keep_top: int
     worker: str  # host:pid, recorded on the trial
     reporter: Reporter = field(default_factory=Reporter)
-    deadline: float | None = None  # when the time budget ends (time.time() seconds)
+    deadline: float | None = None  # when the trials must end (time.time() seconds; the loop sets it for each trial)
     current: int | None = field(default=None, init=False)  # the number of the trial running (or last run)
+    _cut_at: float | None = field(default=None, init=False, repr=False)  # when the running trial's training stops
     _step: str = field(default="", init=False, repr=False)  # what is done after training, for a failure's message
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
         record_trial(trial, worker=self.worker)
-        params = suggest(trial, self.recipe, self.group_counts, defaults_for(self.target))
+        params = self._fitted(trial, suggest(trial, self.recipe, self.group_counts, defaults_for(self.target)))
         record_trial(trial, config=params)
         backbone = self.zoo[params["model"]]
         self.reporter.trial_started(trial.number, params)
@@ -68,6 +70,27 @@ class Objective:
             self._record_failure(trial, exc, started, f"after training, {self._step}")
             raise
         return result.best_value
+
+    def _fitted(self, trial: optuna.Trial, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with as many epochs as end by the deadline where fewer than sampled do, from what the done
+        trials like it took (:func:`autotl.budget.estimated_cost`; recorded as ``shortened``), and the moment its
+        training stops so that its last validation and its keeping end by the deadline too."""
+        self._cut_at = self.deadline
+        if self.deadline is None:
+            return params
+        cost = estimated_cost(trial.study.get_trials(deepcopy=False, states=DONE), params)
+        if cost is None:
+            return params
+        self._cut_at = self.deadline - cost.eval - cost.keep
+        left = self.deadline - time.time()
+        planned = int(params.get("epochs", 1))
+        fits = cost.epochs_within(left)
+        if params.get("head_fit") == "converged" or fits >= planned:
+            return params
+        run = max(1, fits)
+        record_trial(trial, shortened=f"{run} of {planned} epochs: {format_seconds(left)} left, about "
+                                      f"{format_seconds(cost.epoch)} an epoch")
+        return dict(params, epochs=run)
 
     @property
     def width(self) -> int:
@@ -85,7 +108,7 @@ class Objective:
             on_epoch = self._on_epoch(trial, int(params["epochs"]), curve, params.get("head_fit") == "converged")
             result = train(backbone, params, trial_data.train, trial_data.val, self.target, self.width,
                            metric=self.metric, device=self.device, seed=self.seed + trial.number, on_epoch=on_epoch,
-                           deadline=self.deadline, cache=self.cache,
+                           deadline=self._cut_at, cache=self.cache,
                            cache_context={"task": self.task.name, "fingerprint": self.data.fingerprint},
                            stats=stats)
         except optuna.TrialPruned as exc:
@@ -119,7 +142,7 @@ class Objective:
             if epoch + 1 < epochs and trial.should_prune():
                 record_trial(trial, stopped=f"pruned after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-            if epoch + 1 < epochs and self.deadline is not None and time.time() > self.deadline:
+            if epoch + 1 < epochs and self._cut_at is not None and time.time() > self._cut_at:
                 return f"time budget reached after epoch {epoch + 1} of {epochs}"
             return None
 
@@ -128,6 +151,7 @@ class Objective:
     def _keep(self, trial: optuna.Trial, params: dict[str, Any], backbone: Backbone, result: TrainResult,
               val: TensorSplit, started: float) -> None:
         """Record the trained trial (curve, timing, cost), and save its merged weights if it ranks in the top."""
+        kept_from = time.time()
         self._step = "recording the result"  # what failed, if anything does after training
         if result.stopped:
             record_trial(trial, stopped=result.stopped)
@@ -148,8 +172,12 @@ class Objective:
             self._step = "saving the weights"
             path = weights_path(self.out, trial.number, self.study_name)
             save_weights(path, state, weights_metadata(self.study_name, trial.number, params["model"]))
+            if result.val_outputs is not None:
+                save_weights(val_outputs_path(path), {"outputs": result.val_outputs.contiguous()},
+                             weights_metadata(self.study_name, trial.number, params["model"]))
             record_trial(trial, weights=str(path.relative_to(self.out)))
         self._step = "reporting the result"
+        record_trial(trial, timing={**(result.timing or {}), "keep": round(time.time() - kept_from, 3)})
         fit = result.head_fit
         note = result.stopped or (f"converged head: {fit['iterations']} L-BFGS iterations on {fit['items']} items"
                                   if fit else "")

@@ -272,8 +272,9 @@ def _selection(spec: dict, fail) -> dict[str, Any]:
         fail("selection.prefer", f"must be simpler (of the candidates within a standard error of the best, the fewest "
                                  f"trainable parameters) or best (the best mean), not {settings['prefer']!r}")
     if settings["ship_ensemble"] not in SHIP_ENSEMBLE_CHOICES:
-        fail("selection.ship_ensemble", f"must be auto (the ensemble ships where it was selected on out-of-fold outputs "
-                                        f"and beats the chosen trial there) or never, not {settings['ship_ensemble']!r}")
+        fail("selection.ship_ensemble", f"must be auto (the ensemble ships where it was selected on out-of-fold outputs, "
+                                        f"or on the validation split of large data, and beats the chosen trial there) "
+                                        f"or never, not {settings['ship_ensemble']!r}")
     if not isinstance(settings["with_converged"], bool):
         fail("selection.with_converged", f"must be true or false, not {settings['with_converged']!r}")
     tie = settings["tie_break"]

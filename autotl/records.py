@@ -304,6 +304,7 @@ class TrialRecord:
     worker: str | None = None  # host:pid of the process that ran it
     config: dict[str, Any] | None = None  # every setting, sampled and fixed
     stopped: str | None = None  # why it stopped early (pruned, time budget)
+    shortened: str | None = None  # why it ran fewer epochs than sampled: the time left (autotl/budget.py)
     error: str | None = None  # why it failed
     best_epoch: int | None = None  # 1-based
     val_curve: list[float] | None = None  # the study's metric after each epoch
@@ -313,7 +314,7 @@ class TrialRecord:
     #: (:class:`autotl.Target`); what the trial's network is scored and decoded with ({} in older records)
     calibration: dict[str, Any] = field(default_factory=dict)
     epoch_seconds: list[float] | None = None
-    timing: dict[str, float] | None = None  # seconds: step, eval, data, prefix, setup
+    timing: dict[str, float] | None = None  # seconds: step, eval, data, prefix, setup, keep (after training)
     cache: dict[str, Any] | None = None  # how the frozen-prefix cache served it
     #: how its converged head fit went (``head_fit: converged``): iterations, objective, gradient, converged, C...
     converged_fit: dict[str, Any] | None = None

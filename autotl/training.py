@@ -55,6 +55,9 @@ class TrainResult:
     #: gradient, converged, C, items, seconds, and ``through`` (``head``: on its captured input, or ``network``);
     #: empty for the training loop
     head_fit: dict[str, Any] = field(default_factory=dict)
+    #: the best epoch's outputs on the validation split, on the CPU: what an ensemble of the trials is selected on
+    #: (autotl/after_search.py) without running the network again
+    val_outputs: torch.Tensor | None = field(default=None, repr=False)
 
     def merged_state(self, backbone: Backbone, *, last: bool = False) -> dict[str, torch.Tensor]:
         """The best epoch's weights (with ``last``: the last epoch's) as a plain network's state dict (LoRA merged)."""
@@ -140,8 +143,8 @@ def train(
         started = time.perf_counter()
         adapted.train_mode()
         loss, cut = _train_epoch(stepper, train_split, settings.batch_size, generator, epoch, deadline, timing)
-        metrics, tuned = _evaluate(run_evaluated, val_split, target, fitted, device, timing)
-        progress.keep(epoch, metrics, tuned, time.perf_counter() - started)
+        metrics, tuned, outputs = _evaluate(run_evaluated, val_split, target, fitted, device, timing)
+        progress.keep(epoch, metrics, tuned, time.perf_counter() - started, outputs)
         stopped = (on_epoch(epoch, loss, metrics[metric]) or "") if on_epoch is not None else ""
         if cut and not stopped:
             stopped = f"time budget reached during epoch {epoch + 1} of {settings.epochs}"
@@ -201,9 +204,9 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
                         len(fit_split))
         info.update(through="network")
     timing["step"] += time.perf_counter() - started
-    metrics, tuned = _evaluate(runs, val_split, target, fitted, device, timing)
+    metrics, tuned, outputs = _evaluate(runs, val_split, target, fitted, device, timing)
     progress = _Progress(model, target, metric, calibration=dict(fitted))
-    progress.keep(0, metrics, tuned, time.perf_counter() - setup_started)
+    progress.keep(0, metrics, tuned, time.perf_counter() - setup_started, outputs)
     if on_epoch is not None:
         on_epoch(0, info["loss"], metrics[metric])  # one "epoch": the fit (a reason to stop changes nothing)
     result = progress.result(adapted, timing, cache_info)
@@ -308,15 +311,16 @@ def _train_epoch(stepper: _Stepper, split: TensorSplit, batch_size: int, generat
 
 
 def _evaluate(model: nn.Module, split: TensorSplit, target: Target, calibration: Mapping[str, Any],
-              device: torch.device, timing: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every metric of ``model`` on the validation ``split``, and the ``calibration`` tuned on its outputs;
-    ``timing["eval"]`` gains the seconds it took."""
+              device: torch.device, timing: dict[str, float]
+              ) -> tuple[dict[str, float], dict[str, Any], torch.Tensor]:
+    """Every metric of ``model`` on the validation ``split``, the ``calibration`` tuned on its outputs, and the
+    outputs; ``timing["eval"]`` gains the seconds it took."""
     started = time.perf_counter()
     outputs = predict_outputs(model, split, device)
     tuned = target.tune(calibration, outputs, split.labels)
     metrics = target.score(outputs, split.labels, tuned)
     timing["eval"] += time.perf_counter() - started
-    return metrics, tuned
+    return metrics, tuned, outputs
 
 
 @dataclass
@@ -334,10 +338,13 @@ class _Progress:
     best_metrics: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
+    best_outputs: torch.Tensor | None = None
     stopped: str = ""
 
-    def keep(self, epoch: int, metrics: Mapping[str, float], calibration: Mapping[str, Any], seconds: float) -> None:
-        """Record an epoch; copy the weights off the device when it is the best so far."""
+    def keep(self, epoch: int, metrics: Mapping[str, float], calibration: Mapping[str, Any], seconds: float,
+             outputs: torch.Tensor | None = None) -> None:
+        """Record an epoch; copy the weights and the validation ``outputs`` off the device when it is the best so
+        far."""
         value = metrics[self.metric]
         self.epoch_seconds.append(seconds)
         self.curve.append(value)
@@ -345,11 +352,12 @@ class _Progress:
             self.best_value, self.best_epoch = value, epoch
             self.best_metrics, self.calibration = dict(metrics), dict(calibration)
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.evaluated.state_dict().items()})
+            self.best_outputs = outputs.detach().cpu().clone() if outputs is not None else None
 
     def result(self, adapted: Adapted, timing: dict[str, float], cache_info: dict[str, str]) -> TrainResult:
         return TrainResult(self.best_value, self.best_epoch, self.curve, self.best_metrics, self.calibration,
                            self.epoch_seconds, adapted, self.best_state, self.stopped,
-                           {k: round(v, 3) for k, v in timing.items()}, cache_info)
+                           {k: round(v, 3) for k, v in timing.items()}, cache_info, val_outputs=self.best_outputs)
 
 
 def usable_cpus() -> int:

@@ -11,7 +11,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .budget import Budget
+from .budget import Budget, format_seconds, short_start
 from .objective import Objective
 from .progress import Reporter
 from .records import TrialRecord
@@ -52,6 +52,7 @@ class TrialLoop:
                     waiting = self._wait_for_others(waiting)
                     continue
                 waiting = False
+                self._prepare_next()
                 recorded, last = self._run_one_trial()
                 end.trials_run += recorded
                 if last is not None and last.state == TrialState.FAIL:
@@ -63,6 +64,23 @@ class TrialLoop:
         except KeyboardInterrupt:
             end.interrupted, end.reason = True, "interrupted (Ctrl-C); every finished trial is kept"
         return end
+
+    def _prepare_next(self) -> None:
+        """Tell the objective when the next trial must end (:meth:`Budget.trials_end`); where a typical trial no
+        longer fits, queue a shorter one (:func:`autotl.budget.short_start`) unless a trial is queued already."""
+        end = self.budget.trials_end(self.study)
+        self.objective.deadline = end
+        if end is None or self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        left = end - time.time()
+        short = short_start(self.study, left)
+        if short is None:
+            return
+        like, params = short
+        self.study.enqueue_trial(params)
+        shape = ", ".join(f"{k} {v}" for k, v in params.items())
+        self.reporter.message(f"{format_seconds(left)} left for trials, less than a typical trial: the next one is "
+                              f"shaped like trial {like.number} ({shape}), its epochs cut to fit")
 
     def _wait_for_others(self, waiting: bool) -> bool:
         """Wait a moment for the trials other workers run (:meth:`Budget.others_will_finish`)."""

@@ -41,6 +41,12 @@ def weights_path(out: Path, number: int, study: str = DEFAULT_STUDY) -> Path:
     return Path(out) / "trials" / study_folder(study) / f"{number:04d}" / "model.safetensors"
 
 
+def val_outputs_path(weights: Path) -> Path:
+    """Where the outputs on the validation split of the trial whose weights are ``weights`` lie, beside them: its
+    best epoch's, saved with the weights (autotl/objective.py), read by the ensemble (autotl/after_search.py)."""
+    return Path(weights).with_name("val_outputs.safetensors")
+
+
 def weights_metadata(study: str, number: int, model: str) -> dict[str, str]:
     """The safetensors metadata of a trial's weights: whose they are."""
     return {"model": model, "study": study, "trial": str(number)}
@@ -118,9 +124,10 @@ def drop_outside_top(study: optuna.Study, out: Path, keep_top: int) -> list[int]
             path.unlink()
         except OSError:  # gone already, or not ours to delete: the next trial's pruning tries again
             continue
+        val_outputs_path(path).unlink(missing_ok=True)
         dropped.append(trial.number)
     return dropped
 
 
-__all__ = ["drop_outside_top", "kept_weights", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder",
+__all__ = ["drop_outside_top", "kept_weights", "owner_problem", "ranks_in_top", "recorded_weights", "study_folder", "val_outputs_path",
            "weights_metadata", "weights_path"]

@@ -77,8 +77,7 @@ def run_arm(name: str, recipe: str, args, out: Path) -> dict:
     search = Search(options, get_registry(), ConsoleReporter())
     started = time.time()
     try:
-        search.open()  # loading the data and pre-ranking count in the budget
-        options.time_budget = max(1.0, args.budget - (time.time() - started))
+        search.open()  # loading the data and pre-ranking count in the budget (it starts with open())
         search.run()
         elapsed = time.time() - started
         study = search.study

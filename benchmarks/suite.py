@@ -231,8 +231,7 @@ def autotl_arm(task: str, data: Path, seed: int, budget: float, work: Path) -> d
     search = svb.Search(options, svb.get_registry(), svb.ConsoleReporter())
     started = time.time()
     try:
-        search.open()  # loading the data and pre-ranking count in the budget
-        options.time_budget = max(1.0, budget - (time.time() - started))
+        search.open()  # loading the data and pre-ranking count in the budget (it starts with open())
         search.run()
         searched = time.time() - started
         shipped = search.score_best_on_test()

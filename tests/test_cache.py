@@ -364,7 +364,7 @@ def test_a_search_records_how_the_cache_served_each_trial_and_no_cache_turns_it_
 
     cached = search(tmp_path / "run")
     assert [a["cache"] for a in cached] == [{"train": "computed", "val": "computed"}, {"train": "memory", "val": "memory"}]
-    assert all(set(a["timing"]) == {"setup", "prefix", "data", "step", "eval"} for a in cached)
+    assert all(set(a["timing"]) == {"setup", "prefix", "data", "step", "eval", "keep"} for a in cached)
     assert list((tmp_path / "cache").rglob("*.safetensors"))
     assert all("cache" not in a for a in search(tmp_path / "plain", "--no-cache"))
 

@@ -227,6 +227,67 @@ def test_an_ensemble_is_never_selected_without_two_kept_trials(run, tmp_path):
     assert got is None and "No ensemble" in reporter.lines[0]
 
 
+def test_the_candidates_outputs_come_from_the_trials_and_only_members_predict_the_test_split(run, monkeypatch):
+    """Each kept trial saved its best epoch's validation outputs beside its weights: the ensemble reads them and runs
+    no network on the validation split; the test split is predicted for the members and the best trial only."""
+    import autotl.after_search as after_search
+    from autotl.inference import predict_outputs
+    from autotl.network import trained_network
+    from autotl.trial_weights import val_outputs_path
+
+    trials = sorted(run.study.get_trials(deepcopy=False), key=lambda t: (-t.value, t.number))
+    kept = [(t, run.kept_weights(t)) for t in trials]
+    for trial, path in kept:
+        saved = after_search.saved_val_outputs(path, 10_000)  # another split's size: not these outputs
+        assert saved is None and val_outputs_path(path).is_file()
+        prepared = run.task.prepare(run.data, run.zoo[TINY], trial.user_attrs["config"])
+        network = trained_network(run.zoo[TINY], run.target.width(run.data.label_names),
+                                  after_search.load_weights(path), torch.device("cpu"))
+        assert torch.allclose(after_search.saved_val_outputs(path, len(prepared.val)),
+                              predict_outputs(network, prepared.val, torch.device("cpu")), atol=1e-5)
+    splits = []
+    real = after_search.predict_outputs
+    monkeypatch.setattr(after_search, "predict_outputs", lambda model, split, device: splits.append(len(split)) or
+                        real(model, split, device))
+    candidates, labels, _ = ensemble_candidates(kept, run.task, run.target, run.data, run.zoo.get, torch.device("cpu"))
+    assert splits == []  # every validation output was the trial's own
+    record = ensemble_record(candidates, labels[0], labels[1], run.target, run.metric, "maximize",
+                             weights={trials[1].number: 1.0, trials[2].number: 1.0})
+    assert splits == [len(labels[1])] * 3 and record["test"] is not None  # the best and the two members
+    assert record["best_single"]["test"] is not None
+    # a trial whose outputs were not saved (an older run): predicted again, the same
+    val_outputs_path(kept[0][1]).rename(kept[0][1].with_name("moved.safetensors"))
+    try:
+        again, _, _ = ensemble_candidates(kept, run.task, run.target, run.data, run.zoo.get, torch.device("cpu"))
+    finally:
+        kept[0][1].with_name("moved.safetensors").rename(val_outputs_path(kept[0][1]))
+    assert splits[3:] == [len(labels[0])] and torch.allclose(again[0].val, candidates[0].val, atol=1e-5)
+
+
+def test_an_ensemble_selected_on_validation_ships_only_where_the_data_is_too_large_for_the_selection(run, monkeypatch):
+    import autotl.after_search as after_search
+    from autotl.leaderboard import choose_trial
+
+    trials = sorted(run.study.get_trials(deepcopy=False), key=lambda t: (-t.value, t.number))
+    real = after_search.ensemble_record
+    monkeypatch.setattr(after_search, "ensemble_record", lambda *a, **k: real(  # two members, whatever climbs best
+        *a, **{**k, "weights": {trials[0].number: 1.0, trials[1].number: 1.0}}))
+    try:
+        for large in (False, True):
+            got = after_search.ensemble_after_search(run.study, run.task, run.target, run.metric, run.data, run.zoo,
+                                                     run.kept_weights, torch.device("cpu"), Messages(), 3, large=large)
+            assert got["selected_on"] == "validation" and len(got["members"]) == 2
+            assert got["shipped"] is large and (choose_trial(run.study).ensemble is not None) is large
+        assert got["shipped_why"].startswith(f"selected on the validation split, where it beats trial {trials[0].number}")
+        never = after_search.ensemble_after_search(run.study, run.task, run.target, run.metric, run.data, run.zoo,
+                                                   run.kept_weights, torch.device("cpu"), Messages(), 3, large=True,
+                                                   ship="never")
+        assert never["shipped"] is False
+    finally:
+        monkeypatch.undo()
+        run.ensemble()  # the run's own record again, for the tests after this one
+
+
 # -- an ensemble's bundle ------------------------------------------------------------------------------------------
 
 def three_members(run, weights=None) -> dict:

@@ -68,6 +68,8 @@ def test_two_studies_in_one_run_folder_keep_and_export_their_own_weights(tiny_fo
     b_kept = [out / t.user_attrs["weights"] for t in study_of(out, "b").get_trials(states=COMPLETE)
               if t.user_attrs.get("weights") and (out / t.user_attrs["weights"]).is_file()]
     assert len(b_kept) == 1 and b_kept[0].parts[-3] == "b"
+    # the validation outputs a trial saved beside its weights go with them
+    assert sorted(p.parent for p in (out / "trials" / "b").glob("*/val_outputs.safetensors")) == [b_kept[0].parent]
     assert a_file.is_file() and same_tensors(load_weights(a_file), a_weights)
 
     code, output = run_cli("export", out, "--study", "a", "--out", tmp_path / "bundle")

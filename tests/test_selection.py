@@ -350,19 +350,6 @@ def test_the_report_scores_the_model_shipped(run, tmp_path):
     assert ": the same." in page  # the recorded test score is the refit's
 
 
-def test_the_trials_stop_sooner_where_the_candidates_folds_need_more_than_the_reserve():
-    study = optuna.create_study(direction="maximize")
-    now = time.time()
-    budget = Budget(time_budget=100.0, started=now - 55.0, reserved=0.25, after=lambda s: 70.0)
-    assert "kept for the selection and the refit, estimated at 50s" in budget.reason_to_stop(study)  # capped at half
-    budget = Budget(time_budget=100.0, started=now - 40.0, reserved=0.25, after=lambda s: 70.0)
-    assert budget.reason_to_stop(study) == ""  # 60s left, 50s needed
-    budget = Budget(time_budget=100.0, started=now - 40.0, reserved=0.25, after=lambda s: 20.0)
-    assert budget.reason_to_stop(study) == ""  # the reserve covers it: trials go on until 75s
-    budget = Budget(time_budget=100.0, started=now - 10.0, reserved=0.25, after=lambda s: 70.0)
-    assert budget.reason_to_stop(study) == ""  # 90s left, 50s needed at most
-
-
 def test_needed_seconds_counts_each_candidates_folds_and_one_refit(run):
     from autotl.selection import candidates, estimated_seconds, needed_seconds
 
