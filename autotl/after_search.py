@@ -132,9 +132,7 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
     With ``deadline`` (``time.time()`` seconds: the end of the time budget), a candidate whose predictions would not
     be done by then is left out (the two best are always predicted), and so is a soup (``soups_skipped``).
     """
-    sign = direction_sign(study)
-    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: rank_key(t, sign))
+    ranked = ranked_trials(study)
     kept = [(t, path) for t in ensemble_trials(ranked, keep_top) if (path := kept_weights(t)) is not None]
     chosen = best_trial(study)  # the selection's choice where it ran: the single trial an ensemble must beat
     kept.sort(key=lambda pair: pair[0].number != chosen.number)
@@ -187,6 +185,13 @@ def ensemble_after_search(study: optuna.Study, task: Task, target: Target, metri
     return ensemble
 
 
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials of ``study``, the best first (:func:`autotl.leaderboard.rank_key`)."""
+    sign = direction_sign(study)
+    return sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                  key=lambda t: rank_key(t, sign))
+
+
 def ensemble_trials(ranked: list[FrozenTrial], keep_top: int | None) -> list[FrozenTrial]:
     """The trials an ensemble is selected from, of the complete trials ``ranked`` (the best first): the top
     ``keep_top`` and every converged-head trial, whose weights the search keeps."""
@@ -213,9 +218,7 @@ def finishing_seconds(study: optuna.Study, val_items: int, test_items: int, keep
     seconds = prediction_seconds(best, test_items)
     if not ensemble:
         return seconds
-    sign = direction_sign(study)
-    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: rank_key(t, sign))
+    ranked = ranked_trials(study)
     offered = ensemble_trials(ranked, keep_top)
     if len(offered) < 2:
         return seconds
@@ -339,4 +342,4 @@ def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.shape == b.shape and bool(torch.equal(a, b))
 
 
-__all__ = ["ensemble_after_search", "ensemble_candidates", "ensemble_trials", "finishing_seconds", "prediction_seconds", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]
+__all__ = ["ensemble_after_search", "ensemble_candidates", "ensemble_trials", "ranked_trials", "finishing_seconds", "prediction_seconds", "soups", "score_best_on_test", "scratch_baseline", "test_split_scores"]

@@ -88,14 +88,19 @@ def shortest_seconds(trials: Iterable[FrozenTrial]) -> float | None:
     return min(c.seconds(1) for c in costs) if costs else None
 
 
+def typical_seconds(done: Iterable[FrozenTrial]) -> float | None:
+    """The median duration of the ``done`` trials; ``None`` before any."""
+    durations = [t.duration.total_seconds() for t in done if t.duration]
+    return statistics.median(durations) if durations else None
+
+
 def short_start(study: optuna.Study, seconds: float) -> tuple[FrozenTrial, dict[str, Any]] | None:
     """A shorter trial for the last ``seconds`` of the trials' time, where a typical trial no longer fits: the shape
     (every sampled parameter but the floats and ``epochs``) of the best complete trial for which two epochs fit (one
     where none does); the sampler chooses the rest. ``(that trial, the parameters to queue)``, or ``None``
     where a typical trial still fits or no trial is short enough."""
-    done = study.get_trials(deepcopy=False, states=DONE)
-    durations = [t.duration.total_seconds() for t in done if t.duration]
-    if not durations or seconds >= statistics.median(durations):
+    typical = typical_seconds(study.get_trials(deepcopy=False, states=DONE))
+    if typical is None or seconds >= typical:
         return None
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
     fitting = []
@@ -153,11 +158,12 @@ class Budget:
         half = 0.5 * self.time_budget
         return min(selection, half), min(finishing, half)
 
-    def trials_end(self, study: optuna.Study) -> float | None:
-        """When the trials must end for what follows them to fit the time budget; ``None`` without one."""
+    def trials_end(self, study: optuna.Study, held: tuple[float, float] | None = None) -> float | None:
+        """When the trials must end for what follows them to fit the time budget (``held``: :meth:`held`, where
+        computed already); ``None`` without one."""
         if not self.time_budget:
             return None
-        return self.end - min(sum(self.held(study)), 0.75 * self.time_budget)
+        return self.end - min(sum(held or self.held(study)), 0.75 * self.time_budget)
 
     def reason_to_stop(self, study: optuna.Study) -> str:
         """Why the search stops now, in words; ``""`` while it goes on."""
@@ -166,8 +172,8 @@ class Budget:
             return f"{len(done)} trials done, complete or pruned (--trials {self.trials})"
         if not self.time_budget:
             return ""
-        remaining = self.trials_end(study) - time.time()
-        selection, finishing = self.held(study)
+        selection, finishing = held = self.held(study)
+        remaining = self.trials_end(study, held) - time.time()
         kept = " and ".join(what for what, seconds in (
             (f"{format_seconds(selection)} for the selection and the refit", selection),
             (f"{format_seconds(finishing)} for the test scores and the ensemble", finishing)) if seconds >= 1)
@@ -178,8 +184,8 @@ class Budget:
         # running at the deadline is cut there and keeps its best epoch
         shortest = shortest_seconds(done)
         if shortest is None:
-            durations = [t.duration.total_seconds() for t in done if t.duration]
-            shortest = 0.5 * statistics.median(durations) if durations else None
+            typical = typical_seconds(done)
+            shortest = 0.5 * typical if typical is not None else None
         if shortest and remaining < shortest:
             return (f"time budget nearly used: {format_seconds(remaining)} left for trials, the shortest trial takes "
                     f"{format_seconds(shortest)}{kept}")
@@ -207,4 +213,4 @@ def format_seconds(seconds: float | None) -> str:
 
 
 __all__ = ["DONE", "KEEP_S", "Budget", "TrialCost", "estimated_cost", "format_seconds", "measured_cost", "short_start",
-           "shortest_seconds"]
+           "shortest_seconds", "typical_seconds"]
