@@ -199,10 +199,11 @@ def ensemble_trials(ranked: list[FrozenTrial], keep_top: int | None) -> list[Fro
 
 
 def prediction_seconds(trial: FrozenTrial, items: int) -> float:
-    """What predicting ``items`` items with ``trial``'s network takes, from its latency per item at the measured
-    batch size on one CPU thread (:mod:`autotl.latency`: an upper bound where more threads run); 0 unmeasured."""
+    """What predicting ``items`` items with ``trial``'s network takes, from its measured milliseconds an item when
+    a split is predicted (:func:`autotl.latency.pass_ms`), else (a trial recorded before those were) its latency
+    at the measured batch size on one CPU thread (an upper bound where more threads run); 0 unmeasured."""
     latency = TrialRecord.from_trial(trial).latency or {}
-    per_item = latency.get("batched_ms") or latency.get("batch1_ms")
+    per_item = latency.get("pass_ms") or latency.get("batched_ms") or latency.get("batch1_ms")
     return items * float(per_item) / 1000.0 if per_item else 0.0
 
 

@@ -89,6 +89,10 @@ class FeatureCache:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.memory_bytes
 
+    def holds(self, key: str) -> bool:
+        """Whether the features under ``key`` are in memory or on disk (no computing needed)."""
+        return key in self._memory or (self.disk_bytes > 0 and self._path(key).is_file())
+
     def get_or_compute(self, key: str, compute: Callable[[], Inputs]) -> tuple[Inputs, str]:
         """The features under ``key`` and where they came from (``memory``, ``disk`` or ``computed``)."""
         if key in self._memory:

@@ -122,7 +122,36 @@ def measure_trial(backbone: Backbone, state: Mapping[str, torch.Tensor], width: 
     model = trained_network(backbone, width, state, per_position=per_position)
     params = count_parameters(model)
     latency = measure_model(model, sample_inputs(val), device, channels_last=backbone.channels_last)
+    latency["pass_ms"] = pass_ms(model, val, device)
     return {"inference_params": params, "latency": latency}
+
+
+#: the validation items :func:`pass_ms` predicts, and its batch size
+PASS_ITEMS, PASS_BATCH = 64, 16
+
+
+@torch.inference_mode()
+def pass_ms(model: nn.Module, split: TensorSplit, device: torch.device) -> float:
+    """Milliseconds an item of ``split`` takes when a whole split is predicted as the search predicts one
+    (:func:`autotl.inference.predict_outputs`, on this process's threads): :data:`PASS_ITEMS` items spread over
+    the split's sizes (every k-th in its :meth:`~autotl.TensorSplit.search_order`, so that texts of every length
+    count), batched by :data:`PASS_BATCH` in that order. What the scoring of a test split and an ensemble's
+    predictions are estimated from (autotl/after_search.py), where the one-thread latency above overstates them."""
+    from .inference import predict_outputs
+
+    n = len(split)
+    if n == 0:
+        return 0.0
+    order = split.search_order()
+    order = torch.arange(n) if order is None else order
+    sample = split.take(order[:: max(1, n // PASS_ITEMS)][:PASS_ITEMS])
+    model = model.to(device).eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    started = time.perf_counter()
+    predict_outputs(model, sample, device, batch_size=PASS_BATCH)
+    if sync:
+        sync()
+    return round((time.perf_counter() - started) * 1000.0 / len(sample), 4)
 
 
 def _describe_device(device: torch.device) -> str:

@@ -161,6 +161,9 @@ class Objective:
         _record_stats(trial, {"timing": result.timing, "cache": result.cache})
         if result.head_fit:
             record_trial(trial, converged_fit=result.head_fit)
+        if result.subsample:  # fitted to the deadline (autotl/training.py, _within_deadline)
+            shortened = trial.user_attrs.get("shortened")  # its epochs too, perhaps (_fitted)
+            record_trial(trial, shortened="; ".join(filter(None, [shortened, f"trained on {result.subsample}"])))
         record_trial(trial, trainable_params=result.adapted.trainable_params, total_params=result.adapted.total_params)
         self._step = "merging the weights"
         state = result.merged_state(backbone)

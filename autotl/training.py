@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -55,6 +56,9 @@ class TrainResult:
     #: gradient, converged, C, items, seconds, and ``through`` (``head``: on its captured input, or ``network``);
     #: empty for the training loop
     head_fit: dict[str, Any] = field(default_factory=dict)
+    #: why the trial trained on a random part of its training split, if it did: the frozen pass over all of it would
+    #: have ended past the deadline (:func:`_within_deadline`)
+    subsample: str = ""
     #: the best epoch's outputs on the validation split, on the CPU: what an ensemble of the trials is selected on
     #: (autotl/after_search.py) without running the network again
     val_outputs: torch.Tensor | None = field(default=None, repr=False)
@@ -123,10 +127,14 @@ def train(
     fitted = dict(target.fit(train_split.labels) if calibration is None else calibration)
     if settings.head_fit == "converged":
         return _converged(backbone, params, settings, train_split, val_split, target, width, metric, device,
-                          pretrained, on_epoch, cache, cache_context, stats, fitted, setup_started)
+                          pretrained, on_epoch, cache, cache_context, stats, fitted, setup_started, deadline)
     adapted = _adapted(backbone, settings, width, target.per_position, pretrained, device,
                        target.initial_bias(fitted))
     model = adapted.model
+    subsample = ""
+    if cache is not None and settings.freeze and not train_split.random_augmentation:  # a frozen prefix to compute
+        train_split, subsample = _within_deadline(backbone, model, settings.freeze, train_split, val_split, device,
+                                                  cache, cache_context, deadline, share=PREFIX_SHARE, prefix=True)
     autocast = _autocast(device, settings.precision)
     optimizer, scheduler = _optimizer(model, settings, len(train_split))
     ema = _ema(model, settings.ema_decay)
@@ -152,6 +160,7 @@ def train(
             progress.stopped = stopped
             break
     result = progress.result(adapted, timing, cache_info)
+    result.subsample = subsample
     result.last_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
     return result
 
@@ -160,7 +169,7 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
                val_split: TensorSplit, target: Target, width: int, metric: str, device: torch.device, pretrained: bool,
                on_epoch: Callable[[int, float, float], str | None] | None, cache: FeatureCache | None,
                cache_context: Mapping[str, Any] | None, stats: dict[str, Any] | None, fitted: dict[str, Any],
-               setup_started: float) -> TrainResult:
+               setup_started: float, deadline: float | None = None) -> TrainResult:
     """``head_fit: converged``: every group but the head frozen, the head fitted to convergence (autotl/head_fit.py).
 
     The frozen part runs once over the training split's un-augmented inputs (through the frozen-prefix cache
@@ -168,6 +177,10 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
     there, minimising the target's own loss (the parameters the target declares at their defaults) plus
     the L2 penalty of ``head_fit_c``; then the network is validated and kept like any trial's best epoch. The
     learning rate, epochs, batch size, weight averaging and augmentation of ``params`` do not apply.
+
+    With a ``deadline`` the frozen pass is fitted to it (:func:`_within_deadline`): where the pass over the whole
+    training split and the validation split would end after it, the head is fitted on a random part of the training
+    split that ends in time (recorded in ``head_fit["subsample"]``).
     """
     if settings.lora_rank:
         raise UsageError(f"head_fit: converged fits the head alone: lora_rank must be 0, not {settings.lora_rank}")
@@ -177,6 +190,8 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
                          f"{backbone.name} (its layer groups but the head), not {settings.freeze}")
     model = adapted.model
     model.eval()  # nothing runs in training mode: the head's input is the frozen network's, as validation sees it
+    train_split, subsample = _within_deadline(backbone, model, settings.freeze, train_split, val_split, device, cache,
+                                              cache_context, deadline)
     timing = {"setup": time.perf_counter() - setup_started, "prefix": 0.0, "data": 0.0, "step": 0.0, "eval": 0.0}
     runs, _, fit_split, val_split, cache_info = _through_cache(backbone, model, model, settings, train_split,
                                                                val_split, device, cache, cache_context, timing,
@@ -210,9 +225,77 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
     if on_epoch is not None:
         on_epoch(0, info["loss"], metrics[metric])  # one "epoch": the fit (a reason to stop changes nothing)
     result = progress.result(adapted, timing, cache_info)
-    result.head_fit = info
+    if subsample:
+        info["subsample"] = subsample
+    result.head_fit, result.subsample = info, subsample
     result.last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # the fit: its only "epoch"
     return result
+
+
+#: the training items a trial fitted to its deadline keeps at least (all of a smaller split), how many random items
+#: time the frozen network's pass beforehand (after one batch more that warms it up), and the share of the time left
+#: a training trial's frozen prefix may take (the rest is for its epochs; a converged head takes all of it)
+MIN_HEAD_ITEMS = 100
+TIMED_ITEMS = 24
+PREFIX_SHARE = 0.5
+
+
+@torch.no_grad()
+def _within_deadline(backbone: Backbone, model: nn.Module, freeze: int, train_split: TensorSplit,
+                     val_split: TensorSplit, device: torch.device, cache: FeatureCache | None,
+                     context: Mapping[str, Any] | None, deadline: float | None, *, share: float = 1.0,
+                     prefix: bool = False) -> tuple[TensorSplit, str]:
+    """The training split a trial trains on by ``deadline``, and why it is a part, if it is.
+
+    The frozen network (``prefix``: only its first ``freeze`` groups, the part the cache computes) runs over a few
+    random training items, timed; where that rate over the training and validation splits would take more than
+    ``share`` of the time left, the trial gets the random part of the training split that fits (at least
+    :data:`MIN_HEAD_ITEMS`), a split of its own (the cache computes its outputs alone). The whole split where the
+    cache already holds its outputs (they cost nothing), or without a deadline.
+    """
+    n = len(train_split)
+    if deadline is None or n <= MIN_HEAD_ITEMS:
+        return train_split, ""
+    cut = backbone.split(unwrapped(model), freeze)
+    if _cached(backbone, cut, freeze, train_split, cache, context):
+        return train_split, ""
+    timed_module = cut[0] if prefix and cut is not None else model
+    if prefix and cut is None:
+        return train_split, ""  # no prefix the cache computes: the epochs are cut at the deadline instead
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(n, generator=generator)
+    batches = list(train_split.take(order[:TIMED_ITEMS + 8]).batches(8))
+    was_training = timed_module.training
+    timed_module.eval()  # batch norm statistics stay as they are
+    try:
+        forward(timed_module, to_device(batches[0][0], device))  # the first call pays for allocations
+        started = time.perf_counter()
+        for inputs, _ in batches[1:]:
+            forward(timed_module, to_device(inputs, device))
+        per_item = (time.perf_counter() - started) / max(1, sum(len(b[1]) for b in batches[1:]))
+    finally:
+        timed_module.train(was_training)
+    left = share * (deadline - time.time())
+    if per_item <= 0 or per_item * (n + len(val_split)) <= left:
+        return train_split, ""
+    keep = max(MIN_HEAD_ITEMS, int(left / per_item) - len(val_split))
+    if keep >= n:
+        return train_split, ""
+    part = train_split.take(order[:keep].sort().values)
+    part = dataclasses.replace(part, origin=None)  # its own split: the cache computes these items alone
+    return part, (f"{keep} of {n} training items, drawn at random: the frozen network takes about "
+                  f"{per_item * 1000:.0f} ms an item here, and {max(left, 0):.0f} s were left for it")
+
+
+def _cached(backbone: Backbone, cut: tuple[nn.Module, nn.Module] | None, freeze: int, split: TensorSplit,
+            cache: FeatureCache | None, context: Mapping[str, Any] | None) -> bool:
+    """Whether ``cache`` holds the outputs of the prefix of ``cut`` (the first ``freeze`` groups) on ``split``."""
+    if cache is None or cut is None:
+        return False
+    computed = split if split.origin is None else split.origin[0]
+    key = prefix_key(backbone, freeze, computed, split_name="train" if split.origin is None else "taken from",
+                     context={**(context or {}), "prefix_weights": module_digest(cut[0])})
+    return cache.holds(key)
 
 
 def _through_cache(backbone: Backbone, model: nn.Module, evaluated: nn.Module, settings: TrainingParams,

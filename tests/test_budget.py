@@ -109,3 +109,41 @@ def test_a_trial_started_late_runs_the_epochs_that_fit(study, tmp_path):
     assert objective._cut_at == pytest.approx(objective.deadline - 0.5 - KEEP_S)  # its last validation fits too
     objective.deadline = time.time() + 1000.0
     assert objective._fitted(study.ask(), {"model": "a", "freeze": 0, "epochs": 8, "batch_size": 16})["epochs"] == 8
+
+
+def test_prediction_seconds_take_the_measured_pass_before_the_one_thread_latency():
+    from optuna.trial import create_trial
+
+    from autotl.after_search import prediction_seconds
+
+    def trial(latency):
+        return create_trial(value=0.5, user_attrs={"latency": latency})
+
+    assert prediction_seconds(trial({"pass_ms": 2.0, "batched_ms": 10.0}), 500) == pytest.approx(1.0)
+    assert prediction_seconds(trial({"batched_ms": 10.0, "batch1_ms": 30.0}), 500) == pytest.approx(5.0)
+    assert prediction_seconds(trial({}), 500) == 0.0
+
+
+def test_pass_ms_predicts_items_of_every_length_in_the_search_order():
+    import torch
+
+    from autotl.base import TensorSplit
+    from autotl.latency import PASS_ITEMS, pass_ms
+
+    class Lengths(TensorSplit):
+        def search_order(self):
+            return torch.argsort(self.inputs[:, 0], descending=True)
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x[:, 0].clone())
+            return x[:, :2]
+
+    split = Lengths(torch.arange(640.0).repeat(3, 1).T.contiguous(), torch.zeros(640, dtype=torch.long),
+                    random_augmentation=False)
+    assert pass_ms(Net(), split, torch.device("cpu")) >= 0
+    values = torch.cat(seen)
+    assert len(values) == PASS_ITEMS and values.max() == 639 and values.min() < 20  # spread over the sizes
+    assert torch.equal(values, values.sort(descending=True).values)  # in the search order

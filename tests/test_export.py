@@ -296,6 +296,7 @@ def test_every_completed_trial_records_its_size_and_latency(run):
         assert trial.user_attrs["inference_params"] > 0
         latency = trial.user_attrs["latency"]
         assert latency["batch1_ms"] > 0 and latency["batched_ms"] > 0 and latency["batch_size"] == 16
+        assert latency["pass_ms"] > 0  # a split predicted on the process's threads: what the budget plans with
         assert latency["device"].startswith("cpu")
     # a LoRA trial counts the merged network: the same as a plain trial of the same model
     assert len({t.user_attrs["inference_params"] for t in run.study.get_trials(states=COMPLETE)}) == 1

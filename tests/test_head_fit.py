@@ -373,3 +373,98 @@ def test_a_tag_per_word_gets_a_converged_head_from_one_pass_of_the_frozen_networ
     network.load_state_dict(converged.best_state)
     outputs = predict_outputs(network, prepared.val, CPU)
     assert target.score(outputs, prepared.val.labels, converged.calibration)[target.primary] == converged.best_value
+
+
+class _SlowBody(nn.Module):
+    """The tiny body, 2 ms an item: a frozen pass over 700 items takes about 1.4 s."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.002 * len(x))
+        return self.body(x)
+
+
+class SlowBackbone(TinyBackbone):
+    name = "slow-projection"
+
+    def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        model = _Net(num_classes)
+        model.body = _SlowBody(model.body)
+        return model
+
+    def lora_targets(self, model):
+        return ["body.body.0"]
+
+
+def test_a_converged_head_whose_frozen_pass_would_end_past_the_deadline_fits_on_a_random_part(tmp_path):
+    import time
+
+    from autotl.cache import FeatureCache
+    from autotl.training import MIN_HEAD_ITEMS
+
+    train_split, val_split = splits(n_train=600, n_val=100)
+    whole = train(SlowBackbone(), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                  deadline=time.time() + 60)
+    assert whole.head_fit["items"] == 600 and "subsample" not in whole.head_fit  # time enough: all of it
+    part = train(SlowBackbone(), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                 deadline=time.time() + 0.6, cache=FeatureCache(64, 64, tmp_path))
+    assert MIN_HEAD_ITEMS <= part.head_fit["items"] < 400  # at most 0.6 s of 2 ms items, less the 100 validated
+    assert part.head_fit["subsample"].startswith(f"{part.head_fit['items']} of 600 training items, drawn at random")
+    assert part.best_value > 0.5  # a sound head all the same (three classes)
+    # where the cache holds the whole split's outputs already, they cost nothing: the head gets all of them
+    cache = FeatureCache(64, 64, tmp_path / "warm")
+    train(SlowBackbone(), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0, cache=cache)
+    warm = train(SlowBackbone(), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                 deadline=time.time() + 0.1, cache=cache)
+    assert warm.head_fit["items"] == 600 and "subsample" not in warm.head_fit
+
+
+def test_a_trial_whose_frozen_prefix_would_take_most_of_the_time_left_trains_on_a_random_part(tmp_path):
+    import time
+
+    from autotl.cache import FeatureCache
+    from autotl.training import MIN_HEAD_ITEMS
+
+    train_split, val_split = splits(n_train=600, n_val=100)
+    probe = {"freeze": 1, "lr": 1e-2, "epochs": 2, "batch_size": 32}
+    part = train(SlowBackbone(), probe, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                 deadline=time.time() + 1.0, cache=FeatureCache(64, 64, tmp_path))
+    assert MIN_HEAD_ITEMS <= int(part.subsample.split()[0]) < 400  # half of 1 s for the prefix, less validation
+    assert part.subsample.endswith("s were left for it") and len(part.curve) >= 1
+    whole = train(SlowBackbone(), probe, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
+                  deadline=time.time() + 60, cache=FeatureCache(64, 64, tmp_path / "b"))
+    assert whole.subsample == "" and len(whole.curve) == 2
+
+
+class _NormBody(_SlowBody):
+    def __init__(self, body):
+        super().__init__(nn.Sequential(body, nn.BatchNorm1d(24)))
+
+
+class NormBackbone(SlowBackbone):
+    name = "slow-normed-projection"
+
+    def build(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        model = _Net(num_classes)
+        model.body = _NormBody(model.body)
+        return model
+
+    def lora_targets(self, model):
+        return ["body.body.0.0"]
+
+
+def test_timing_the_frozen_prefix_leaves_its_batch_norm_statistics_alone(tmp_path):
+    import time
+
+    from autotl.cache import FeatureCache
+
+    train_split, val_split = splits(n_train=600, n_val=100)
+    part = train(NormBackbone(), {"freeze": 1, "lr": 1e-2, "epochs": 1, "batch_size": 32}, train_split, val_split,
+                 ClassLabel(), 3, device=CPU, seed=0, deadline=time.time() + 1.0, cache=FeatureCache(64, 64, tmp_path))
+    assert part.subsample  # the prefix was timed (and the trial fitted to the deadline)
+    assert torch.equal(part.best_state["body.body.1.running_mean"], torch.zeros(24))  # as built: never updated
