@@ -209,10 +209,10 @@ def prediction_seconds(trial: FrozenTrial, items: int) -> float:
 
 def finishing_seconds(study: optuna.Study, val_items: int, test_items: int, keep_top: int | None,
                       ensemble: bool, members: int = 3) -> float:
-    """What the work after the search would take if the trials stopped now, from the trials' measured latency: the
-    best trial's test outputs and, with ``ensemble``, the test outputs of ``members`` candidates (the validation
-    outputs are those the trials saved) and each soup's averages on the validation split and the test split
-    (:func:`ensemble_after_search`)."""
+    """What the work after the search would take, from the trials' measured prediction costs: the best trial's test
+    outputs and, with ``ensemble``, the test outputs of ``members`` candidates (the validation outputs are those the
+    trials saved), those of the trial about to run where it would be one more candidate, and each soup's averages on
+    the validation split and the test split (:func:`ensemble_after_search`)."""
     best = best_trial(study)
     if best is None:
         return 0.0
@@ -221,9 +221,12 @@ def finishing_seconds(study: optuna.Study, val_items: int, test_items: int, keep
         return seconds
     ranked = ranked_trials(study)
     offered = ensemble_trials(ranked, keep_top)
+    # the trial about to run joins the ensemble's candidates if it does well: its test outputs are held for too,
+    # priced as the costliest kept trial's (without this, the deadline a trial is given forgets what it will add)
+    upcoming = max((prediction_seconds(t, test_items) for t in offered), default=0.0) if len(offered) < members else 0.0
     if len(offered) < 2:
-        return seconds
-    seconds += sum(prediction_seconds(t, test_items) for t in offered[:members])
+        return seconds + upcoming
+    seconds += upcoming + sum(prediction_seconds(t, test_items) for t in offered[:members])
     by_model: dict[str, list[FrozenTrial]] = {}
     for t in offered:
         by_model.setdefault(TrialRecord.params(t).get("model"), []).append(t)

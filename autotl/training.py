@@ -179,8 +179,8 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
     learning rate, epochs, batch size, weight averaging and augmentation of ``params`` do not apply.
 
     With a ``deadline`` the frozen pass is fitted to it (:func:`_within_deadline`): where the pass over the whole
-    training split and the validation split would end after it, the head is fitted on a random part of the training
-    split that ends in time (recorded in ``head_fit["subsample"]``).
+    training split and the validation split would take more than half the time left, the head is fitted on a random
+    part of the training split that takes half (recorded in ``head_fit["subsample"]``).
     """
     if settings.lora_rank:
         raise UsageError(f"head_fit: converged fits the head alone: lora_rank must be 0, not {settings.lora_rank}")
@@ -191,7 +191,7 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
     model = adapted.model
     model.eval()  # nothing runs in training mode: the head's input is the frozen network's, as validation sees it
     train_split, subsample = _within_deadline(backbone, model, settings.freeze, train_split, val_split, device, cache,
-                                              cache_context, deadline)
+                                              cache_context, deadline, share=PREFIX_SHARE)
     timing = {"setup": time.perf_counter() - setup_started, "prefix": 0.0, "data": 0.0, "step": 0.0, "eval": 0.0}
     runs, _, fit_split, val_split, cache_info = _through_cache(backbone, model, model, settings, train_split,
                                                                val_split, device, cache, cache_context, timing,
@@ -234,7 +234,8 @@ def _converged(backbone: Backbone, params: Mapping[str, Any], settings: Training
 
 #: the training items a trial fitted to its deadline keeps at least (all of a smaller split), how many random items
 #: time the frozen network's pass beforehand (after one batch more that warms it up), and the share of the time left
-#: a training trial's frozen prefix may take (the rest is for its epochs; a converged head takes all of it)
+#: a frozen pass may take (the rest: a training trial's epochs; after a converged head, a new study's first
+#: trial, the trials the time budget also holds for and what follows them, unknown until a trial is done)
 MIN_HEAD_ITEMS = 100
 TIMED_ITEMS = 24
 PREFIX_SHARE = 0.5

@@ -11,7 +11,8 @@ the shortest trial seen (its setup and one epoch: :func:`autotl.budget.shortest_
 Each row says whether the search kept the promise of issue #14: it ended within the budget plus 10 s, and it did not
 leave more than 10 % of the budget unused while the shortest trial would have fitted in what was left. The last line
 is one JSON object: ``{"runs": [{"data", "budget_s", "wall_s", "over_s", "unused_s", "trials_end_s",
-"trials", "shortened", "shortest_trial_s", "ok"}]}``. ``--out FILE`` keeps the runs (and skips those it holds).
+"trials", "shortened", "shortest_trial_s", "ok", "timeline"}]}`` (``timeline``: per trial its number, state, start
+and end in seconds from the command's start, and why it was shortened). ``--out FILE`` keeps the runs (and skips those it holds).
 """
 
 from __future__ import annotations
@@ -70,9 +71,13 @@ def run_one(data: Path, task: str, budget: float, seed: int, work: Path) -> dict
     over = max(0.0, wall - budget)
     wasted = unused > UNUSED * budget and shortest is not None and unused >= shortest
     stopped = next((line.strip() for line in (done.stdout + done.stderr).splitlines() if "Search stopped" in line), "")
+    timeline = [[t.number, t.state.name[:4], round(t.datetime_start.timestamp() - started, 1) if t.datetime_start
+                 else None, round(t.datetime_complete.timestamp() - started, 1) if t.datetime_complete else None,
+                 t.user_attrs.get("shortened") or ""] for t in trials]
     return {"data": data.name, "budget_s": budget, "wall_s": round(wall, 1), "over_s": round(over, 1),
             "unused_s": round(unused, 1), "trials_end_s": round(max(ended) - started, 1) if ended else None,
             "trials": len(trials), "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "timeline": timeline,  # per trial: number, state, started and ended (s from the command's start), why short
             "shortened": sum(bool(t.user_attrs.get("shortened")) for t in trials),
             "shortest_trial_s": round(shortest, 1) if shortest is not None else None,
             "stopped": stopped, "ok": over <= SLACK_S and not wasted}

@@ -8,15 +8,17 @@ validation score, its test score and its cost. From it, per task:
 
 - **The portfolio** (greedy, as auto-sklearn 2.0 builds its portfolios): start from what every search runs anyway
   (the converged-head trials, one per model), then add the configuration that lowers the mean regret over the sets
-  most per unit of cost, then the next, up to ``--size`` configurations or until none lowers it. A search over a
-  portfolio hands over its member best on validation, so the regret on a set is the best test score of the pool
-  there minus the test score of the member the validation split picks (a point of accuracy is 0.01); a set's regret
-  is the mean over its seeds, the portfolio's the mean over its sets. The cost of a configuration on a set is its
+  most per unit of cost, then the next, up to ``--size`` configurations or until none lowers it. The regret on a
+  set is the best test score of the pool there minus the best test score the portfolio offers (a point of accuracy
+  is 0.01): the sets' validation splits are as small as 20 items, and a portfolio built on which member validation
+  picks would fit their noise. A set's regret is the mean over its seeds, the portfolio's the mean over its sets.
+  The cost of a configuration on a set is its
   seconds over the median configuration's there; the gain is divided by the mean of that over the sets raised to
   ``--cost-weight`` (0: regret alone; 1: regret lowered per second), so a cheap configuration that helps comes first.
 - **The replay, leave one set out**: the portfolio learned without a set (on every other set of the task), replayed
   on that set's recorded scores after 1, 2 and 4 start points, against the start points the recipes had before
-  (the pool's ``hand-*`` configurations, typed by hand on one set), and the seconds those start points took there.
+  (the pool's ``hand-*`` configurations, typed by hand on one set), and the seconds those start points took there:
+  the regret of what they offer, and of the one the validation split picks, as a search hands it over.
 - **How well a short fidelity ranks**: Spearman's rho between the configurations' validation scores after their first
   epoch(s) and at their best epoch, and between validation and test, per set (median over seeds).
 - ``--write``: the portfolio learned on every set becomes the built-in recipe's ``start_with``

@@ -147,3 +147,27 @@ def test_pass_ms_predicts_items_of_every_length_in_the_search_order():
     values = torch.cat(seen)
     assert len(values) == PASS_ITEMS and values.max() == 639 and values.min() < 20  # spread over the sizes
     assert torch.equal(values, values.sort(descending=True).values)  # in the search order
+
+
+def test_the_finishing_estimate_holds_for_the_test_outputs_the_next_trial_would_add():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from autotl.after_search import finishing_seconds
+
+    study = optuna.create_study(direction="maximize")
+
+    def add(value, model, pass_ms):
+        study.add_trial(create_trial(value=value, params={"model": model},
+                                     distributions={"model": CategoricalDistribution(["a", "b"])},
+                                     user_attrs={"latency": {"pass_ms": pass_ms}}))
+
+    add(0.8, "a", 10.0)  # 1000 test items: 10 s
+    # one kept trial: its test outputs, and those of the trial about to run (priced as the costliest kept one)
+    assert finishing_seconds(study, 100, 1000, None, ensemble=True) == pytest.approx(10 + 10)
+    assert finishing_seconds(study, 100, 1000, None, ensemble=False) == pytest.approx(10)
+    add(0.7, "b", 20.0)
+    # the best's, two candidates' and the next one's (a third candidate)
+    assert finishing_seconds(study, 100, 1000, None, ensemble=True) == pytest.approx(10 + 20 + 10 + 20)
+    add(0.6, "b", 20.0)  # three candidates already: the next one replaces one, it adds nothing; b's soup: 0.1 s + 20 s
+    assert finishing_seconds(study, 100, 1000, None, ensemble=True) == pytest.approx(10 + 10 + 20 + 20 + 2 + 20)

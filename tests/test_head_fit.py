@@ -413,7 +413,7 @@ def test_a_converged_head_whose_frozen_pass_would_end_past_the_deadline_fits_on_
     assert whole.head_fit["items"] == 600 and "subsample" not in whole.head_fit  # time enough: all of it
     part = train(SlowBackbone(), CONVERGED, train_split, val_split, ClassLabel(), 3, device=CPU, seed=0,
                  deadline=time.time() + 0.6, cache=FeatureCache(64, 64, tmp_path))
-    assert MIN_HEAD_ITEMS <= part.head_fit["items"] < 400  # at most 0.6 s of 2 ms items, less the 100 validated
+    assert MIN_HEAD_ITEMS <= part.head_fit["items"] < 300  # half of 0.6 s of 2 ms items, less the 100 validated
     assert part.head_fit["subsample"].startswith(f"{part.head_fit['items']} of 600 training items, drawn at random")
     assert part.best_value > 0.5  # a sound head all the same (three classes)
     # where the cache holds the whole split's outputs already, they cost nothing: the head gets all of them
